@@ -1,0 +1,276 @@
+//! The backend-neutral ruleset: named address sets, a destination dispatch map, chains of
+//! rules made of typed matches, and verdicts. Every backend translates this and nothing else;
+//! the evaluator judges flows against it.
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::config::Enforce;
+use crate::net::{Family, Range};
+use crate::proto::PortRange;
+
+/// Name of the table (nft) and prefix of chains and sets (iptables).
+pub const TABLE: &str = "reyes";
+/// Named counter of accepted in-scope packets.
+pub const COUNTER_ACCEPTED: &str = "accepted";
+/// Named counter of dropped packets.
+pub const COUNTER_DROPPED: &str = "dropped";
+/// Name of the base chain.
+pub const INPUT_CHAIN: &str = "input";
+
+/// What a named set is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum SetPurpose {
+    /// Members of a group.
+    Members(String),
+    /// `managed_cidrs` (cidr mode).
+    Managed,
+    /// `local_cidrs` (cidr mode).
+    Local,
+}
+
+/// A named set of address intervals of one family: disjoint, sorted, merged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AddrSet {
+    /// Name (`m4_sg_0abc`, `managed6`, ...).
+    pub name: String,
+    /// Family.
+    pub family: Family,
+    /// Elements.
+    pub elements: Vec<Range>,
+    /// What it holds.
+    pub purpose: SetPurpose,
+}
+
+/// A source-address condition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum AddrMatch {
+    /// In a named set.
+    Set(String),
+    /// In these intervals (disjoint, sorted).
+    Literal(Vec<Range>),
+}
+
+/// A conntrack state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum CtState {
+    /// Part of a known connection.
+    Established,
+    /// Related to a known connection (ICMP errors, FTP data ...).
+    Related,
+}
+
+/// A transport protocol with ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum PortProto {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+/// One condition of a rule. A rule matches when all its matches do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Match {
+    /// Arrived on this interface.
+    Iif(String),
+    /// Conntrack state is one of these.
+    CtState(Vec<CtState>),
+    /// `true`: arrived through an IPsec SA; `false`: did not.
+    Ipsec(bool),
+    /// Source address of `family` is (or, negated, is not) in the set. Implies the family.
+    Saddr {
+        /// Family.
+        family: Family,
+        /// Where.
+        addrs: AddrMatch,
+        /// `!=`.
+        negate: bool,
+    },
+    /// Layer-4 protocol number is one of these.
+    L4Proto(Vec<u8>),
+    /// TCP or UDP destination port in one of these ranges.
+    Dport {
+        /// Protocol.
+        proto: PortProto,
+        /// Ranges (disjoint, sorted).
+        ports: Vec<PortRange>,
+    },
+    /// ICMP (`v6: false`) or ICMPv6 with a type in `types` and, if given, this code. Implies
+    /// the family.
+    Icmp {
+        /// ICMPv6?
+        v6: bool,
+        /// Types.
+        types: Vec<u8>,
+        /// Code.
+        code: Option<u8>,
+    },
+    /// At most `rate` per second, bursts of `burst` (a rate limiter: stops matching when over).
+    Limit {
+        /// Packets per second.
+        rate: u32,
+        /// Burst.
+        burst: u32,
+    },
+}
+
+/// What happens when a rule matches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Verdict {
+    /// Accept (in this table; another table may still drop).
+    Accept,
+    /// Drop.
+    Drop,
+    /// Go on with the next rule (a rule that only logs).
+    Continue,
+    /// Evaluate the chain, then come back.
+    Jump(String),
+    /// Look the destination address up in the dispatch map of this family and jump to its
+    /// chain; go on if absent.
+    Dispatch(Family),
+}
+
+/// A log statement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Log {
+    /// Prefix (at most 127 bytes, no quotes).
+    pub prefix: String,
+}
+
+/// Why a rule is there: what `query` reports and errors name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Origin {
+    /// Always accepted or structural (loopback, conntrack, scope, IKE/ESP, ICMP errors, ND,
+    /// dispatch, logging, the final drop).
+    Base(String),
+    /// `follower.failsafe[index]`.
+    Failsafe(usize),
+    /// `groups[group].ingress[rule]` of the document, source `source`.
+    GroupRule {
+        /// Group id.
+        group: String,
+        /// Index in the group's ingress list.
+        rule: usize,
+        /// Which source of the rule this is (`group sg-lb`, `cidrs`).
+        source: String,
+    },
+    /// A profile chain's jump to a group chain.
+    Profile(String),
+}
+
+/// One rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rule {
+    /// Conditions, all of which must hold.
+    pub matches: Vec<Match>,
+    /// Log when matched.
+    pub log: Option<Log>,
+    /// Named counter to count matched packets in.
+    pub counter: Option<&'static str>,
+    /// Verdict.
+    pub verdict: Verdict,
+    /// Why the rule is there.
+    pub origin: Origin,
+}
+
+/// What a chain is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum ChainKind {
+    /// The ingress rules of one group.
+    Group(String),
+    /// Destinations in several groups: jumps to each group's chain (the union of their rules).
+    Profile(Vec<String>),
+}
+
+/// A regular (non-base) chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Chain {
+    /// Name (`g_sg_0abc`, `p_1a2b...`).
+    pub name: String,
+    /// What it is for.
+    pub kind: ChainKind,
+    /// Rules, in order.
+    pub rules: Vec<Rule>,
+}
+
+/// Which destinations are dispatched where.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DispatchEntry {
+    /// Destination interval.
+    pub range: Range,
+    /// Chain to jump to.
+    pub chain: String,
+}
+
+/// Who the ruleset was compiled for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Target {
+    /// A host with these addresses.
+    Host(Vec<IpAddr>),
+    /// Every group's members as destinations.
+    AllGroups,
+}
+
+/// Facts about the ruleset, for headers and `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Meta {
+    /// Document environment.
+    pub environment: String,
+    /// Document serial.
+    pub serial: u64,
+    /// Document policy digest.
+    pub policy_digest: String,
+    /// Enforcement scope.
+    pub enforce: Enforce,
+    /// For whom.
+    pub target: Target,
+}
+
+/// The whole compiled ruleset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ruleset {
+    /// Facts.
+    pub meta: Meta,
+    /// Named address sets, sorted by name.
+    pub sets: Vec<AddrSet>,
+    /// IPv4 destination dispatch (disjoint, sorted).
+    pub dispatch4: Vec<DispatchEntry>,
+    /// IPv6 destination dispatch (disjoint, sorted).
+    pub dispatch6: Vec<DispatchEntry>,
+    /// Group and profile chains, sorted by name.
+    pub chains: Vec<Chain>,
+    /// The base chain (hooked at input, priority filter, policy accept), in order.
+    pub input: Vec<Rule>,
+}
+
+impl Ruleset {
+    /// A set by name.
+    pub fn set(&self, name: &str) -> Option<&AddrSet> {
+        self.sets.iter().find(|s| s.name == name)
+    }
+
+    /// A chain by name.
+    pub fn chain(&self, name: &str) -> Option<&Chain> {
+        self.chains.iter().find(|c| c.name == name)
+    }
+
+    /// The dispatch map of a family.
+    pub fn dispatch(&self, family: Family) -> &[DispatchEntry] {
+        match family {
+            Family::V4 => &self.dispatch4,
+            Family::V6 => &self.dispatch6,
+        }
+    }
+
+    /// Number of elements in all sets and maps (for logs and benchmarks).
+    pub fn element_count(&self) -> usize {
+        self.sets.iter().map(|s| s.elements.len()).sum::<usize>() + self.dispatch4.len() + self.dispatch6.len()
+    }
+
+    /// Number of rules in all chains.
+    pub fn rule_count(&self) -> usize {
+        self.input.len() + self.chains.iter().map(|c| c.rules.len()).sum::<usize>()
+    }
+}

@@ -1,0 +1,572 @@
+//! document + host context -> [`Ruleset`]. All security semantics live here (DESIGN
+//! "Semantics"); backends only translate the result.
+//!
+//! For an inbound packet to a local address, in the base chain, in order:
+//! 1. loopback and established/related connections are accepted;
+//! 2. traffic out of scope is accepted (ipsec mode: did not arrive through an IPsec SA; cidr
+//!    mode: source outside `managed_cidrs` or inside `local_cidrs`);
+//! 3. IKE (udp 500/4500), ESP and AH, the ICMP errors path MTU discovery needs, and IPv6
+//!    neighbour discovery are accepted, then the failsafe entries;
+//! 4. the destination address is looked up in a dispatch map that jumps to the chain of its
+//!    group (or a profile chain jumping to each of its groups): a rule there whose source,
+//!    protocol and ports match accepts;
+//! 5. everything else is dropped (logged at a limited rate if `log_drop`).
+
+pub mod ir;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+pub use ir::*;
+
+use crate::config::{AutoOr, Enforce, Failsafe, FollowerConfig};
+use crate::document::{DocRule, Document, Policy};
+use crate::net::{self, Cidr, Family, Range};
+use crate::proto::{PortRange, Proto};
+
+/// Drop-log rate limit: packets per second, and burst.
+pub const LOG_DROP_RATE: (u32, u32) = (5, 10);
+
+/// The follower-side facts and settings the ruleset depends on besides the document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostContext {
+    /// This host's addresses, or every group.
+    pub target: Target,
+    /// Scope.
+    pub enforce: Enforce,
+    /// cidr mode: enforced sources.
+    pub managed_cidrs: Vec<Cidr>,
+    /// cidr mode: exempt sources (`None` = auto from the document's networks).
+    pub local_cidrs: Option<Vec<Cidr>>,
+    /// Always accepted.
+    pub failsafe: Vec<Failsafe>,
+    /// Log accepts.
+    pub log_accept: bool,
+    /// Log drops.
+    pub log_drop: bool,
+    /// Apply even if no group has one of the host's addresses.
+    pub allow_unknown_host: bool,
+}
+
+impl HostContext {
+    /// The context a follower config gives, for a host with `addresses`.
+    pub fn from_config(cfg: &FollowerConfig, target: Target) -> HostContext {
+        HostContext {
+            target,
+            enforce: cfg.enforce,
+            managed_cidrs: cfg.managed_cidrs.clone(),
+            local_cidrs: match &cfg.local_cidrs {
+                AutoOr::Auto => None,
+                AutoOr::List(l) => Some(l.clone()),
+            },
+            failsafe: cfg.failsafe.clone(),
+            log_accept: cfg.log_accept,
+            log_drop: cfg.log_drop,
+            allow_unknown_host: cfg.allow_unknown_host,
+        }
+    }
+
+    /// A digest of everything here, to tell whether a re-apply is needed.
+    pub fn digest(&self) -> String {
+        let bytes = serde_json::to_vec(self).unwrap_or_default();
+        format!("sha256:{}", crate::document::hex(&Sha256::digest(bytes)))
+    }
+}
+
+/// The document cannot be compiled for this host.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    /// No group holds any of the host's addresses.
+    #[error(
+        "the document names none of this host's addresses ({0}); refusing to apply (a wrong \
+         environment or stale inventory?). Pass --allow-unknown-host to apply anyway"
+    )]
+    UnknownHost(String),
+}
+
+/// Turn a group id into a name part: `[a-z0-9_]`, bounded length.
+fn sanitize(id: &str) -> String {
+    let mut s: String = id
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_alphanumeric() { c } else { '_' }
+        })
+        .collect();
+    s.truncate(200);
+    s
+}
+
+fn short_hash(s: &str) -> String {
+    crate::document::hex(&Sha256::digest(s.as_bytes())[..6])
+}
+
+/// Name parts for every group id, unique even when sanitising makes two ids equal.
+fn name_parts(policy: &Policy) -> BTreeMap<&str, String> {
+    let mut by_name: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for g in &policy.groups {
+        by_name.entry(sanitize(&g.id)).or_default().push(g.id.as_str());
+    }
+    let mut out = BTreeMap::new();
+    for (name, ids) in by_name {
+        if let [only] = ids.as_slice() {
+            out.insert(*only, name);
+        } else {
+            for id in ids {
+                out.insert(id, format!("{name}_{}", short_hash(id)));
+            }
+        }
+    }
+    out
+}
+
+fn ranges_of(cidrs: &[Cidr], family: Family) -> Vec<Range> {
+    net::merge(cidrs.iter().filter(|c| c.family() == family).map(|c| c.range()).collect())
+}
+
+/// Compile a verified document for a host.
+pub fn compile(doc: &Document, ctx: &HostContext) -> Result<Ruleset, CompileError> {
+    let policy = &doc.policy;
+    let names = name_parts(policy);
+    let name_of = |id: &str| names.get(id).cloned().unwrap_or_else(|| sanitize(id));
+
+    // Destinations: which groups each local address (or member interval) belongs to.
+    let mut labelled: Vec<(Range, String)> = Vec::new();
+    match &ctx.target {
+        Target::Host(addrs) => {
+            for a in addrs {
+                for g in &policy.groups {
+                    if g.members.iter().any(|m| m.contains(a)) {
+                        labelled.push((Range::single(a), g.id.clone()));
+                    }
+                }
+            }
+            if labelled.is_empty() && !ctx.allow_unknown_host {
+                let list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+                let list = if list.is_empty() { "none found".to_string() } else { list.join(", ") };
+                return Err(CompileError::UnknownHost(list));
+            }
+        }
+        Target::AllGroups => {
+            for g in &policy.groups {
+                for m in &g.members {
+                    labelled.push((m.range(), g.id.clone()));
+                }
+            }
+        }
+    }
+    let parts = net::partition(&labelled);
+
+    // Group chains for every group that is a destination somewhere.
+    let dest_groups: BTreeSet<&str> = labelled.iter().map(|(_, g)| g.as_str()).collect();
+    let mut chains: Vec<Chain> = Vec::new();
+    let mut member_sets: BTreeSet<(Family, &str)> = BTreeSet::new();
+    for gid in &dest_groups {
+        let Some(g) = policy.group(gid) else { continue };
+        let mut rules = Vec::new();
+        for (i, r) in g.ingress.iter().enumerate() {
+            rules.extend(group_rule(policy, &g.id, i, r, ctx, &name_of, &mut member_sets));
+        }
+        chains.push(Chain { name: format!("g_{}", name_of(gid)), kind: ChainKind::Group(g.id.clone()), rules });
+    }
+
+    // Dispatch: one entry per disjoint destination interval; several groups -> a profile chain.
+    let mut profiles: BTreeMap<Vec<String>, String> = BTreeMap::new();
+    let (mut dispatch4, mut dispatch6) = (Vec::new(), Vec::new());
+    for (range, groups) in &parts {
+        let chain = if groups.len() == 1 {
+            format!("g_{}", name_of(&groups[0]))
+        } else {
+            profiles
+                .entry(groups.clone())
+                .or_insert_with(|| format!("p_{}", short_hash(&groups.join(","))))
+                .clone()
+        };
+        let entry = DispatchEntry { range: *range, chain };
+        match range.family {
+            Family::V4 => dispatch4.push(entry),
+            Family::V6 => dispatch6.push(entry),
+        }
+    }
+    for (groups, name) in &profiles {
+        let rules = groups
+            .iter()
+            .map(|g| Rule {
+                matches: vec![],
+                log: None,
+                counter: None,
+                verdict: Verdict::Jump(format!("g_{}", name_of(g))),
+                origin: Origin::Profile(g.clone()),
+            })
+            .collect();
+        chains.push(Chain { name: name.clone(), kind: ChainKind::Profile(groups.clone()), rules });
+    }
+    chains.sort_by(|a, b| a.name.cmp(&b.name));
+
+    // Sets: members of every referenced source group, then the scope sets.
+    let mut sets = Vec::new();
+    for (family, gid) in &member_sets {
+        if let Some(g) = policy.group(gid) {
+            sets.push(AddrSet {
+                name: format!("m{}_{}", family.digit(), name_of(gid)),
+                family: *family,
+                elements: ranges_of(&g.members, *family),
+                purpose: SetPurpose::Members(g.id.clone()),
+            });
+        }
+    }
+    if ctx.enforce == Enforce::Cidr {
+        let local: Vec<Cidr> = match &ctx.local_cidrs {
+            Some(l) => l.clone(),
+            None => auto_local_cidrs(policy, &ctx.target),
+        };
+        for family in Family::BOTH {
+            sets.push(AddrSet {
+                name: format!("managed{}", family.digit()),
+                family,
+                elements: ranges_of(&ctx.managed_cidrs, family),
+                purpose: SetPurpose::Managed,
+            });
+            sets.push(AddrSet {
+                name: format!("local{}", family.digit()),
+                family,
+                elements: ranges_of(&local, family),
+                purpose: SetPurpose::Local,
+            });
+        }
+    }
+    sets.sort_by(|a, b| a.name.cmp(&b.name));
+
+    Ok(Ruleset {
+        meta: Meta {
+            environment: doc.environment.clone(),
+            serial: doc.serial,
+            policy_digest: doc.policy_digest.clone(),
+            enforce: ctx.enforce,
+            target: ctx.target.clone(),
+        },
+        sets,
+        dispatch4,
+        dispatch6,
+        chains,
+        input: base_chain(ctx),
+    })
+}
+
+/// `local_cidrs: auto`: the blocks of every network that holds one of the host's addresses
+/// (every network, for `--all-groups`).
+pub fn auto_local_cidrs(policy: &Policy, target: &Target) -> Vec<Cidr> {
+    let mut out = Vec::new();
+    for n in &policy.networks {
+        let hit = match target {
+            Target::AllGroups => true,
+            Target::Host(addrs) => addrs.iter().any(|a| n.cidrs.iter().any(|c| c.contains(a))),
+        };
+        if hit {
+            out.extend(n.cidrs.iter().copied());
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn base(matches: Vec<Match>, verdict: Verdict, why: &str) -> Rule {
+    Rule { matches, log: None, counter: None, verdict, origin: Origin::Base(why.to_string()) }
+}
+
+/// The base chain: everything that does not depend on the groups.
+fn base_chain(ctx: &HostContext) -> Vec<Rule> {
+    let mut r = vec![
+        base(vec![Match::Iif("lo".into())], Verdict::Accept, "loopback"),
+        base(
+            vec![Match::CtState(vec![CtState::Established, CtState::Related])],
+            Verdict::Accept,
+            "established or related connection",
+        ),
+    ];
+    match ctx.enforce {
+        Enforce::Ipsec => r.push(base(vec![Match::Ipsec(false)], Verdict::Accept, "out of scope: not over IPsec")),
+        Enforce::Cidr => {
+            for f in Family::BOTH {
+                r.push(base(
+                    vec![Match::Saddr { family: f, addrs: AddrMatch::Set(format!("managed{}", f.digit())), negate: true }],
+                    Verdict::Accept,
+                    "out of scope: source not in managed_cidrs",
+                ));
+            }
+            for f in Family::BOTH {
+                r.push(base(
+                    vec![Match::Saddr { family: f, addrs: AddrMatch::Set(format!("local{}", f.digit())), negate: false }],
+                    Verdict::Accept,
+                    "out of scope: source in local_cidrs",
+                ));
+            }
+        }
+    }
+    r.push(base(
+        vec![Match::Dport { proto: PortProto::Udp, ports: vec![PortRange { first: 500, last: 500 }, PortRange { first: 4500, last: 4500 }] }],
+        Verdict::Accept,
+        "IKE",
+    ));
+    r.push(base(vec![Match::L4Proto(vec![50, 51])], Verdict::Accept, "ESP and AH"));
+    r.push(base(
+        vec![Match::Icmp { v6: false, types: vec![3, 11, 12], code: None }],
+        Verdict::Accept,
+        "ICMP errors (path MTU discovery)",
+    ));
+    r.push(base(
+        vec![Match::Icmp { v6: true, types: vec![1, 2, 3, 4, 133, 134, 135, 136], code: None }],
+        Verdict::Accept,
+        "ICMPv6 errors and neighbour discovery",
+    ));
+    for (i, f) in ctx.failsafe.iter().enumerate() {
+        for rule in failsafe_rules(f) {
+            r.push(Rule { origin: Origin::Failsafe(i), ..rule });
+        }
+    }
+    r.push(base(vec![], Verdict::Dispatch(Family::V4), "dispatch by destination"));
+    r.push(base(vec![], Verdict::Dispatch(Family::V6), "dispatch by destination"));
+    if ctx.log_drop {
+        r.push(Rule {
+            matches: vec![Match::Limit { rate: LOG_DROP_RATE.0, burst: LOG_DROP_RATE.1 }],
+            log: Some(Log { prefix: "reyes drop: ".into() }),
+            counter: None,
+            verdict: Verdict::Continue,
+            origin: Origin::Base("log drop (rate-limited)".into()),
+        });
+    }
+    r.push(Rule {
+        matches: vec![],
+        log: None,
+        counter: Some(COUNTER_DROPPED),
+        verdict: Verdict::Drop,
+        origin: Origin::Base("no rule of the destination's groups allows it".into()),
+    });
+    r
+}
+
+fn failsafe_rules(f: &Failsafe) -> Vec<Rule> {
+    let proto_matches = proto_matches(f.proto, f.port, None, None);
+    let families: Vec<Family> = match (f.from, f.proto) {
+        (Some(c), _) => vec![c.family()],
+        (None, Proto::Icmp) => vec![Family::V4],
+        (None, Proto::Icmpv6) => vec![Family::V6],
+        (None, _) => vec![],
+    };
+    let mut out = Vec::new();
+    if families.is_empty() {
+        out.push(base(proto_matches.clone(), Verdict::Accept, "failsafe"));
+    }
+    for fam in families {
+        let mut m = Vec::new();
+        if let Some(c) = f.from {
+            m.push(Match::Saddr { family: fam, addrs: AddrMatch::Literal(vec![c.range()]), negate: false });
+        }
+        m.extend(proto_matches.clone());
+        out.push(base(m, Verdict::Accept, "failsafe"));
+    }
+    out
+}
+
+/// The protocol part of a rule. `ports: None` for tcp/udp means every port.
+fn proto_matches(proto: Proto, ports: Option<PortRange>, icmp_type: Option<u8>, icmp_code: Option<u8>) -> Vec<Match> {
+    match proto {
+        Proto::Tcp | Proto::Udp => {
+            let p = if proto == Proto::Tcp { PortProto::Tcp } else { PortProto::Udp };
+            let num = if proto == Proto::Tcp { 6 } else { 17 };
+            match ports {
+                Some(r) if r != PortRange::ALL => vec![Match::Dport { proto: p, ports: vec![r] }],
+                _ => vec![Match::L4Proto(vec![num])],
+            }
+        }
+        Proto::Icmp | Proto::Icmpv6 => {
+            let v6 = proto == Proto::Icmpv6;
+            match icmp_type {
+                Some(t) => vec![Match::Icmp { v6, types: vec![t], code: icmp_code }],
+                None => vec![Match::L4Proto(vec![if v6 { 58 } else { 1 }])],
+            }
+        }
+        Proto::All => vec![],
+        Proto::Number(n) => vec![Match::L4Proto(vec![n])],
+    }
+}
+
+fn family_allowed(proto: Proto, family: Family) -> bool {
+    match proto {
+        Proto::Icmp => family == Family::V4,
+        Proto::Icmpv6 => family == Family::V6,
+        _ => true,
+    }
+}
+
+/// The rules of one document rule: for each family, one rule per source group with members of
+/// that family, and one for the literal prefixes (cidrs and prefix-list entries, merged).
+fn group_rule<'p>(
+    policy: &'p Policy,
+    gid: &str,
+    index: usize,
+    r: &'p DocRule,
+    ctx: &HostContext,
+    name_of: &dyn Fn(&str) -> String,
+    member_sets: &mut BTreeSet<(Family, &'p str)>,
+) -> Vec<Rule> {
+    let proto = proto_matches(r.proto, r.ports, r.icmp_type, r.icmp_code);
+    let log = ctx.log_accept.then(|| Log { prefix: log_prefix(gid, index) });
+    let mut out = Vec::new();
+    for family in Family::BOTH {
+        if !family_allowed(r.proto, family) {
+            continue;
+        }
+        let mut push = |addrs: AddrMatch, source: String| {
+            let mut matches = vec![Match::Saddr { family, addrs, negate: false }];
+            matches.extend(proto.iter().cloned());
+            out.push(Rule {
+                matches,
+                log: log.clone(),
+                counter: Some(COUNTER_ACCEPTED),
+                verdict: Verdict::Accept,
+                origin: Origin::GroupRule { group: gid.to_string(), rule: index, source },
+            });
+        };
+        for src in &r.from.groups {
+            let Some(g) = policy.group(src) else { continue };
+            if g.members.iter().any(|m| m.family() == family) {
+                member_sets.insert((family, g.id.as_str()));
+                push(AddrMatch::Set(format!("m{}_{}", family.digit(), name_of(&g.id))), format!("group {}", g.id));
+            }
+        }
+        let mut literal: Vec<Range> = r.from.cidrs.iter().filter(|c| c.family() == family).map(|c| c.range()).collect();
+        let mut what = Vec::new();
+        if !literal.is_empty() {
+            what.push("cidrs".to_string());
+        }
+        for pl in &r.from.prefix_lists {
+            if let Some(p) = policy.prefix_list(pl) {
+                let before = literal.len();
+                literal.extend(p.cidrs.iter().filter(|c| c.family() == family).map(|c| c.range()));
+                if literal.len() > before {
+                    what.push(format!("prefix list {pl}"));
+                }
+            }
+        }
+        if !literal.is_empty() {
+            push(AddrMatch::Literal(net::merge(literal)), what.join(", "));
+        }
+    }
+    out
+}
+
+fn log_prefix(gid: &str, index: usize) -> String {
+    let mut g: String = gid.chars().filter(|c| c.is_ascii_alphanumeric() || "._:/@+=-".contains(*c)).collect();
+    g.truncate(96);
+    format!("reyes accept {g}/{index}: ")
+}
+
+/// Addresses of a host target, for messages.
+pub fn target_addresses(t: &Target) -> &[IpAddr] {
+    match t {
+        Target::Host(a) => a,
+        Target::AllGroups => &[],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::document::{build, BuildOptions};
+    use crate::inventory::static_file;
+    use std::time::{Duration, SystemTime};
+
+    pub(crate) fn doc(yaml: &str) -> Document {
+        let inv = static_file::parse(yaml, "t").unwrap();
+        build(
+            &inv,
+            &BuildOptions {
+                environment: "test".into(),
+                serial: 1,
+                issued_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+                validity: Duration::from_secs(3600),
+                excluded_group_names: vec![],
+                excluded_group_ids: vec![],
+                dynamic_subnets: vec![],
+            },
+        )
+        .unwrap()
+        .document
+    }
+
+    fn ctx(addrs: &[&str]) -> HostContext {
+        HostContext {
+            target: Target::Host(addrs.iter().map(|a| a.parse().unwrap()).collect()),
+            enforce: Enforce::Ipsec,
+            managed_cidrs: vec![],
+            local_cidrs: None,
+            failsafe: vec![],
+            log_accept: false,
+            log_drop: false,
+            allow_unknown_host: false,
+        }
+    }
+
+    const TWO: &str = r#"
+groups:
+  - id: sg-a
+    ingress: [{proto: tcp, ports: 22, from: {groups: [sg-b], cidrs: [10.9.0.0/24, 10.9.0.5]}}]
+  - id: sg-b
+    ingress: [{proto: all, from: {cidrs: ["fd00::/8"]}}]
+hosts:
+  - {id: h1, addresses: [10.0.0.1], groups: [sg-a, sg-b]}
+  - {id: h2, addresses: [10.0.0.2, "fd00::2"], groups: [sg-b]}
+"#;
+
+    #[test]
+    fn unknown_host_refused_unless_allowed() {
+        let d = doc(TWO);
+        assert!(matches!(compile(&d, &ctx(&["192.0.2.1"])), Err(CompileError::UnknownHost(_))));
+        let mut c = ctx(&["192.0.2.1"]);
+        c.allow_unknown_host = true;
+        let rs = compile(&d, &c).unwrap();
+        assert!(rs.dispatch4.is_empty() && rs.chains.is_empty());
+    }
+
+    #[test]
+    fn address_in_two_groups_gets_a_profile_chain() {
+        let rs = compile(&doc(TWO), &ctx(&["10.0.0.1"])).unwrap();
+        assert_eq!(rs.dispatch4.len(), 1);
+        let p = rs.chain(&rs.dispatch4[0].chain).unwrap();
+        assert_eq!(p.kind, ChainKind::Profile(vec!["sg-a".into(), "sg-b".into()]));
+        let a = rs.chain("g_sg_a").unwrap();
+        // One rule for the group source (v4 members of sg-b), one for the merged literals.
+        assert_eq!(a.rules.len(), 2);
+        assert_eq!(
+            a.rules[1].matches[0],
+            Match::Saddr { family: Family::V4, addrs: AddrMatch::Literal(vec!["10.9.0.0/24".parse::<Cidr>().unwrap().range()]), negate: false }
+        );
+        assert!(rs.set("m4_sg_b").is_some());
+        assert!(rs.set("m6_sg_b").is_none(), "no v6 source rule references sg-b's v6 members");
+    }
+
+    #[test]
+    fn colliding_sanitised_ids_stay_distinct() {
+        let yaml = "groups:\n  - {id: sg-a}\n  - {id: sg_a}\nhosts:\n  - {id: h, addresses: [10.0.0.1], groups: [sg-a, sg_a]}\n";
+        let rs = compile(&doc(yaml), &ctx(&["10.0.0.1"])).unwrap();
+        let names: BTreeSet<&str> = rs.chains.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+    }
+
+    #[test]
+    fn failsafe_and_cidr_scope() {
+        let mut c = ctx(&["10.0.0.2"]);
+        c.enforce = Enforce::Cidr;
+        c.managed_cidrs = vec!["10.0.0.0/8".parse().unwrap()];
+        c.failsafe = vec![Failsafe { proto: Proto::Tcp, port: Some(PortRange { first: 22, last: 22 }), from: None }];
+        let rs = compile(&doc(TWO), &c).unwrap();
+        assert_eq!(rs.set("managed4").unwrap().elements.len(), 1);
+        assert!(rs.set("managed6").unwrap().elements.is_empty());
+        assert!(rs.input.iter().any(|r| r.origin == Origin::Failsafe(0)));
+    }
+}

@@ -1,0 +1,658 @@
+//! The YAML configuration (SPEC "Config"), validated up front.
+//!
+//! Unknown keys are errors, and every error names the file, line and column. Relative paths
+//! are taken relative to the directory of the config file.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::net::Cidr;
+use crate::proto::{PortRange, Proto};
+
+/// Where the config is read from when `--config` is not given.
+pub const DEFAULT_PATH: &str = "/etc/reyes/reyes.yaml";
+
+/// A config that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// Which file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The YAML is malformed or does not match the schema.
+    #[error("{path}:{line}:{column}: {message}")]
+    Invalid {
+        /// Which file.
+        path: PathBuf,
+        /// 1-based line (0 when unknown).
+        line: u64,
+        /// 1-based column (0 when unknown).
+        column: u64,
+        /// What is wrong and what is expected.
+        message: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Signed into every document; a follower refuses any other.
+    pub environment: String,
+    /// Where documents are published and fetched.
+    pub store: StoreConfig,
+    /// Keys: the leader's secret key, the followers' keyring and allowlist.
+    #[serde(default)]
+    pub signing: SigningConfig,
+    /// The leader's inventory source (followers need none).
+    #[serde(default)]
+    pub inventory: Option<InventoryConfig>,
+    /// How a follower enforces the document.
+    #[serde(default)]
+    pub follower: FollowerConfig,
+}
+
+/// Exactly one store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum StoreConfig {
+    /// `rules.json` and `rules.json.sig` in this directory.
+    Directory(PathBuf),
+    /// An S3 object and `KEY.sig` beside it.
+    S3(S3Config),
+}
+
+/// S3 store settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// Bucket name.
+    pub bucket: String,
+    /// Object key of the document; the signature is at `KEY.sig`.
+    pub key: String,
+    /// Region (default: from the environment).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// An S3-compatible endpoint (path-style addressing is used when set).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+}
+
+/// Signing and verification keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningConfig {
+    /// Leader: the OpenPGP secret key (exported by GnuPG or made by `reyes keygen`).
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// Passphrase for `key`, first line of this file.
+    #[serde(default)]
+    pub passphrase_file: Option<PathBuf>,
+    /// Follower: a certificate file, or a directory of them.
+    #[serde(default)]
+    pub keyring: Option<PathBuf>,
+    /// Optional allowlist of primary-key fingerprints (hex, spaces ignored).
+    #[serde(default, deserialize_with = "de_fingerprints")]
+    pub trusted_fingerprints: Vec<String>,
+    /// `not_after = issued_at + validity`.
+    #[serde(default = "default_validity", deserialize_with = "de_duration")]
+    pub validity: Duration,
+}
+
+impl Default for SigningConfig {
+    fn default() -> Self {
+        SigningConfig {
+            key: None,
+            passphrase_file: None,
+            keyring: None,
+            trusted_fingerprints: Vec::new(),
+            validity: default_validity(),
+        }
+    }
+}
+
+fn default_validity() -> Duration {
+    Duration::from_secs(3600)
+}
+
+/// One AWS CLI JSON file, optionally naming the prefix list its entries belong to.
+#[derive(Debug, Clone)]
+pub struct AwsJsonInput {
+    /// The file.
+    pub path: PathBuf,
+    /// For `get-managed-prefix-list-entries` output, which has no id of its own.
+    pub prefix_list: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for AwsJsonInput {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Path(PathBuf),
+            Entry {
+                path: PathBuf,
+                prefix_list: Option<String>,
+            },
+        }
+        Ok(match Raw::deserialize(d)? {
+            Raw::Path(path) => AwsJsonInput { path, prefix_list: None },
+            Raw::Entry { path, prefix_list } => AwsJsonInput { path, prefix_list },
+        })
+    }
+}
+
+/// EC2 API source settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ec2Config {
+    /// Regions to read.
+    pub regions: Vec<String>,
+    /// VPC ids to read (default: all in those regions).
+    #[serde(default)]
+    pub vpcs: Vec<String>,
+    /// An EC2-compatible endpoint (tests).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+}
+
+/// Exactly one inventory source.
+#[derive(Debug, Clone)]
+pub enum InventorySource {
+    /// The static YAML inventory.
+    File(PathBuf),
+    /// AWS CLI `describe-*` outputs.
+    AwsJson(Vec<AwsJsonInput>),
+    /// The live EC2 API.
+    Ec2(Ec2Config),
+}
+
+/// The leader's inventory settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "RawInventory")]
+pub struct InventoryConfig {
+    /// Where the inventory comes from.
+    pub source: InventorySource,
+    /// Groups left out entirely, by name.
+    pub excluded_group_names: Vec<String>,
+    /// Groups left out entirely, by id.
+    pub excluded_group_ids: Vec<String>,
+    /// Subnets (by name or id) whose groups cover the whole subnet CIDR.
+    pub dynamic_subnets: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInventory {
+    #[serde(default)]
+    file: Option<PathBuf>,
+    #[serde(default)]
+    aws_json: Option<Vec<AwsJsonInput>>,
+    #[serde(default)]
+    ec2: Option<Ec2Config>,
+    #[serde(default)]
+    excluded_group_names: Vec<String>,
+    #[serde(default)]
+    excluded_group_ids: Vec<String>,
+    #[serde(default)]
+    dynamic_subnets: Vec<String>,
+}
+
+impl TryFrom<RawInventory> for InventoryConfig {
+    type Error = String;
+    fn try_from(r: RawInventory) -> Result<Self, String> {
+        let source = match (r.file, r.aws_json, r.ec2) {
+            (Some(f), None, None) => InventorySource::File(f),
+            (None, Some(j), None) => {
+                if j.is_empty() {
+                    return Err("inventory.aws_json: list at least one file".into());
+                }
+                InventorySource::AwsJson(j)
+            }
+            (None, None, Some(e)) => {
+                if e.regions.is_empty() {
+                    return Err("inventory.ec2.regions: list at least one region".into());
+                }
+                InventorySource::Ec2(e)
+            }
+            _ => {
+                return Err(
+                    "inventory: give exactly one of `file`, `aws_json` or `ec2`".into(),
+                )
+            }
+        };
+        Ok(InventoryConfig {
+            source,
+            excluded_group_names: r.excluded_group_names,
+            excluded_group_ids: r.excluded_group_ids,
+            dynamic_subnets: r.dynamic_subnets,
+        })
+    }
+}
+
+/// Which firewall a follower drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// nftables when usable, else iptables.
+    #[default]
+    Auto,
+    /// nftables: the `inet reyes` table.
+    Nft,
+    /// ipset + iptables-restore in reyes' own chains.
+    Iptables,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Auto => "auto",
+            Backend::Nft => "nft",
+            Backend::Iptables => "iptables",
+        })
+    }
+}
+
+/// How the nft backend reaches the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum NftTransport {
+    /// Netlink when the kernel accepts a probe batch, else the `nft` binary.
+    Auto,
+    /// Pipe the rendered script to `nft -f -`.
+    #[default]
+    Cli,
+    /// Our own nf_tables netlink encoder.
+    Netlink,
+}
+
+/// Which traffic a follower holds to the security groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Enforce {
+    /// Traffic that arrived through an IPsec SA.
+    #[default]
+    Ipsec,
+    /// Traffic from `managed_cidrs` outside `local_cidrs`.
+    Cidr,
+}
+
+/// `auto`, or an explicit list.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AutoOr<T> {
+    /// Work it out (see the key's documentation).
+    #[default]
+    Auto,
+    /// Exactly these.
+    List(Vec<T>),
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for AutoOr<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw<T> {
+            Word(String),
+            List(Vec<T>),
+        }
+        match Raw::<T>::deserialize(d)? {
+            Raw::Word(w) if w == "auto" => Ok(AutoOr::Auto),
+            Raw::Word(w) => Err(serde::de::Error::custom(format!(
+                "expected `auto` or a list, found {w:?}"
+            ))),
+            Raw::List(l) => Ok(AutoOr::List(l)),
+        }
+    }
+}
+
+/// An entry that is always accepted, whatever the document says.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, try_from = "RawFailsafe")]
+pub struct Failsafe {
+    /// Protocol.
+    pub proto: Proto,
+    /// Port or range (tcp/udp only; absent = every port).
+    pub port: Option<PortRange>,
+    /// Source prefix (absent = anywhere, both families).
+    pub from: Option<Cidr>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFailsafe {
+    proto: Proto,
+    #[serde(default)]
+    port: Option<PortRange>,
+    #[serde(default)]
+    from: Option<Cidr>,
+}
+
+impl TryFrom<RawFailsafe> for Failsafe {
+    type Error = String;
+    fn try_from(r: RawFailsafe) -> Result<Self, String> {
+        if r.port.is_some() && !r.proto.has_ports() {
+            return Err(format!("failsafe: `port` needs proto tcp or udp, not {}", r.proto));
+        }
+        if let Some(from) = &r.from {
+            let fam_ok = match r.proto {
+                Proto::Icmp => from.family() == crate::net::Family::V4,
+                Proto::Icmpv6 => from.family() == crate::net::Family::V6,
+                _ => true,
+            };
+            if !fam_ok {
+                return Err(format!("failsafe: {} cannot come from {from}", r.proto));
+            }
+        }
+        Ok(Failsafe { proto: r.proto, port: r.port, from: r.from })
+    }
+}
+
+/// Follower settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, try_from = "RawFollower")]
+pub struct FollowerConfig {
+    /// auto | nft | iptables.
+    pub backend: Backend,
+    /// How nft is reached: cli | netlink | auto.
+    pub nft_transport: NftTransport,
+    /// ipsec | cidr.
+    pub enforce: Enforce,
+    /// cidr mode: sources that are enforced...
+    pub managed_cidrs: Vec<Cidr>,
+    /// ...except these (auto: the CIDRs of this host's networks in the document).
+    pub local_cidrs: AutoOr<Cidr>,
+    /// This host's addresses (auto: from its interfaces).
+    pub addresses: AutoOr<IpAddr>,
+    /// Always accepted.
+    pub failsafe: Vec<Failsafe>,
+    /// Log accepted in-scope packets.
+    pub log_accept: bool,
+    /// Log dropped packets, rate-limited.
+    pub log_drop: bool,
+    /// When present, the follower changes nothing and exits 0.
+    pub disable_file: PathBuf,
+    /// last-good document, applied record, lock.
+    pub state_dir: PathBuf,
+    /// Apply even when the document names none of this host's addresses.
+    pub allow_unknown_host: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFollower {
+    #[serde(default)]
+    backend: Backend,
+    #[serde(default)]
+    nft_transport: NftTransport,
+    #[serde(default)]
+    enforce: Enforce,
+    #[serde(default)]
+    managed_cidrs: Vec<Cidr>,
+    #[serde(default)]
+    local_cidrs: AutoOr<Cidr>,
+    #[serde(default)]
+    addresses: AutoOr<IpAddr>,
+    #[serde(default)]
+    failsafe: Vec<Failsafe>,
+    #[serde(default)]
+    log_accept: bool,
+    #[serde(default)]
+    log_drop: bool,
+    #[serde(default = "default_disable_file")]
+    disable_file: PathBuf,
+    #[serde(default = "default_state_dir")]
+    state_dir: PathBuf,
+    #[serde(default)]
+    allow_unknown_host: bool,
+}
+
+impl TryFrom<RawFollower> for FollowerConfig {
+    type Error = String;
+    fn try_from(r: RawFollower) -> Result<Self, String> {
+        if r.enforce == Enforce::Cidr && r.managed_cidrs.is_empty() {
+            return Err(
+                "follower.managed_cidrs: `enforce: cidr` needs at least one managed CIDR".into(),
+            );
+        }
+        Ok(FollowerConfig {
+            backend: r.backend,
+            nft_transport: r.nft_transport,
+            enforce: r.enforce,
+            managed_cidrs: r.managed_cidrs,
+            local_cidrs: r.local_cidrs,
+            addresses: r.addresses,
+            failsafe: r.failsafe,
+            log_accept: r.log_accept,
+            log_drop: r.log_drop,
+            disable_file: r.disable_file,
+            state_dir: r.state_dir,
+            allow_unknown_host: r.allow_unknown_host,
+        })
+    }
+}
+
+impl Default for FollowerConfig {
+    fn default() -> Self {
+        FollowerConfig {
+            backend: Backend::Auto,
+            nft_transport: NftTransport::Cli,
+            enforce: Enforce::Ipsec,
+            managed_cidrs: Vec::new(),
+            local_cidrs: AutoOr::Auto,
+            addresses: AutoOr::Auto,
+            failsafe: Vec::new(),
+            log_accept: false,
+            log_drop: false,
+            disable_file: default_disable_file(),
+            state_dir: default_state_dir(),
+            allow_unknown_host: false,
+        }
+    }
+}
+
+fn default_disable_file() -> PathBuf {
+    PathBuf::from("/etc/reyes/disabled")
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/reyes")
+}
+
+/// Parse `90s`, `5m`, `1h` (and combinations such as `1h 30m`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("bad duration {s:?} ({e}): expected e.g. 90s, 5m, 1h"))?;
+    if d.is_zero() {
+        return Err(format!("duration {s:?} must be greater than zero"));
+    }
+    Ok(d)
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+/// Normalise a fingerprint: hex digits only, upper case; 40 (v4) or 64 (v6) of them.
+pub fn normalise_fingerprint(s: &str) -> Result<String, String> {
+    let hex: String = s.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_uppercase();
+    let hex = hex.strip_prefix("0X").unwrap_or(&hex).to_string();
+    if !(hex.len() == 40 || hex.len() == 64) || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!(
+            "{s:?} is not an OpenPGP fingerprint (40 or 64 hex digits; `gpg --fingerprint` shows it)"
+        ));
+    }
+    Ok(hex)
+}
+
+fn de_fingerprints<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let v = Vec::<String>::deserialize(d)?;
+    v.iter()
+        .map(|s| normalise_fingerprint(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(serde::de::Error::custom)
+}
+
+impl Config {
+    /// Read and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let mut cfg = Config::parse(&text, path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.resolve_paths(base);
+        Ok(cfg)
+    }
+
+    /// Parse config text; `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let cfg: Config = serde_saphyr::from_str(text).map_err(|e| yaml_error(path, &e))?;
+        if cfg.environment.trim().is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: 0,
+                column: 0,
+                message: "environment: must not be empty".into(),
+            });
+        }
+        Ok(cfg)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let StoreConfig::Directory(d) = &mut self.store {
+            fix(d);
+        }
+        for p in [&mut self.signing.key, &mut self.signing.passphrase_file, &mut self.signing.keyring]
+            .into_iter()
+            .flatten()
+        {
+            fix(p);
+        }
+        if let Some(inv) = &mut self.inventory {
+            match &mut inv.source {
+                InventorySource::File(f) => fix(f),
+                InventorySource::AwsJson(files) => files.iter_mut().for_each(|f| fix(&mut f.path)),
+                InventorySource::Ec2(_) => {}
+            }
+        }
+        fix(&mut self.follower.disable_file);
+        fix(&mut self.follower.state_dir);
+    }
+}
+
+/// Turn a serde-saphyr error into file:line:column plus the message.
+pub fn yaml_error(path: &Path, e: &serde_saphyr::Error) -> ConfigError {
+    let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+    let message = e.to_string();
+    ConfigError::Invalid { path: path.to_path_buf(), line, column, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "environment: prod\nstore:\n  directory: /srv/reyes\n";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse(MINIMAL, Path::new("x.yaml")).unwrap();
+        assert_eq!(c.environment, "prod");
+        assert_eq!(c.follower.enforce, Enforce::Ipsec);
+        assert_eq!(c.signing.validity, Duration::from_secs(3600));
+        assert!(matches!(c.store, StoreConfig::Directory(_)));
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_location() {
+        let text = format!("{MINIMAL}follower:\n  enforse: cidr\n");
+        let e = Config::parse(&text, Path::new("x.yaml")).unwrap_err().to_string();
+        assert!(e.starts_with("x.yaml:5:"), "{e}");
+        assert!(e.contains("enforse"), "{e}");
+    }
+
+    #[test]
+    fn two_stores_refused() {
+        let text = "environment: prod\nstore:\n  directory: /a\n  s3: {bucket: b, key: k}\n";
+        assert!(Config::parse(text, Path::new("x.yaml")).is_err());
+    }
+
+    #[test]
+    fn inventory_needs_exactly_one_source() {
+        let text = format!("{MINIMAL}inventory:\n  excluded_group_names: [a]\n");
+        let e = Config::parse(&text, Path::new("x.yaml")).unwrap_err().to_string();
+        assert!(e.contains("exactly one of"), "{e}");
+        let text = format!("{MINIMAL}inventory:\n  file: a.yaml\n  aws_json: [b.json]\n");
+        assert!(Config::parse(&text, Path::new("x.yaml")).is_err());
+    }
+
+    #[test]
+    fn cidr_mode_needs_managed_cidrs() {
+        let text = format!("{MINIMAL}follower:\n  enforce: cidr\n");
+        let e = Config::parse(&text, Path::new("x.yaml")).unwrap_err().to_string();
+        assert!(e.contains("managed_cidrs"), "{e}");
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let text = r#"
+environment: prod
+store:
+  s3: {bucket: b, key: prod/rules.json, region: us-east-1, endpoint: "http://127.0.0.1:5000"}
+signing:
+  key: leader.secret.asc
+  keyring: trusted/
+  trusted_fingerprints: ["AAAA BBBB CCCC DDDD EEEE  FFFF 0000 1111 2222 3333"]
+  validity: 90m
+inventory:
+  aws_json: [sgs.json, {path: pl.json, prefix_list: pl-123}]
+  excluded_group_names: [default]
+  dynamic_subnets: [subnet-1]
+follower:
+  backend: nft
+  enforce: cidr
+  managed_cidrs: [10.0.0.0/8, "fd00::/8"]
+  local_cidrs: auto
+  addresses: [10.1.0.10]
+  failsafe: [{proto: tcp, port: 22, from: 10.9.0.0/24}]
+  log_drop: true
+"#;
+        let c = Config::parse(text, Path::new("x.yaml")).unwrap();
+        assert_eq!(c.signing.trusted_fingerprints[0].len(), 40);
+        assert_eq!(c.signing.validity, Duration::from_secs(5400));
+        assert_eq!(c.follower.failsafe.len(), 1);
+        let inv = c.inventory.unwrap();
+        match inv.source {
+            InventorySource::AwsJson(f) => assert_eq!(f[1].prefix_list.as_deref(), Some("pl-123")),
+            _ => panic!("wrong source"),
+        }
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        for (yaml, needle) in [
+            ("follower:\n  failsafe: [{proto: icmp, port: 22}]\n", "port"),
+            ("follower:\n  managed_cidrs: [10.0.0.1/8]\n", "host bits"),
+            ("signing:\n  validity: soon\n", "duration"),
+            ("signing:\n  trusted_fingerprints: [abc]\n", "fingerprint"),
+            ("follower:\n  addresses: sometimes\n", "auto"),
+        ] {
+            let text = format!("{MINIMAL}{yaml}");
+            let e = Config::parse(&text, Path::new("x.yaml")).unwrap_err().to_string();
+            assert!(e.contains(needle), "{yaml}: {e}");
+        }
+    }
+}

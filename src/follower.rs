@@ -1,0 +1,308 @@
+//! The follower: fetch, verify the bytes, parse, check environment / expiry / serial, compile
+//! for this host, apply in one transaction, record. Every refusal leaves the live rules exactly
+//! as they were.
+
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
+
+use crate::backend::{self, Backend, BackendError};
+use crate::compile::{self, CompileError, HostContext, Ruleset, Target};
+use crate::config::{AutoOr, Backend as BackendChoice, Config};
+use crate::document::{hex, rfc3339, Document};
+use crate::error::{Classify, CmdResult, Failure};
+use crate::signing::{SigningError, TrustRoot, VerifiedSigner};
+use crate::state::{Applied, StateDir};
+use crate::store::{self, FetchOutcome, Fetched, Store, StoreError};
+
+/// Command-line overrides of the follower config.
+#[derive(Debug, Clone, Default)]
+pub struct FollowerOptions {
+    /// Print what would be applied and a diff against the live rules; change nothing.
+    pub dry_run: bool,
+    /// Backend override.
+    pub backend: Option<BackendChoice>,
+    /// Force accept logging on.
+    pub log_accept: bool,
+    /// Force drop logging on.
+    pub log_drop: bool,
+    /// Apply even if the document names none of this host's addresses.
+    pub allow_unknown_host: bool,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The disable file exists.
+    Disabled,
+    /// The store said nothing changed.
+    NotModified,
+    /// Same policy and host context as live: no kernel work (the record may have moved on to a
+    /// re-signed serial).
+    Unchanged {
+        /// Serial now recorded.
+        serial: u64,
+    },
+    /// Applied.
+    Applied {
+        /// Serial applied.
+        serial: u64,
+    },
+    /// Dry run: printed only.
+    DryRun,
+}
+
+/// A verified, parsed document and the bytes it came from.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// The document.
+    pub document: Document,
+    /// Its bytes (as signed).
+    pub bytes: Vec<u8>,
+    /// The signature.
+    pub signature: Vec<u8>,
+    /// Who signed.
+    pub signer: VerifiedSigner,
+}
+
+/// Load the configured keyring and allowlist.
+pub fn trust_root(cfg: &Config) -> CmdResult<TrustRoot> {
+    let keyring = cfg.signing.keyring.as_ref().ok_or_else(|| {
+        Failure::usage(anyhow::anyhow!(
+            "signing.keyring is not set: followers need the leader's certificate to verify documents"
+        ))
+    })?;
+    TrustRoot::load(keyring, &cfg.signing.trusted_fingerprints).usage()
+}
+
+fn store_failure(e: StoreError) -> Failure {
+    match e {
+        StoreError::MissingSignature(_) | StoreError::TooLarge(_) => Failure::refused(e),
+        StoreError::Unsupported(_) => Failure::usage(e),
+        StoreError::NotFound(_) | StoreError::Io(_) => Failure::runtime(e),
+    }
+}
+
+/// Verify signature bytes, then parse, then check environment and expiry (not serial).
+pub fn verify_document(
+    trust: &TrustRoot,
+    bytes: &[u8],
+    signature: &[u8],
+    environment: &str,
+    now: SystemTime,
+    check_expiry: bool,
+) -> CmdResult<Verified> {
+    let signer = trust.verify(bytes, signature).map_err(|e| match e {
+        SigningError::Rejected(m) => Failure::refused(anyhow::anyhow!("signature refused: {m}")),
+        other => Failure::usage(other),
+    })?;
+    let document = Document::parse(bytes).refused()?;
+    if document.environment != environment {
+        return Err(Failure::refused(anyhow::anyhow!(
+            "document is for environment {:?}, this follower is {:?} (check `environment` in the config and the store it reads)",
+            document.environment,
+            environment
+        )));
+    }
+    let not_after = document.not_after_time().map_err(|e| Failure::refused(anyhow::anyhow!(e)))?;
+    if check_expiry && now > not_after {
+        return Err(Failure::refused(anyhow::anyhow!(
+            "document serial {} expired at {} (now {}): is the leader running and publishing?",
+            document.serial,
+            document.not_after,
+            rfc3339(now)
+        )));
+    }
+    Ok(Verified { document, bytes: bytes.to_vec(), signature: signature.to_vec(), signer })
+}
+
+/// Fetch and verify, fetching again if the pair did not verify but changed meanwhile (a torn
+/// read between the leader's two writes): a torn pair is never applied.
+fn fetch_verified(store: &dyn Store, trust: &TrustRoot, cfg: &Config, now: SystemTime) -> CmdResult<Verified> {
+    let mut last: Option<Fetched> = None;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let fetched = match store.fetch(None).map_err(store_failure)? {
+            FetchOutcome::Fetched(f) => f,
+            FetchOutcome::Unchanged => return Err(Failure::runtime(anyhow::anyhow!("store answered not-modified to an unconditional fetch"))),
+        };
+        match verify_document(trust, &fetched.document, &fetched.signature, &cfg.environment, now, true) {
+            Ok(v) => return Ok(v),
+            Err(f) => {
+                let changed = last.as_ref().is_some_and(|l| *l != fetched) || last.is_none();
+                if attempt >= 3 || !changed {
+                    return Err(f.context(format!("{}", store.describe())));
+                }
+                tracing::warn!(attempt, error = %f, "document did not verify; fetching again in case it was being replaced");
+                std::thread::sleep(Duration::from_millis(200 * attempt));
+                last = Some(fetched);
+            }
+        }
+    }
+}
+
+/// This host's addresses per config.
+pub fn host_addresses(cfg: &Config) -> CmdResult<Vec<IpAddr>> {
+    match &cfg.follower.addresses {
+        AutoOr::List(l) => Ok(l.clone()),
+        AutoOr::Auto => crate::net::local_addresses().runtime(),
+    }
+}
+
+/// The host context a follower run uses.
+pub fn host_context(cfg: &Config, opts: &FollowerOptions) -> CmdResult<HostContext> {
+    let mut ctx = HostContext::from_config(&cfg.follower, Target::Host(host_addresses(cfg)?));
+    ctx.log_accept |= opts.log_accept;
+    ctx.log_drop |= opts.log_drop;
+    ctx.allow_unknown_host |= opts.allow_unknown_host;
+    Ok(ctx)
+}
+
+/// Compile, mapping an unknown host to a refusal.
+pub fn compile_for(doc: &Document, ctx: &HostContext) -> CmdResult<Ruleset> {
+    compile::compile(doc, ctx).map_err(|e| match e {
+        CompileError::UnknownHost(_) => Failure::refused(e),
+    })
+}
+
+fn backend_failure(e: BackendError) -> Failure {
+    match e {
+        BackendError::Unsupported(_) => Failure::usage(e),
+        other => Failure::runtime(other),
+    }
+}
+
+/// Open the configured (or overridden) backend.
+pub fn open_backend(cfg: &Config, choice: Option<BackendChoice>) -> CmdResult<Box<dyn Backend>> {
+    if cfg.follower.nft_transport == crate::config::NftTransport::Netlink {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "follower.nft_transport: netlink is not supported yet in this build: use `cli`"
+        )));
+    }
+    backend::select(choice.unwrap_or(cfg.follower.backend)).map_err(backend_failure)
+}
+
+/// sha256 of bytes, prefixed.
+pub fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex(&Sha256::digest(bytes)))
+}
+
+/// Apply a verified document through a backend and record it. Skips the kernel when the
+/// policy and host context are what is live already.
+pub fn apply_verified(
+    v: &Verified,
+    ctx: &HostContext,
+    backend: &dyn Backend,
+    state: &StateDir,
+    now: SystemTime,
+) -> CmdResult<Outcome> {
+    let applied = state.applied().runtime()?;
+    let doc = &v.document;
+    let rs = compile_for(doc, ctx)?;
+    let context_digest = ctx.digest();
+    let record = Applied {
+        serial: doc.serial,
+        environment: doc.environment.clone(),
+        issued_at: doc.issued_at.clone(),
+        not_after: doc.not_after.clone(),
+        policy_digest: doc.policy_digest.clone(),
+        document_digest: sha256(&v.bytes),
+        context_digest: context_digest.clone(),
+        backend: backend.name().to_string(),
+        applied_at: rfc3339(now),
+        signer: v.signer.fingerprint.clone(),
+        reyes_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    if let Some(a) = &applied {
+        let same = a.policy_digest == doc.policy_digest
+            && a.context_digest == context_digest
+            && a.backend == backend.name()
+            && a.reyes_version == record.reyes_version;
+        if same && backend.present().map_err(backend_failure)? {
+            if a.serial != doc.serial {
+                state.save_last_good(&v.bytes, &v.signature).runtime()?;
+                state.record(&Applied { applied_at: a.applied_at.clone(), ..record }).runtime()?;
+                tracing::info!(serial = doc.serial, "policy unchanged (re-signed); no kernel work");
+            } else {
+                tracing::info!(serial = doc.serial, "nothing to change");
+            }
+            return Ok(Outcome::Unchanged { serial: doc.serial });
+        }
+    }
+    backend.apply(&rs).map_err(backend_failure)?;
+    state.save_last_good(&v.bytes, &v.signature).runtime()?;
+    state.record(&record).runtime()?;
+    tracing::info!(
+        serial = doc.serial,
+        backend = backend.name(),
+        sets = rs.sets.len(),
+        elements = rs.element_count(),
+        rules = rs.rule_count(),
+        "applied"
+    );
+    Ok(Outcome::Applied { serial: doc.serial })
+}
+
+/// Refuse a serial that does not move forward.
+pub fn check_serial(v: &Verified, applied: Option<&Applied>) -> CmdResult<()> {
+    let Some(a) = applied else { return Ok(()) };
+    let doc = &v.document;
+    if doc.serial < a.serial {
+        return Err(Failure::refused(anyhow::anyhow!(
+            "document serial {} is older than the applied serial {} (replayed or rolled back); refusing",
+            doc.serial,
+            a.serial
+        )));
+    }
+    if doc.serial == a.serial && sha256(&v.bytes) != a.document_digest {
+        return Err(Failure::refused(anyhow::anyhow!(
+            "document serial {} was already applied with different contents; a serial must never be reused",
+            doc.serial
+        )));
+    }
+    Ok(())
+}
+
+/// One follower run.
+pub fn run_once(cfg: &Config, opts: &FollowerOptions, now: SystemTime) -> CmdResult<Outcome> {
+    if cfg.follower.disable_file.exists() {
+        tracing::warn!(file = %cfg.follower.disable_file.display(), "disable file present: changing nothing");
+        return Ok(Outcome::Disabled);
+    }
+    let trust = trust_root(cfg)?;
+    let store = store::open(&cfg.store).map_err(store_failure)?;
+    let backend = open_backend(cfg, opts.backend)?;
+    let ctx = host_context(cfg, opts)?;
+    let state = StateDir::open(&cfg.follower.state_dir).runtime()?;
+    let _lock = state.lock().runtime()?;
+
+    let v = fetch_verified(store.as_ref(), &trust, cfg, now)?;
+    let applied = state.applied().runtime()?;
+    check_serial(&v, applied.as_ref())?;
+
+    if opts.dry_run {
+        let rs = compile_for(&v.document, &ctx)?;
+        let text = backend.render(&rs).map_err(backend_failure)?;
+        print!("{text}");
+        let live = backend.live().map_err(backend_failure)?;
+        println!("\n# diff against the live ruleset (- live, + would apply):");
+        for line in crate::nft::render::diff(live.as_deref().unwrap_or(""), crate::nft::render::table_block(&text)) {
+            println!("{line}");
+        }
+        return Ok(Outcome::DryRun);
+    }
+    apply_verified(&v, &ctx, backend.as_ref(), &state, now)
+}
+
+/// Run forever, once per `interval`; failures are logged and retried next time.
+pub fn run_interval(cfg: &Config, opts: &FollowerOptions, interval: Duration) -> ! {
+    loop {
+        match run_once(cfg, opts, SystemTime::now()) {
+            Ok(o) => tracing::debug!(outcome = ?o, "follower run done"),
+            Err(f) => tracing::error!(exit = f.kind.code(), "{f}"),
+        }
+        std::thread::sleep(interval);
+    }
+}

@@ -1,0 +1,271 @@
+//! The static YAML inventory (SPEC "Static inventory").
+//!
+//! Beyond SPEC's `networks`, `groups` and `hosts`, a file may list `subnets` (for
+//! `dynamic_subnets`) and `prefix_lists`, and a host may name its `subnet`.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::{Group, Host, Inventory, InventoryError, Network, PrefixList, Rule, Sources, Subnet};
+use crate::net::Cidr;
+use crate::proto::{PortRange, Proto};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    networks: Vec<RawNetwork>,
+    #[serde(default)]
+    subnets: Vec<RawSubnet>,
+    #[serde(default)]
+    groups: Vec<RawGroup>,
+    #[serde(default)]
+    hosts: Vec<RawHost>,
+    #[serde(default)]
+    prefix_lists: Vec<RawPrefixList>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetwork {
+    id: String,
+    #[serde(default)]
+    cidrs: Vec<Cidr>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSubnet {
+    id: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    network: Option<String>,
+    cidrs: Vec<Cidr>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGroup {
+    id: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    network: Option<String>,
+    #[serde(default)]
+    ingress: Vec<RawRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSources {
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    cidrs: Vec<Cidr>,
+    #[serde(default)]
+    prefix_lists: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, try_from = "RuleFields")]
+struct RawRule(Rule);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFields {
+    proto: Proto,
+    #[serde(default)]
+    ports: Option<PortRange>,
+    #[serde(default)]
+    icmp_type: Option<u8>,
+    #[serde(default)]
+    icmp_code: Option<u8>,
+    from: RawSources,
+    #[serde(default)]
+    #[allow(dead_code)]
+    description: Option<String>,
+}
+
+impl TryFrom<RuleFields> for RawRule {
+    type Error = String;
+    fn try_from(f: RuleFields) -> Result<Self, String> {
+        if f.proto.has_ports() && f.ports.is_none() {
+            return Err(format!("rule: `ports` is required for {} (use \"0-65535\" for every port)", f.proto));
+        }
+        if !f.proto.has_ports() && f.ports.is_some() {
+            return Err(format!("rule: `ports` only applies to tcp and udp, not {}", f.proto));
+        }
+        if !f.proto.is_icmp() && (f.icmp_type.is_some() || f.icmp_code.is_some()) {
+            return Err(format!("rule: icmp_type/icmp_code only apply to icmp and icmpv6, not {}", f.proto));
+        }
+        if f.icmp_code.is_some() && f.icmp_type.is_none() {
+            return Err("rule: icmp_code needs icmp_type".into());
+        }
+        if f.from.groups.is_empty() && f.from.cidrs.is_empty() && f.from.prefix_lists.is_empty() {
+            return Err("rule: `from` lists no groups, cidrs or prefix_lists".into());
+        }
+        Ok(RawRule(Rule {
+            proto: f.proto,
+            ports: f.ports,
+            icmp_type: f.icmp_type,
+            icmp_code: f.icmp_code,
+            from: Sources { groups: f.from.groups, cidrs: f.from.cidrs, prefix_lists: f.from.prefix_lists },
+        }))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHost {
+    id: String,
+    addresses: Vec<Cidr>,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    subnet: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrefixList {
+    id: String,
+    cidrs: Vec<Cidr>,
+}
+
+/// Read a static inventory file.
+pub fn load(path: &Path) -> Result<Inventory, InventoryError> {
+    let text = super::read(path)?;
+    parse(&text, &path.display().to_string())
+}
+
+/// Parse static inventory text; `name` names the file in errors.
+pub fn parse(text: &str, name: &str) -> Result<Inventory, InventoryError> {
+    let f: File = serde_saphyr::from_str(text).map_err(|e| {
+        let (l, c) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+        InventoryError::Invalid(format!("{name}:{l}:{c}: {e}"))
+    })?;
+    let bad = |msg: String| InventoryError::Invalid(format!("{name}: {msg}"));
+
+    let mut group_ids = BTreeSet::new();
+    for g in &f.groups {
+        if !group_ids.insert(g.id.as_str()) {
+            return Err(bad(format!("groups: id {:?} appears twice", g.id)));
+        }
+    }
+    let pl_ids: BTreeSet<&str> = f.prefix_lists.iter().map(|p| p.id.as_str()).collect();
+    let subnet_ids: BTreeSet<&str> = f.subnets.iter().map(|s| s.id.as_str()).collect();
+    for g in &f.groups {
+        for (i, r) in g.ingress.iter().enumerate() {
+            for src in &r.0.from.groups {
+                if !group_ids.contains(src.as_str()) {
+                    return Err(bad(format!(
+                        "group {} ingress[{i}]: from.groups names {src:?}, which is not a group in this file",
+                        g.id
+                    )));
+                }
+            }
+            for pl in &r.0.from.prefix_lists {
+                if !pl_ids.contains(pl.as_str()) {
+                    return Err(bad(format!(
+                        "group {} ingress[{i}]: from.prefix_lists names {pl:?}, which is not in prefix_lists",
+                        g.id
+                    )));
+                }
+            }
+        }
+    }
+    for h in &f.hosts {
+        for g in &h.groups {
+            if !group_ids.contains(g.as_str()) {
+                return Err(bad(format!("host {}: group {g:?} is not a group in this file", h.id)));
+            }
+        }
+        if let Some(s) = &h.subnet {
+            if !subnet_ids.contains(s.as_str()) {
+                return Err(bad(format!("host {}: subnet {s:?} is not in subnets", h.id)));
+            }
+        }
+    }
+
+    Ok(Inventory {
+        networks: f.networks.into_iter().map(|n| Network { id: n.id, cidrs: n.cidrs }).collect(),
+        subnets: f
+            .subnets
+            .into_iter()
+            .map(|s| Subnet { id: s.id, name: s.name, network: s.network, cidrs: s.cidrs })
+            .collect(),
+        groups: f
+            .groups
+            .into_iter()
+            .map(|g| Group {
+                name: g.name.unwrap_or_else(|| g.id.clone()),
+                id: g.id,
+                network: g.network,
+                ingress: g.ingress.into_iter().map(|r| r.0).collect(),
+            })
+            .collect(),
+        hosts: f
+            .hosts
+            .into_iter()
+            .map(|h| Host { id: h.id, addresses: h.addresses, groups: h.groups, subnet: h.subnet })
+            .collect(),
+        prefix_lists: f.prefix_lists.into_iter().map(|p| PrefixList { id: p.id, cidrs: p.cidrs }).collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_example_parses() {
+        let text = r#"
+networks:
+  - id: vpc-a
+    cidrs: [10.1.0.0/16, "fd00:1::/56"]
+groups:
+  - id: sg-web
+    name: web
+    network: vpc-a
+    ingress:
+      - proto: tcp
+        ports: 443
+        from:
+          groups: [sg-lb]
+          cidrs: [10.2.0.0/16, "2001:db8::/64"]
+      - proto: icmp
+        icmp_type: 8
+        from: {cidrs: [10.0.0.0/8]}
+  - id: sg-lb
+hosts:
+  - id: i-0abc
+    addresses: [10.1.0.10, "fd00:1::10"]
+    groups: [sg-web]
+"#;
+        let inv = parse(text, "inv.yaml").unwrap();
+        assert_eq!(inv.groups.len(), 2);
+        assert_eq!(inv.groups[0].ingress[0].ports, Some(PortRange { first: 443, last: 443 }));
+        assert_eq!(inv.groups[1].name, "sg-lb");
+        assert_eq!(inv.hosts[0].addresses.len(), 2);
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        let text = "groups:\n  - id: a\n    ingress:\n      - proto: tcp\n        from: {cidrs: [10.0.0.0/8]}\n";
+        let e = parse(text, "inv.yaml").unwrap_err().to_string();
+        assert!(e.starts_with("inv.yaml:4:"), "{e}");
+        assert!(e.contains("ports"), "{e}");
+    }
+
+    #[test]
+    fn dangling_references_are_errors() {
+        let text = "groups:\n  - id: a\n    ingress:\n      - {proto: all, from: {groups: [b]}}\n";
+        let e = parse(text, "inv.yaml").unwrap_err().to_string();
+        assert!(e.contains("\"b\""), "{e}");
+        let text = "hosts:\n  - {id: h, addresses: [10.0.0.1], groups: [nope]}\n";
+        assert!(parse(text, "inv.yaml").is_err());
+    }
+}

@@ -1,0 +1,24 @@
+//! reyes: security-group rules for traffic that arrives over IPsec.
+//!
+//! A leader reads an inventory ([`inventory`]), builds a canonical rule document
+//! ([`document`]), signs it ([`signing`]) and publishes it ([`store`]). A follower fetches and
+//! verifies it, compiles it for its host ([`compile`]) and applies it atomically through a
+//! backend ([`nft`]), replacing only its own `inet reyes` table.
+#![deny(missing_docs)]
+#![forbid(unsafe_op_in_unsafe_fn)]
+
+pub mod backend;
+pub mod commands;
+pub mod compile;
+pub mod config;
+pub mod document;
+pub mod error;
+pub mod follower;
+pub mod inventory;
+pub mod leader;
+pub mod net;
+pub mod nft;
+pub mod proto;
+pub mod signing;
+pub mod state;
+pub mod store;

@@ -1,0 +1,66 @@
+//! Where documents are published and fetched: `rules.json` and `rules.json.sig` side by side.
+
+pub mod directory;
+
+use crate::config::StoreConfig;
+
+/// A store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Nothing published there (yet).
+    #[error("{0}")]
+    NotFound(String),
+    /// The document is there but its signature is not.
+    #[error("{0}")]
+    MissingSignature(String),
+    /// An object is larger than a follower accepts.
+    #[error("{0}")]
+    TooLarge(String),
+    /// I/O or network failure.
+    #[error("{0}")]
+    Io(String),
+    /// The configured store is not available in this build.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// A document and its signature as fetched, not yet verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    /// `rules.json` bytes.
+    pub document: Vec<u8>,
+    /// `rules.json.sig` bytes.
+    pub signature: Vec<u8>,
+    /// An opaque version tag (an ETag) for conditional fetches, when the store has one.
+    pub version: Option<String>,
+}
+
+/// The result of a conditional fetch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchOutcome {
+    /// The store says nothing changed since `version`.
+    Unchanged,
+    /// New bytes.
+    Fetched(Fetched),
+}
+
+/// A place to publish and fetch signed documents.
+pub trait Store {
+    /// Fetch both objects; with `if_changed_from`, a store that can tell may answer
+    /// [`FetchOutcome::Unchanged`].
+    fn fetch(&self, if_changed_from: Option<&str>) -> Result<FetchOutcome, StoreError>;
+    /// Publish the document, then its signature.
+    fn publish(&self, document: &[u8], signature: &[u8]) -> Result<(), StoreError>;
+    /// For messages: where this store is.
+    fn describe(&self) -> String;
+}
+
+/// Open the configured store.
+pub fn open(cfg: &StoreConfig) -> Result<Box<dyn Store>, StoreError> {
+    match cfg {
+        StoreConfig::Directory(d) => Ok(Box::new(directory::DirectoryStore::new(d.clone()))),
+        StoreConfig::S3(_) => Err(StoreError::Unsupported(
+            "store.s3 is not supported yet in this build: use `store: {directory: ...}`".into(),
+        )),
+    }
+}
