@@ -1,0 +1,135 @@
+//! Shared helpers for integration tests: network namespaces the tests create and delete, and
+//! running the reyes binary.
+#![allow(dead_code)]
+
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The reyes binary under test.
+pub fn reyes_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_reyes")
+}
+
+/// Kernel tests need root (to create namespaces). Without it they are skipped with a message,
+/// unless REYES_REQUIRE_NETNS=1 (set by CI), where skipping is a failure.
+pub fn netns_available() -> bool {
+    let root = unsafe_geteuid() == 0;
+    let have_ip = Command::new("ip").arg("-V").output().map(|o| o.status.success()).unwrap_or(false);
+    let ok = root && have_ip;
+    if !ok {
+        if std::env::var("REYES_REQUIRE_NETNS").as_deref() == Ok("1") {
+            panic!("network namespace tests need root and iproute2 (REYES_REQUIRE_NETNS=1)");
+        }
+        eprintln!("skipping: network namespace tests need root and iproute2");
+    }
+    ok
+}
+
+fn unsafe_geteuid() -> u32 {
+    // Read it from /proc to avoid an unsafe libc call in tests.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(u32::MAX)
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    /// Its name (for `ip netns exec`).
+    pub name: String,
+}
+
+impl Netns {
+    /// Create a fresh namespace with loopback up.
+    pub fn new(tag: &str) -> Netns {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("reyes-t-{tag}-{}-{n}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let out = Command::new("ip").args(["netns", "add", &name]).output().expect("run ip");
+        assert!(out.status.success(), "ip netns add {name}: {}", String::from_utf8_lossy(&out.stderr));
+        let ns = Netns { name };
+        ns.ok(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Run a command inside, with optional stdin.
+    pub fn run(&self, argv: &[&str], stdin: Option<&str>) -> Output {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).args(argv);
+        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn ip netns exec");
+        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            use std::io::Write;
+            let _ = pipe.write_all(text.as_bytes());
+        }
+        child.wait_with_output().expect("wait")
+    }
+
+    /// Run and require success; returns stdout.
+    pub fn ok(&self, argv: &[&str]) -> String {
+        let o = self.run(argv, None);
+        assert!(
+            o.status.success(),
+            "{argv:?} in {} failed: {}{}",
+            self.name,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// `nft -f -` with this script; panics on failure.
+    pub fn nft_apply(&self, script: &str) {
+        let o = self.run(&["nft", "-f", "-"], Some(script));
+        assert!(o.status.success(), "nft -f failed: {}", String::from_utf8_lossy(&o.stderr));
+    }
+
+    /// `nft -s -p list table FAMILY NAME`, or None if absent.
+    pub fn nft_list_table(&self, family: &str, table: &str) -> Option<String> {
+        let o = self.run(&["nft", "-s", "-p", "list", "table", family, table], None);
+        o.status.success().then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+
+    /// `nft list ruleset` (with counters), for byte-for-byte comparisons.
+    pub fn nft_ruleset(&self) -> String {
+        self.ok(&["nft", "list", "ruleset"])
+    }
+
+    /// Run the reyes binary inside; returns the output.
+    pub fn reyes(&self, args: &[&str]) -> Output {
+        let mut argv = vec![reyes_bin()];
+        argv.extend_from_slice(args);
+        self.run(&argv, None)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+/// Collapse whitespace (nft wraps long element lists).
+pub fn normalise(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The `table ... {` block of a rendered script.
+pub fn table_block(script: &str) -> &str {
+    match script.find("table inet reyes {") {
+        Some(i) => &script[i..],
+        None => script,
+    }
+}
+
+/// Output as text, for messages.
+pub fn text(o: &Output) -> String {
+    format!("status {:?}\nstdout:\n{}\nstderr:\n{}", o.status.code(), String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
