@@ -255,7 +255,7 @@ pub fn keygen(name: &str, passphrase: Option<Password>) -> Result<(Vec<u8>, Vec<
         .set_profile(openpgp::Profile::RFC4880)
         .map_err(|e| SigningError::Key(e.to_string()))?
         .set_cipher_suite(CipherSuite::Cv25519)
-        .add_userid(format!("reyes leader {name}"))
+        .add_userid(format!("{name} (reyes signing key)"))
         .add_signing_subkey()
         .set_password(passphrase)
         .generate()
