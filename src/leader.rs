@@ -50,11 +50,14 @@ fn inventory_failure(e: InventoryError) -> Failure {
     }
 }
 
-/// The stored document, if one is there and parses (its signature is the leader's own).
-fn stored(store: &dyn store::Store) -> CmdResult<Option<Document>> {
+/// The stored document, if one is there and parses, with its signature.
+/// A stored document with the bytes and signature it came from.
+type Stored = (Document, Vec<u8>, Vec<u8>);
+
+fn stored(store: &dyn store::Store) -> CmdResult<Option<Stored>> {
     match store.fetch(None) {
         Ok(FetchOutcome::Fetched(f)) => match Document::parse(&f.document) {
-            Ok(d) => Ok(Some(d)),
+            Ok(d) => Ok(Some((d, f.document, f.signature))),
             Err(e) => {
                 tracing::warn!(error = %e, "the stored document does not parse; it will be replaced");
                 Ok(None)
@@ -62,6 +65,10 @@ fn stored(store: &dyn store::Store) -> CmdResult<Option<Document>> {
         },
         Ok(FetchOutcome::Unchanged) => Ok(None),
         Err(StoreError::NotFound(_)) | Err(StoreError::MissingSignature(_)) => Ok(None),
+        Err(e @ StoreError::TooLarge(_)) => {
+            tracing::warn!(error = %e, "the stored document is unusable; it will be replaced");
+            Ok(None)
+        }
         Err(StoreError::Unsupported(m)) => Err(Failure::usage(anyhow::anyhow!(m))),
         Err(e) => Err(Failure::runtime(e).context("cannot read the stored document")),
     }
@@ -78,8 +85,13 @@ pub fn run_once(cfg: &Config, opts: &LeaderOptions, now: SystemTime) -> CmdResul
     })?;
     let inv = inventory::load(inv_cfg).map_err(inventory_failure)?;
     let previous = stored(store.as_ref())?;
-    let now_secs = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let serial = previous.as_ref().map_or(now_secs, |p| now_secs.max(p.serial.saturating_add(1)));
+    let now_secs = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let serial = previous.as_ref().map_or(now_secs, |(p, _, _)| {
+        now_secs.max(p.serial.saturating_add(1))
+    });
     let built = document::build(
         &inv,
         &BuildOptions {
@@ -97,7 +109,9 @@ pub fn run_once(cfg: &Config, opts: &LeaderOptions, now: SystemTime) -> CmdResul
         tracing::warn!("{w}");
     }
     if let Some(out) = &opts.output {
-        std::fs::write(out, &built.bytes).runtime().map_err(|f| f.context(format!("cannot write {}", out.display())))?;
+        std::fs::write(out, &built.bytes)
+            .runtime()
+            .map_err(|f| f.context(format!("cannot write {}", out.display())))?;
     }
     if opts.dry_run {
         if opts.output.is_none() {
@@ -106,24 +120,34 @@ pub fn run_once(cfg: &Config, opts: &LeaderOptions, now: SystemTime) -> CmdResul
         }
         return Ok(LeaderOutcome::DryRun);
     }
-    if let Some(p) = &previous {
+    let key_path = cfg.signing.key.as_ref().ok_or_else(|| {
+        Failure::usage(anyhow::anyhow!(
+            "signing.key is not set: the leader needs its secret key to sign"
+        ))
+    })?;
+    let pass = cfg
+        .signing
+        .passphrase_file
+        .as_deref()
+        .map(read_passphrase)
+        .transpose()
+        .usage()?;
+    let key = SigningKey::load(key_path, pass).usage()?;
+    if let Some((p, bytes, sig)) = &previous {
         let fresh_until = p
             .not_after_time()
             .ok()
             .and_then(|t| t.checked_sub(cfg.signing.validity / 2));
+        // Fresh, same policy, and signed by this very key (a rotated key re-signs at once).
         if p.policy_digest == built.document.policy_digest
             && p.environment == cfg.environment
             && fresh_until.is_some_and(|t| now < t)
+            && key.own_trust_root().verify(bytes, sig).is_ok()
         {
             tracing::info!(serial = p.serial, not_after = %p.not_after, "policy unchanged and still fresh; not publishing");
             return Ok(LeaderOutcome::Fresh { serial: p.serial });
         }
     }
-    let key_path = cfg.signing.key.as_ref().ok_or_else(|| {
-        Failure::usage(anyhow::anyhow!("signing.key is not set: the leader needs its secret key to sign"))
-    })?;
-    let pass = cfg.signing.passphrase_file.as_deref().map(read_passphrase).transpose().usage()?;
-    let key = SigningKey::load(key_path, pass).usage()?;
     let sig = key.sign(&built.bytes).usage()?;
     // Never publish what our own followers would refuse.
     if let Some(keyring) = &cfg.signing.keyring {
@@ -136,7 +160,10 @@ pub fn run_once(cfg: &Config, opts: &LeaderOptions, now: SystemTime) -> CmdResul
             })?;
         }
     }
-    store.publish(&built.bytes, &sig).runtime().map_err(|f| f.context(format!("publishing to {}", store.describe())))?;
+    store
+        .publish(&built.bytes, &sig)
+        .runtime()
+        .map_err(|f| f.context(format!("publishing to {}", store.describe())))?;
     let p = &built.document.policy;
     tracing::info!(
         serial,
@@ -147,7 +174,10 @@ pub fn run_once(cfg: &Config, opts: &LeaderOptions, now: SystemTime) -> CmdResul
         store = %store.describe(),
         "published"
     );
-    Ok(LeaderOutcome::Published { serial, policy_digest: built.document.policy_digest.clone() })
+    Ok(LeaderOutcome::Published {
+        serial,
+        policy_digest: built.document.policy_digest.clone(),
+    })
 }
 
 /// Run forever, once per `interval`.

@@ -17,6 +17,13 @@ impl NftBackend {
     pub fn new() -> NftBackend {
         NftBackend::default()
     }
+
+    /// Using this `nft` binary (or a wrapper, e.g. one that enters a network namespace).
+    pub fn with_nft(bin: impl Into<String>) -> NftBackend {
+        NftBackend {
+            cli: cli::NftCli::with_binary(bin),
+        }
+    }
 }
 
 fn err(e: cli::NftError) -> BackendError {
@@ -55,8 +62,17 @@ impl Backend for NftBackend {
         if want == got {
             return Ok(());
         }
-        let at = want.chars().zip(got.chars()).take_while(|(a, b)| a == b).count();
-        let context = |s: &str| s.chars().skip(at.saturating_sub(60)).take(160).collect::<String>();
+        let at = want
+            .chars()
+            .zip(got.chars())
+            .take_while(|(a, b)| a == b)
+            .count();
+        let context = |s: &str| {
+            s.chars()
+                .skip(at.saturating_sub(60))
+                .take(160)
+                .collect::<String>()
+        };
         let restore = match previous {
             Some(old) => format!("{}{}", render::flush_script(), old),
             None => render::flush_script(),
