@@ -95,14 +95,22 @@ fn policy_digest_ignores_the_header() {
 #[test]
 fn document_fields_match_the_json_schema() {
     let schema: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/rules.v1.schema.json")).unwrap(),
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/rules.v1.schema.json"),
+        )
+        .unwrap(),
     )
     .unwrap();
     let built = build(&example(), &opts()).unwrap();
     let doc: serde_json::Value = serde_json::from_slice(&built.bytes).unwrap();
-    let keys = |v: &serde_json::Value| -> Vec<String> { v.as_object().unwrap().keys().cloned().collect() };
-    let mut required: Vec<String> =
-        schema["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    let keys =
+        |v: &serde_json::Value| -> Vec<String> { v.as_object().unwrap().keys().cloned().collect() };
+    let mut required: Vec<String> = schema["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
     required.sort();
     let mut top = keys(&doc);
     top.sort();
@@ -119,6 +127,9 @@ fn document_fields_match_the_json_schema() {
             }
         }
     }
-    assert_eq!(schema["properties"]["format"]["const"], reyes::document::FORMAT);
+    assert_eq!(
+        schema["properties"]["format"]["const"],
+        reyes::document::FORMAT
+    );
     assert!(Document::parse(&built.bytes).is_ok());
 }
