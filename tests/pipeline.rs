@@ -109,7 +109,7 @@ impl Rig {
     }
 
     fn render(&self) -> String {
-        let doc = self.p("store/rules.json");
+        let doc = self.p("store/current/rules.json");
         let o = self.with_cfg(&[
             "render",
             "--document",
@@ -224,7 +224,7 @@ fn kernel_rejection_leaves_previous_table_exactly() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let doc = reyes::commands::load_document(&rig.p("store/rules.json")).unwrap();
+    let doc = reyes::commands::load_document(&rig.p("store/current/rules.json")).unwrap();
     let ctx = reyes::compile::HostContext {
         target: reyes::compile::Target::Host(vec![HOST.parse().unwrap()]),
         enforce: reyes::config::Enforce::Ipsec,
@@ -283,8 +283,8 @@ fn tampered_documents_and_signatures_are_refused() {
     let rig = Rig::new("tamper");
     rig.lead();
     rig.follow();
-    let doc = rig.p("store/rules.json");
-    let sig = rig.p("store/rules.json.sig");
+    let doc = rig.p("store/current/rules.json");
+    let sig = rig.p("store/current/rules.json.sig");
     let (good_doc, good_sig) = (std::fs::read(&doc).unwrap(), std::fs::read(&sig).unwrap());
 
     // Publish a newer one so a good pair would be applied; then break it in turn.
@@ -305,7 +305,8 @@ fn tampered_documents_and_signatures_are_refused() {
     std::fs::write(&sig, &good_sig).unwrap();
     refused_unchanged(&rig, "signature refused", &[]);
 
-    std::fs::remove_file(&sig).unwrap();
+    // The signature object is missing (removed from the published version itself).
+    std::fs::remove_file(rig.p("store/current/rules.json.sig")).unwrap();
     refused_unchanged(&rig, "unsigned", &[]);
 
     // Signed by a key that is not in the keyring.
@@ -370,8 +371,8 @@ fn replay_expiry_and_environment_are_refused() {
     let rig = Rig::new("replay");
     rig.lead();
     let old = (
-        std::fs::read(rig.p("store/rules.json")).unwrap(),
-        std::fs::read(rig.p("store/rules.json.sig")).unwrap(),
+        std::fs::read(rig.p("store/current/rules.json")).unwrap(),
+        std::fs::read(rig.p("store/current/rules.json.sig")).unwrap(),
     );
     // A newer serial with a different policy is applied...
     let inv = std::fs::read_to_string(rig.p("inventory.yaml"))
@@ -384,8 +385,8 @@ fn replay_expiry_and_environment_are_refused() {
     rig.lead();
     rig.follow();
     // ...then the older pair is replayed.
-    std::fs::write(rig.p("store/rules.json"), &old.0).unwrap();
-    std::fs::write(rig.p("store/rules.json.sig"), &old.1).unwrap();
+    std::fs::write(rig.p("store/current/rules.json"), &old.0).unwrap();
+    std::fs::write(rig.p("store/current/rules.json.sig"), &old.1).unwrap();
     refused_unchanged(&rig, "older than the applied serial", &[]);
 
     // Expired: a document issued two hours ago with one hour of validity, properly signed.
@@ -403,11 +404,11 @@ fn replay_expiry_and_environment_are_refused() {
         },
     )
     .unwrap();
-    std::fs::write(rig.p("store/rules.json"), &built.bytes).unwrap();
+    std::fs::write(rig.p("store/current/rules.json"), &built.bytes).unwrap();
     let o = rig.with_cfg(&[
         "sign",
         "--document",
-        rig.p("store/rules.json").to_str().unwrap(),
+        rig.p("store/current/rules.json").to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", text(&o));
     refused_unchanged(&rig, "expired", &[]);
@@ -426,7 +427,7 @@ fn malformed_oversized_unknown_host_and_disabled() {
     let rig = Rig::new("bad");
     rig.lead();
     rig.follow();
-    let doc = rig.p("store/rules.json");
+    let doc = rig.p("store/current/rules.json");
     let sign = |r: &Rig| {
         let o = r.with_cfg(&["sign", "--document", doc.to_str().unwrap()]);
         assert!(o.status.success(), "{}", text(&o));
@@ -478,7 +479,7 @@ fn resigned_policy_costs_no_kernel_work_and_restore_reapplies() {
     rig.follow();
     // Re-sign the same policy with a newer serial, as a leader does to extend not_after.
     let inv = reyes::inventory::static_file::load(&rig.p("inventory.yaml")).unwrap();
-    let old = reyes::commands::load_document(&rig.p("store/rules.json")).unwrap();
+    let old = reyes::commands::load_document(&rig.p("store/current/rules.json")).unwrap();
     let built = reyes::document::build(
         &inv,
         &reyes::document::BuildOptions {
@@ -493,11 +494,11 @@ fn resigned_policy_costs_no_kernel_work_and_restore_reapplies() {
     )
     .unwrap();
     assert_eq!(built.document.policy_digest, old.policy_digest);
-    std::fs::write(rig.p("store/rules.json"), &built.bytes).unwrap();
+    std::fs::write(rig.p("store/current/rules.json"), &built.bytes).unwrap();
     let o = rig.with_cfg(&[
         "sign",
         "--document",
-        rig.p("store/rules.json").to_str().unwrap(),
+        rig.p("store/current/rules.json").to_str().unwrap(),
     ]);
     assert!(o.status.success());
     let o = rig.follower(&[]);
@@ -577,8 +578,8 @@ fn gnupg_interop_both_directions() {
     assert!(o.status.success(), "{}", text(&o));
     let o = gpg(&[
         "--verify",
-        rig.p("store/rules.json.sig").to_str().unwrap(),
-        rig.p("store/rules.json").to_str().unwrap(),
+        rig.p("store/current/rules.json.sig").to_str().unwrap(),
+        rig.p("store/current/rules.json").to_str().unwrap(),
     ]);
     assert!(o.status.success(), "gpg --verify failed: {}", text(&o));
     assert!(stderr(&o).contains("Good signature"));
@@ -612,8 +613,8 @@ fn gnupg_interop_both_directions() {
     assert_eq!(code(&o), 0, "{}", text(&o));
 
     // gpg signs a document; reyes verifies it (and the follower would apply it).
-    let doc = rig.p("store/rules.json");
-    let sig = rig.p("store/rules.json.sig");
+    let doc = rig.p("store/current/rules.json");
+    let sig = rig.p("store/current/rules.json.sig");
     let o = gpg(&[
         "--local-user",
         "leader@example.org",

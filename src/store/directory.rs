@@ -1,14 +1,19 @@
 //! A directory store: `DIR/rules.json` and `DIR/rules.json.sig`.
 //!
-//! Each file is written to a temporary name, fsynced, and renamed into place (then the
-//! directory is fsynced), so a reader never sees a half-written file. The document is
-//! renamed before its signature; a reader that lands between the two renames sees a new
-//! document with the old signature, which fails verification: the follower then fetches again
-//! and never applies a torn pair.
+//! Each publication goes into its own version directory, `DIR/.versions/<digest>/`, whose two
+//! files are written to temporary names, fsynced and renamed. Then one symlink, `DIR/current`,
+//! is switched to it with an atomic rename. `DIR/rules.json` and `DIR/rules.json.sig` are
+//! symlinks through `current`, so other readers (gpg, a web server) see plain files, while our
+//! reader resolves `current` once and reads both files from that one version: it never sees a
+//! document from one publication with the signature of another. The last few versions are kept
+//! so a reader that resolved an older `current` can finish. A directory of plain files (written
+//! by hand or another tool) is read as it is.
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+
+use sha2::Digest;
 
 use super::{FetchOutcome, Fetched, Store, StoreError};
 use crate::document::limits;
@@ -72,10 +77,25 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     result
 }
 
-impl Store for DirectoryStore {
-    fn fetch(&self, _if_changed_from: Option<&str>) -> Result<FetchOutcome, StoreError> {
-        let document = read_limited(&self.dir.join(DOCUMENT), limits::MAX_DOCUMENT_BYTES)?;
-        let signature = match read_limited(&self.dir.join(SIGNATURE), limits::MAX_SIGNATURE_BYTES) {
+/// Versions kept besides the current one.
+const KEEP_VERSIONS: usize = 3;
+
+/// Point `link` at `target` atomically (temporary symlink + rename).
+fn symlink_atomic(target: &Path, link: &Path) -> std::io::Result<()> {
+    let dir = link.parent().unwrap_or(Path::new("."));
+    let name = link.file_name().and_then(|n| n.to_str()).unwrap_or("link");
+    let tmp = dir.join(format!(".{name}.lnk.{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp)?;
+    fs::rename(&tmp, link).inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })
+}
+
+impl DirectoryStore {
+    fn read_pair(&self, base: &Path) -> Result<Fetched, StoreError> {
+        let document = read_limited(&base.join(DOCUMENT), limits::MAX_DOCUMENT_BYTES)?;
+        let signature = match read_limited(&base.join(SIGNATURE), limits::MAX_SIGNATURE_BYTES) {
             Err(StoreError::NotFound(m)) => {
                 return Err(StoreError::MissingSignature(format!(
                     "{m}: the document is unsigned"
@@ -83,21 +103,78 @@ impl Store for DirectoryStore {
             }
             other => other?,
         };
-        Ok(FetchOutcome::Fetched(Fetched {
+        Ok(Fetched {
             document,
             signature,
             version: None,
-        }))
+        })
+    }
+
+    fn gc(&self, current: &str) {
+        let vdir = self.dir.join(".versions");
+        let Ok(entries) = fs::read_dir(&vdir) else {
+            return;
+        };
+        let mut old: Vec<(std::time::SystemTime, PathBuf)> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_str() != Some(current))
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
+        old.sort();
+        let n = old.len().saturating_sub(KEEP_VERSIONS);
+        for (_, p) in old.into_iter().take(n) {
+            let _ = fs::remove_dir_all(p);
+        }
+    }
+}
+
+impl Store for DirectoryStore {
+    fn fetch(&self, _if_changed_from: Option<&str>) -> Result<FetchOutcome, StoreError> {
+        let current = self.dir.join("current");
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let base = match fs::read_link(&current) {
+                Ok(target) => self.dir.join(target),
+                Err(_) => return self.read_pair(&self.dir).map(FetchOutcome::Fetched),
+            };
+            match self.read_pair(&base) {
+                // That version was collected after `current` moved on: resolve it again.
+                Err(StoreError::NotFound(_)) | Err(StoreError::MissingSignature(_))
+                    if attempts < 5 =>
+                {
+                    continue
+                }
+                other => return other.map(FetchOutcome::Fetched),
+            }
+        }
     }
 
     fn publish(&self, document: &[u8], signature: &[u8]) -> Result<(), StoreError> {
-        fs::create_dir_all(&self.dir)
-            .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", self.dir.display())))?;
-        for (name, data) in [(DOCUMENT, document), (SIGNATURE, signature)] {
-            let p = self.dir.join(name);
-            write_atomic(&p, data)
-                .map_err(|e| StoreError::Io(format!("cannot write {}: {e}", p.display())))?;
+        let io = |what: &str, e: std::io::Error| {
+            StoreError::Io(format!("{what} in {}: {e}", self.dir.display()))
+        };
+        let id = crate::document::hex(&sha2::Sha256::digest([document, signature].concat())[..12]);
+        let rel = PathBuf::from(".versions").join(&id);
+        let vdir = self.dir.join(&rel);
+        fs::create_dir_all(&vdir).map_err(|e| io("cannot create a version directory", e))?;
+        write_atomic(&vdir.join(DOCUMENT), document)
+            .map_err(|e| io("cannot write the document", e))?;
+        write_atomic(&vdir.join(SIGNATURE), signature)
+            .map_err(|e| io("cannot write the signature", e))?;
+        symlink_atomic(&rel, &self.dir.join("current"))
+            .map_err(|e| io("cannot switch `current`", e))?;
+        for name in [DOCUMENT, SIGNATURE] {
+            let want = PathBuf::from("current").join(name);
+            let link = self.dir.join(name);
+            if fs::read_link(&link).ok().as_deref() != Some(want.as_path()) {
+                symlink_atomic(&want, &link).map_err(|e| io("cannot link", e))?;
+            }
         }
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("cannot sync", e))?;
+        self.gc(&id);
         Ok(())
     }
 
@@ -123,17 +200,83 @@ mod tests {
             (f.document.as_slice(), f.signature.as_slice()),
             (&b"doc"[..], &b"sig"[..])
         );
-        // No temporary files left behind.
-        let names: Vec<_> = fs::read_dir(d.path().join("sub"))
+        // Plain readers see the files through the symlinks; no temporary files are left.
+        assert_eq!(
+            fs::read(d.path().join("sub").join(DOCUMENT)).unwrap(),
+            b"doc"
+        );
+        let mut names: Vec<_> = fs::read_dir(d.path().join("sub"))
             .unwrap()
-            .map(|e| e.unwrap().file_name())
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        assert_eq!(names.len(), 2);
-        fs::remove_file(d.path().join("sub").join(SIGNATURE)).unwrap();
+        names.sort();
+        assert_eq!(names, [".versions", "current", DOCUMENT, SIGNATURE]);
+        // Old versions are collected.
+        for i in 0..10 {
+            s.publish(format!("doc{i}").as_bytes(), b"sig").unwrap();
+        }
+        assert_eq!(
+            fs::read_dir(d.path().join("sub/.versions"))
+                .unwrap()
+                .count(),
+            KEEP_VERSIONS + 1
+        );
+        let FetchOutcome::Fetched(f) = s.fetch(None).unwrap() else {
+            panic!()
+        };
+        assert_eq!(f.document, b"doc9");
+    }
+
+    #[test]
+    fn plain_files_are_read_too() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join(DOCUMENT), b"doc").unwrap();
+        let s = DirectoryStore::new(d.path().to_path_buf());
         assert!(matches!(
             s.fetch(None),
             Err(StoreError::MissingSignature(_))
         ));
+        fs::write(d.path().join(SIGNATURE), b"sig").unwrap();
+        assert!(matches!(s.fetch(None), Ok(FetchOutcome::Fetched(_))));
+        // Publishing over plain files switches them to the versioned layout.
+        s.publish(b"doc2", b"sig2").unwrap();
+        let FetchOutcome::Fetched(f) = s.fetch(None).unwrap() else {
+            panic!()
+        };
+        assert_eq!(f.document, b"doc2");
+    }
+
+    #[test]
+    fn a_reader_never_sees_a_torn_pair() {
+        let d = tempfile::tempdir().unwrap();
+        let s = DirectoryStore::new(d.path().to_path_buf());
+        s.publish(b"doc-0", b"sig-0").unwrap();
+        let writer = {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                for i in 1..300 {
+                    s.publish(format!("doc-{i}").as_bytes(), format!("sig-{i}").as_bytes())
+                        .unwrap();
+                }
+            })
+        };
+        let mut reads = 0;
+        while !writer.is_finished() || reads < 10 {
+            let FetchOutcome::Fetched(f) = s.fetch(None).unwrap() else {
+                panic!()
+            };
+            let (doc, sig) = (
+                String::from_utf8(f.document).unwrap(),
+                String::from_utf8(f.signature).unwrap(),
+            );
+            assert_eq!(
+                doc.trim_start_matches("doc-"),
+                sig.trim_start_matches("sig-"),
+                "torn pair"
+            );
+            reads += 1;
+        }
+        writer.join().unwrap();
     }
 
     #[test]
