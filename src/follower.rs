@@ -317,13 +317,15 @@ pub fn run_once(cfg: &Config, opts: &FollowerOptions, now: SystemTime) -> CmdRes
         let rs = compile_for(&v.document, &ctx)?;
         let text = backend.render(&rs).map_err(backend_failure)?;
         print!("{text}");
-        let live = backend.live().map_err(backend_failure)?;
-        println!("\n# diff against the live ruleset (- live, + would apply):");
-        for line in crate::nft::render::diff(
-            live.as_deref().unwrap_or(""),
-            crate::nft::render::table_block(&text),
-        ) {
-            println!("{line}");
+        match backend.live() {
+            Ok(live) => {
+                println!("\n# diff against the live ruleset (- live, + would apply):");
+                let table = crate::nft::render::table_block(&text);
+                for line in crate::nft::render::diff(live.as_deref().unwrap_or(""), table) {
+                    println!("{line}");
+                }
+            }
+            Err(e) => println!("\n# the live ruleset could not be read ({e}); no diff"),
         }
         return Ok(Outcome::DryRun);
     }
