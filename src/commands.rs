@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::compile::{HostContext, Target};
-use crate::config::{Backend as BackendChoice, Config, Enforce, FollowerConfig};
+use crate::config::{Backend as BackendChoice, Config, Enforce};
 use crate::document::{rfc3339, Document};
 use crate::error::{Classify, CmdResult, Failure};
 use crate::follower::{self, FollowerOptions, Outcome};
@@ -113,11 +113,6 @@ pub fn render(cfg: Option<&Config>, o: &RenderOptions) -> CmdResult<String> {
     });
     let backend = crate::backend::select(choice).usage()?;
     backend.render(&rs).runtime()
-}
-
-/// Default follower config, for commands that can run without a config file.
-pub fn default_follower() -> FollowerConfig {
-    FollowerConfig::default()
 }
 
 /// `reyes verify`: prints the facts; refuses like a follower would (except the serial).

@@ -15,7 +15,6 @@
 pub mod ir;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -605,14 +604,6 @@ fn log_prefix(gid: &str, index: usize) -> String {
         .collect();
     g.truncate(96);
     format!("reyes accept {g}/{index}: ")
-}
-
-/// Addresses of a host target, for messages.
-pub fn target_addresses(t: &Target) -> &[IpAddr] {
-    match t {
-        Target::Host(a) => a,
-        Target::AllGroups => &[],
-    }
 }
 
 #[cfg(test)]
