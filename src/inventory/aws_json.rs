@@ -27,26 +27,45 @@ struct AnyOutput {
 
 /// Read every file into one inventory.
 pub fn load(files: &[AwsJsonInput]) -> Result<Inventory, InventoryError> {
-    let mut aws = AwsInventory::default();
+    let mut inv = Inventory::default();
     let mut listed_prefix_lists: Vec<String> = Vec::new();
     for f in files {
         let text = super::read(&f.path)?;
-        add_file(
-            &mut aws,
+        let part = convert_file(
             &mut listed_prefix_lists,
             &text,
             &f.path,
             f.prefix_list.as_deref(),
         )?;
+        inv.networks.extend(part.networks);
+        inv.subnets.extend(part.subnets);
+        inv.groups.extend(part.groups);
+        inv.hosts.extend(part.hosts);
+        inv.prefix_lists.extend(part.prefix_lists);
     }
     // Prefix lists described but without an entries file still exist (with no entries known):
     // the leader reports rules that use them.
     for id in listed_prefix_lists {
-        if !aws.prefix_lists.iter().any(|(p, _)| *p == id) {
+        if !inv.prefix_lists.iter().any(|p| p.id == id) {
             tracing::warn!(prefix_list = %id, "no get-managed-prefix-list-entries output for this prefix list: it matches nothing");
         }
     }
-    aws.into_inventory().map_err(InventoryError::Invalid)
+    Ok(inv)
+}
+
+/// Read one file's shapes and convert them on their own, so that a bad value (a prefix that
+/// does not parse, a port out of range) is reported with the file it is in. The conversion is
+/// per shape, so converting file by file and concatenating equals converting all at once.
+fn convert_file(
+    listed: &mut Vec<String>,
+    text: &str,
+    path: &Path,
+    prefix_list: Option<&str>,
+) -> Result<Inventory, InventoryError> {
+    let mut aws = AwsInventory::default();
+    add_file(&mut aws, listed, text, path, prefix_list)?;
+    aws.into_inventory()
+        .map_err(|e| InventoryError::Invalid(format!("{}: {e}", path.display())))
 }
 
 fn add_file(
@@ -138,6 +157,19 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.starts_with("i.json:"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_names_the_file() {
+        let text = r#"{"SecurityGroups": [{"GroupId": "sg-1", "IpPermissions": [
+            {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "10.0.0.0/33"}]}]}]}"#;
+        let e = convert_file(&mut vec![], text, Path::new("/x/sgs.json"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("/x/sgs.json: security group sg-1 IpPermissions[0]:"),
+            "{e}"
+        );
     }
 
     #[test]
