@@ -145,19 +145,7 @@ pub fn verify(cfg: &Config, document: &Path, signature: &Path) -> CmdResult<Stri
 
 /// `reyes sign`.
 pub fn sign(cfg: &Config, document: &Path, output: Option<&Path>) -> CmdResult<PathBuf> {
-    let key_path = cfg
-        .signing
-        .key
-        .as_ref()
-        .ok_or_else(|| Failure::usage(anyhow::anyhow!("signing.key is not set")))?;
-    let pass = cfg
-        .signing
-        .passphrase_file
-        .as_deref()
-        .map(read_passphrase)
-        .transpose()
-        .usage()?;
-    let key = SigningKey::load(key_path, pass).usage()?;
+    let key = SigningKey::from_config(&cfg.signing).usage()?;
     let bytes = std::fs::read(document)
         .usage()
         .map_err(|f| f.context(format!("cannot read {}", document.display())))?;

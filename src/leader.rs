@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::document::{self, BuildOptions, Document};
 use crate::error::{Classify, CmdResult, Failure};
 use crate::inventory::{self, InventoryError};
-use crate::signing::{read_passphrase, SigningKey, TrustRoot};
+use crate::signing::{SigningKey, TrustRoot};
 use crate::store::{self, FetchOutcome, StoreError};
 
 /// Command-line options.
@@ -120,19 +120,7 @@ pub fn run_once(cfg: &Config, opts: &LeaderOptions, now: SystemTime) -> CmdResul
         }
         return Ok(LeaderOutcome::DryRun);
     }
-    let key_path = cfg.signing.key.as_ref().ok_or_else(|| {
-        Failure::usage(anyhow::anyhow!(
-            "signing.key is not set: the leader needs its secret key to sign"
-        ))
-    })?;
-    let pass = cfg
-        .signing
-        .passphrase_file
-        .as_deref()
-        .map(read_passphrase)
-        .transpose()
-        .usage()?;
-    let key = SigningKey::load(key_path, pass).usage()?;
+    let key = SigningKey::from_config(&cfg.signing).usage()?;
     if let Some((p, bytes, sig)) = &previous {
         let fresh_until = p
             .not_after_time()

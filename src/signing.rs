@@ -240,6 +240,21 @@ impl SigningKey {
         })
     }
 
+    /// The key `signing.key` names, unlocked with `signing.passphrase_file` if set.
+    pub fn from_config(cfg: &crate::config::SigningConfig) -> Result<SigningKey, SigningError> {
+        let path = cfg.key.as_ref().ok_or_else(|| {
+            SigningError::Key(
+                "signing.key is not set: signing needs the leader's secret key".into(),
+            )
+        })?;
+        let pass = cfg
+            .passphrase_file
+            .as_deref()
+            .map(read_passphrase)
+            .transpose()?;
+        SigningKey::load(path, pass)
+    }
+
     /// A trust root holding only this key's certificate: what verifies its own signatures.
     pub fn own_trust_root(&self) -> TrustRoot {
         TrustRoot::from_certs(vec![self.cert.clone().strip_secret_key_material()], &[])
