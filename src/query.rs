@@ -182,6 +182,21 @@ pub fn explain(doc: &Document, cfg: Option<&Config>, e: &Evaluation) -> Vec<Stri
     }
 }
 
+/// What a flow leaves open (every protocol, port, ICMP type or code), for the DENY note.
+fn open_fields(f: &Flow) -> Option<&'static str> {
+    if f.proto == Proto::All {
+        Some("protocol")
+    } else if f.proto.has_ports() && f.port.is_none() {
+        Some("port")
+    } else if f.proto.is_icmp() && f.icmp_type.is_none() {
+        Some("ICMP type")
+    } else if f.proto.is_icmp() && f.icmp_code.is_none() {
+        Some("ICMP code")
+    } else {
+        None
+    }
+}
+
 /// `reyes query`: the text to print and the decision.
 pub fn query(cfg: Option<&Config>, o: &QueryOptions) -> CmdResult<(String, Decision)> {
     let doc = crate::commands::load_document(&o.document).map_err(as_usage)?;
@@ -192,6 +207,14 @@ pub fn query(cfg: Option<&Config>, o: &QueryOptions) -> CmdResult<(String, Decis
     let mut out = format!("{} {f}\n", e.decision);
     for line in explain(&doc, cfg, &e) {
         let _ = writeln!(out, "  {line}");
+    }
+    if e.decision == Decision::Deny {
+        if let Some(open) = open_fields(&f) {
+            let _ = writeln!(
+                out,
+                "  note: this asks about every {open}: ALLOW needs one rule that covers them all"
+            );
+        }
     }
     Ok((out, e.decision))
 }
