@@ -134,6 +134,10 @@ impl Flow {
             (Proto::Icmpv6, Family::V4) => {
                 Err(format!("icmpv6 is IPv6's; {} is IPv4 (use icmp)", self.src))
             }
+            // nftables' `meta l4proto` skips these to the header after them (as the kernel does).
+            (Proto::Number(n @ (0 | 43 | 44 | 51 | 60)), Family::V6) => Err(format!(
+                "protocol {n} is an IPv6 extension header: the firewall judges the protocol after it; ask about that one"
+            )),
             _ => Ok(()),
         }
     }

@@ -297,7 +297,8 @@ fn always_accepted_traffic() {
     assert!(!allows(&rs, &fl(a, d, "udp").port(501)));
     assert!(!allows(&rs, &fl(a, d, "tcp").port(500)));
     assert_eq!(base(fl(a, d, "50")), "ESP and AH");
-    assert_eq!(base(fl(a6, d6, "51")), "ESP and AH");
+    assert_eq!(base(fl(a, d, "51")), "ESP and AH");
+    assert_eq!(base(fl(a6, d6, "50")), "ESP and AH");
     for t in [3, 11, 12] {
         base(fl(a, d, "icmp").icmp(t, Some(4)));
         base(fl(a, d, "icmp").icmp(t, None));
@@ -468,6 +469,11 @@ fn flow_checks() {
         .is_ok());
     assert!(f("fd00::1", "fd00::2", "icmp").check().is_err());
     assert!(f("10.0.0.1", "10.0.0.2", "icmpv6").check().is_err());
+    assert!(
+        f("fd00::1", "fd00::2", "51").check().is_err(),
+        "AH is an extension header in IPv6"
+    );
+    assert!(f("10.0.0.1", "10.0.0.2", "51").check().is_ok());
     let mut g = f("10.0.0.1", "10.0.0.2", "icmp");
     g.icmp_code = Some(1);
     assert!(g.check().is_err());
@@ -741,7 +747,8 @@ fn flow() -> impl Strategy<Value = Flow> {
                 3 => Proto::Number(47),
                 4 => Proto::Number(50),
                 5 => Proto::Number(132),
-                6 => Proto::Number(51),
+                6 if v4 => Proto::Number(51),
+                6 => Proto::Number(253),
                 _ => Proto::Number(99),
             };
             let mut f = Flow::new(src, dst, proto).via_ipsec(via);
