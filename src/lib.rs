@@ -3,7 +3,9 @@
 //! A leader reads an inventory ([`inventory`]), builds a canonical rule document
 //! ([`document`]), signs it ([`signing`]) and publishes it ([`store`]). A follower fetches and
 //! verifies it, compiles it for its host ([`compile`]) and applies it atomically through a
-//! backend ([`nft`]), replacing only its own `inet reyes` table.
+//! backend ([`nft`]), replacing only its own `inet reyes` table. The evaluator ([`eval`])
+//! judges flows against the compiled ruleset for `query` and `test` ([`query`]); [`diff`]
+//! compares two documents.
 #![deny(missing_docs)]
 #![forbid(unsafe_op_in_unsafe_fn)]
 
@@ -11,14 +13,17 @@ pub mod backend;
 pub mod commands;
 pub mod compile;
 pub mod config;
+pub mod diff;
 pub mod document;
 pub mod error;
+pub mod eval;
 pub mod follower;
 pub mod inventory;
 pub mod leader;
 pub mod net;
 pub mod nft;
 pub mod proto;
+pub mod query;
 pub mod signing;
 pub mod state;
 pub mod store;

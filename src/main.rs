@@ -5,13 +5,16 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use reyes::commands::{self, RenderOptions};
 use reyes::config::{self, Backend, Config, Enforce};
 use reyes::error::{CmdResult, Failure};
+use reyes::eval::Decision;
 use reyes::follower::{self, FollowerOptions};
 use reyes::leader::{self, LeaderOptions};
+use reyes::proto::Proto;
+use reyes::query::{self, QueryOptions, ScopeOptions};
 
 #[derive(Parser)]
 #[command(
@@ -164,6 +167,93 @@ enum Command {
         #[arg(long, value_enum)]
         backend: Option<Backend>,
     },
+    /// Would this flow be accepted? Prints ALLOW or DENY and the rules that decide.
+    /// Exit 0 ALLOW, 1 DENY, 2 error.
+    Query {
+        /// The document.
+        #[arg(long)]
+        document: PathBuf,
+        /// Source address.
+        #[arg(long)]
+        from: IpAddr,
+        /// Destination address.
+        #[arg(long)]
+        to: IpAddr,
+        /// tcp, udp, icmp, icmpv6, all, or a protocol number.
+        #[arg(long, value_parser = parse_proto)]
+        proto: Proto,
+        /// tcp/udp destination port [default: every port].
+        #[arg(long, conflicts_with_all = ["icmp_type", "icmp_code"])]
+        port: Option<u16>,
+        /// icmp/icmpv6 type [default: every type].
+        #[arg(long)]
+        icmp_type: Option<u8>,
+        /// icmp/icmpv6 code [default: every code].
+        #[arg(long, requires = "icmp_type")]
+        icmp_code: Option<u8>,
+        #[command(flatten)]
+        scope: ScopeArgs,
+    },
+    /// Run flow expectations: one line per failure, then `N passed, N failed`.
+    /// Exit 0 all passed, 1 some failed, 2 error.
+    Test {
+        /// The document.
+        #[arg(long)]
+        document: PathBuf,
+        /// The expectations (SPEC "Flow tests").
+        flows: PathBuf,
+        #[command(flatten)]
+        scope: ScopeArgs,
+    },
+    /// Semantic diff of two documents: groups, members, rules added and removed.
+    Diff {
+        /// The old document.
+        old: PathBuf,
+        /// The new document.
+        new: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = DiffFormat::Text)]
+        format: DiffFormat,
+    },
+}
+
+/// How `query` and `test` take a flow to arrive. By default it is in scope: over IPsec, in
+/// ipsec mode; `--config` adds that config's follower context (enforce, managed/local CIDRs,
+/// failsafe).
+#[derive(Args)]
+struct ScopeArgs {
+    /// Enforcement mode to judge under (overrides follower.enforce; cidr needs --config).
+    #[arg(long, value_enum)]
+    enforce: Option<Enforce>,
+    /// The flow did not arrive over IPsec.
+    #[arg(long, conflicts_with = "via_ipsec")]
+    no_ipsec: bool,
+    /// The flow arrived over IPsec (the default).
+    #[arg(long)]
+    via_ipsec: bool,
+    /// The flow is part of an established connection.
+    #[arg(long)]
+    established: bool,
+}
+
+impl ScopeArgs {
+    fn options(&self) -> ScopeOptions {
+        ScopeOptions {
+            enforce: self.enforce,
+            no_ipsec: self.no_ipsec,
+            established: self.established,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DiffFormat {
+    Text,
+    Json,
+}
+
+fn parse_proto(s: &str) -> Result<Proto, String> {
+    s.parse()
 }
 
 fn config_path(cli: &Option<PathBuf>) -> PathBuf {
@@ -208,7 +298,13 @@ fn init_logging(cli: &Cli) {
     }
 }
 
-fn run(cli: Cli) -> CmdResult<()> {
+/// The config of `query` and `test`: only one named with --config (or REYES_CONFIG), so that
+/// the answer does not depend on the machine it is asked on.
+fn explicit_config(cli: &Option<PathBuf>) -> CmdResult<Option<Config>> {
+    cli.as_deref().map(load_config).transpose()
+}
+
+fn run(cli: Cli) -> CmdResult<u8> {
     let now = SystemTime::now();
     match cli.command {
         Command::Leader {
@@ -221,8 +317,9 @@ fn run(cli: Cli) -> CmdResult<()> {
             let opts = LeaderOptions { dry_run, output };
             match interval {
                 Some(i) => leader::run_interval(&cfg, &opts, i),
-                None => leader::run_once(&cfg, &opts, now).map(|o| tracing::debug!(?o)),
+                None => leader::run_once(&cfg, &opts, now).map(|o| tracing::debug!(?o))?,
             }
+            Ok(0)
         }
         Command::Follower {
             once: _,
@@ -243,8 +340,9 @@ fn run(cli: Cli) -> CmdResult<()> {
             };
             match interval {
                 Some(i) => follower::run_interval(&cfg, &opts, i),
-                None => follower::run_once(&cfg, &opts, now).map(|o| tracing::debug!(?o)),
+                None => follower::run_once(&cfg, &opts, now).map(|o| tracing::debug!(?o))?,
             }
+            Ok(0)
         }
         Command::Render {
             document,
@@ -271,7 +369,7 @@ fn run(cli: Cli) -> CmdResult<()> {
             };
             let text = commands::render(cfg.as_ref(), &o)?;
             print!("{text}");
-            Ok(())
+            Ok(0)
         }
         Command::Verify {
             document,
@@ -279,13 +377,13 @@ fn run(cli: Cli) -> CmdResult<()> {
         } => {
             let cfg = load_config(&config_path(&cli.config))?;
             print!("{}", commands::verify(&cfg, &document, &signature)?);
-            Ok(())
+            Ok(0)
         }
         Command::Sign { document, output } => {
             let cfg = load_config(&config_path(&cli.config))?;
             let out = commands::sign(&cfg, &document, output.as_deref())?;
             println!("{}", out.display());
-            Ok(())
+            Ok(0)
         }
         Command::Keygen {
             name,
@@ -294,12 +392,12 @@ fn run(cli: Cli) -> CmdResult<()> {
         } => {
             let fp = commands::keygen(&name, &output_dir, passphrase_file.as_deref())?;
             println!("{fp}");
-            Ok(())
+            Ok(0)
         }
         Command::Status { backend } => {
             let cfg = load_config(&config_path(&cli.config))?;
             print!("{}", commands::status(&cfg, backend)?);
-            Ok(())
+            Ok(0)
         }
         Command::Restore {
             backend,
@@ -311,11 +409,62 @@ fn run(cli: Cli) -> CmdResult<()> {
                 allow_unknown_host,
                 ..Default::default()
             };
-            commands::restore(&cfg, &opts).map(|o| tracing::debug!(?o))
+            commands::restore(&cfg, &opts)
+                .map(|o| tracing::debug!(?o))
+                .map(|()| 0)
         }
         Command::Flush { backend } => {
             let cfg = optional_config(&cli.config)?;
-            commands::flush(cfg.as_ref(), backend)
+            commands::flush(cfg.as_ref(), backend).map(|()| 0)
+        }
+        Command::Query {
+            document,
+            from,
+            to,
+            proto,
+            port,
+            icmp_type,
+            icmp_code,
+            scope,
+        } => {
+            let cfg = explicit_config(&cli.config).map_err(query::as_usage)?;
+            let o = QueryOptions {
+                document,
+                from,
+                to,
+                proto,
+                port,
+                icmp_type,
+                icmp_code,
+                scope: scope.options(),
+            };
+            let (text, decision) = query::query(cfg.as_ref(), &o)?;
+            print!("{text}");
+            Ok(match decision {
+                Decision::Allow => 0,
+                Decision::Deny => 1,
+            })
+        }
+        Command::Test {
+            document,
+            flows,
+            scope,
+        } => {
+            let cfg = explicit_config(&cli.config).map_err(query::as_usage)?;
+            let report = query::test(cfg.as_ref(), &document, &flows, &scope.options())?;
+            print!("{}", report.text());
+            Ok(if report.failures.is_empty() { 0 } else { 1 })
+        }
+        Command::Diff { old, new, format } => {
+            let d = reyes::diff::diff(
+                &commands::load_document(&old)?,
+                &commands::load_document(&new)?,
+            );
+            match format {
+                DiffFormat::Text => print!("{}", reyes::diff::text(&d)),
+                DiffFormat::Json => print!("{}", reyes::diff::json(&d)),
+            }
+            Ok(0)
         }
     }
 }
@@ -324,7 +473,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(f) => {
             eprintln!("reyes: error: {f}");
             ExitCode::from(f.kind.code())
