@@ -22,7 +22,7 @@
 # Environment: REYES_IPSEC_CACHE (default /var/cache/reyes-ipsec as root, else
 # ~/.cache/reyes-ipsec) holds a kernel unpacked from its .deb when the package is not
 # installed; REYES_IPSEC_KERNEL=download forces that route; REYES_IPSEC_NO_INSTALL=1 never
-# runs apt-get.
+# runs apt-get; REYES_IPSEC_QEMU names the qemu binary (default qemu-system-x86_64).
 #
 # Exit status:
 #   0   every check passed
@@ -90,7 +90,7 @@ static_busybox() { [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1; }
 have() {
   case $1 in
     busybox-static) static_busybox ;;
-    qemu-system-x86) command -v qemu-system-x86_64 >/dev/null ;;
+    qemu-system-x86) command -v "$qemu" >/dev/null ;;
     kmod) command -v modinfo >/dev/null && command -v depmod >/dev/null ;;
     nftables) command -v nft >/dev/null ;;
     iproute2) command -v ip >/dev/null && command -v ss >/dev/null ;;
@@ -99,6 +99,7 @@ have() {
   esac
 }
 export PATH="$PATH:/usr/sbin:/sbin"
+qemu=${REYES_IPSEC_QEMU:-qemu-system-x86_64}
 missing=()
 for p in qemu-system-x86 busybox-static cpio kmod socat nftables iptables iproute2 iputils-ping; do
   have "$p" || missing+=("$p")
@@ -256,7 +257,7 @@ done
 say "booting the guest (TCG, timeout ${timeout_s}s): backend $backend, nft transport $transport; console $out/console.log"
 boot=$SECONDS
 set +e
-timeout -k 10 "$timeout_s" qemu-system-x86_64 \
+timeout -k 10 "$timeout_s" "$qemu" \
   -machine accel=tcg -cpu max -smp 1 -m 1024 \
   -nodefaults -no-reboot -display none -nic none \
   -kernel "$kernel" -initrd "$work/initramfs.cpio" \
