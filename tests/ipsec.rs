@@ -139,32 +139,42 @@ fn parse(text: &str) -> Report {
 fn run_guest(backend: &str, transport: &str) -> Option<Report> {
     let _one = QEMU.lock().unwrap_or_else(|e| e.into_inner());
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ipsec/run-guest.sh");
-    let out = tempfile::tempdir().unwrap();
+    // Kept when the test fails (console.log, results.txt, qemu.log); removed when it passes or
+    // skips.
+    let out = tempfile::Builder::new()
+        .prefix("reyes-ipsec-out.")
+        .tempdir()
+        .unwrap()
+        .keep();
     let start = Instant::now();
     let o = Command::new("bash")
         .arg(&script)
         .args(["--backend", backend, "--nft-transport", transport])
         .args(["--timeout", "300", "--reyes", reyes_bin(), "--out"])
-        .arg(out.path())
+        .arg(&out)
         .output()
         .expect("run tests/ipsec/run-guest.sh");
     let secs = start.elapsed().as_secs();
     let log = String::from_utf8_lossy(&o.stderr).into_owned();
     eprintln!("{log}");
     let code = o.status.code().unwrap_or(-1);
-    let results = std::fs::read_to_string(out.path().join("results.txt")).unwrap_or_default();
+    let results = std::fs::read_to_string(out.join("results.txt")).unwrap_or_default();
     let console = || {
-        std::fs::read_to_string(out.path().join("console.log"))
+        std::fs::read_to_string(out.join("console.log"))
             .unwrap_or_default()
             .replace('\r', "")
     };
     let what = format!("backend {backend}, nft transport {transport}");
+    let done = || {
+        let _ = std::fs::remove_dir_all(&out);
+    };
 
     if code == SKIP_ENV {
         if std::env::var("REYES_REQUIRE_QEMU").as_deref() == Ok("1") {
             panic!("IPsec guest test ({what}) skipped, but REYES_REQUIRE_QEMU=1:\n{log}");
         }
         eprintln!("skipping: IPsec guest test ({what}): qemu or the guest kernel is not available");
+        done();
         return None;
     }
     let report = parse(&results);
@@ -176,12 +186,14 @@ fn run_guest(backend: &str, transport: &str) -> Option<Report> {
             "run-guest.sh exited {SKIP_BACKEND} (backend not supported) without the follower saying so: {reason:?}\n{log}"
         );
         eprintln!("skipping: IPsec guest test ({what}): {reason}");
+        done();
         return None;
     }
 
     let fail = |msg: String| -> ! {
         panic!(
-            "IPsec guest test ({what}), run-guest.sh exited {code} after {secs}s: {msg}\n--- run-guest.sh:\n{log}\n--- results.txt:\n{results}\n--- console.log (last 80 lines):\n{}",
+            "IPsec guest test ({what}), run-guest.sh exited {code} after {secs}s: {msg}\n(all output kept in {})\n--- run-guest.sh:\n{log}\n--- results.txt:\n{results}\n--- console.log (last 80 lines):\n{}",
+            out.display(),
             console()
                 .lines()
                 .rev()
@@ -241,6 +253,7 @@ fn run_guest(backend: &str, transport: &str) -> Option<Report> {
         "IPsec guest test ({what}): {passed} checks passed on kernel {} in {secs}s",
         report.begin("kernel").unwrap_or("?")
     );
+    done();
     Some(report)
 }
 

@@ -213,22 +213,27 @@ check status $? "reyes status after apply: ${status_dropped//$'\n'/ | }"
 # --- servers in web ------------------------------------------------------------------------
 # TCP 443 (allowed for lb) and 444 (allowed for nobody) answer with a line naming themselves;
 # UDP 500 and 4500 (IKE, NAT-T) echo the datagram back (no exec per datagram: cheaper).
-serve() {
-  ip netns exec web socat -lf "/run/tmp/socat-$1.log" "$2" "$3" </dev/null >/dev/null 2>&1 &
-}
-serve tcp4-443 "TCP4-LISTEN:443,bind=$WEB4,reuseaddr,fork" "SYSTEM:echo tcp4-443"
-serve tcp6-443 "TCP6-LISTEN:443,bind=[$WEB6],ipv6only=1,reuseaddr,fork" "SYSTEM:echo tcp6-443"
-serve tcp4-444 "TCP4-LISTEN:444,bind=$WEB4,reuseaddr,fork" "SYSTEM:echo tcp4-444"
-serve tcp6-444 "TCP6-LISTEN:444,bind=[$WEB6],ipv6only=1,reuseaddr,fork" "SYSTEM:echo tcp6-444"
-serve udp4-500 "UDP4-RECVFROM:500,bind=$WEB4,reuseaddr,fork" PIPE
-serve udp6-500 "UDP6-RECVFROM:500,bind=[$WEB6],ipv6only=1,reuseaddr,fork" PIPE
-serve udp4-4500 "UDP4-RECVFROM:4500,bind=$WEB4,reuseaddr,fork" PIPE
-serve udp6-4500 "UDP6-RECVFROM:4500,bind=[$WEB6],ipv6only=1,reuseaddr,fork" PIPE
+# All started by one shell inside web (fewer execs); socat's own logs go to /run/tmp.
+ip netns exec web bash -c '
+  while [ $# -ge 3 ]; do
+    socat -lf "/run/tmp/socat-$1.log" "$2" "$3" </dev/null >/dev/null 2>&1 &
+    shift 3
+  done' servers \
+  tcp4-443 "TCP4-LISTEN:443,bind=$WEB4,reuseaddr,fork" "SYSTEM:echo tcp4-443" \
+  tcp6-443 "TCP6-LISTEN:443,bind=[$WEB6],ipv6only=1,reuseaddr,fork" "SYSTEM:echo tcp6-443" \
+  tcp4-444 "TCP4-LISTEN:444,bind=$WEB4,reuseaddr,fork" "SYSTEM:echo tcp4-444" \
+  tcp6-444 "TCP6-LISTEN:444,bind=[$WEB6],ipv6only=1,reuseaddr,fork" "SYSTEM:echo tcp6-444" \
+  udp4-500 "UDP4-RECVFROM:500,bind=$WEB4,reuseaddr,fork" PIPE \
+  udp6-500 "UDP6-RECVFROM:500,bind=[$WEB6],ipv6only=1,reuseaddr,fork" PIPE \
+  udp4-4500 "UDP4-RECVFROM:4500,bind=$WEB4,reuseaddr,fork" PIPE \
+  udp6-4500 "UDP6-RECVFROM:4500,bind=[$WEB6],ipv6only=1,reuseaddr,fork" PIPE
+# Wait (polling, with a deadline) until all eight sockets are bound.
 listening() {
-  local t u
-  t=$(ip netns exec web ss -Hltn | grep -cE ':(443|444) ')
-  u=$(ip netns exec web ss -Hlun | grep -cE ':(500|4500) ')
-  [ "$t" -eq 4 ] && [ "$u" -eq 4 ]
+  local line n=0
+  while read -r line; do
+    [[ $line =~ :(443|444|500|4500)[[:space:]] ]] && n=$((n + 1))
+  done <<<"$(ip netns exec web ss -Hltun)"
+  [ $n -eq 8 ]
 }
 deadline=$((SECONDS + 30))
 until listening; do
@@ -245,19 +250,19 @@ done
 tcp() {
   local f=$1 src=$2 dst=$3 port=$4
   if [ "$f" = 6 ]; then src="[$src]" dst="[$dst]"; fi
-  ip netns exec peers timeout 15 socat -T 5 - "TCP$f:$dst:$port,bind=$src,connect-timeout=2" </dev/null 2>/dev/null
+  ip netns exec peers timeout 30 socat -T 10 - "TCP$f:$dst:$port,bind=$src,connect-timeout=2" </dev/null 2>/dev/null
 }
-# udp FAMILY SRC DST PORT: one datagram out, its echo back. socat waits up to 3 s for the
+# udp FAMILY SRC DST PORT: one datagram out, its echo back. socat waits up to 8 s for the
 # echo after its input ends, and stops as soon as the echo's bytes are in (readbytes).
 udp() {
   local f=$1 src=$2 dst=$3 port=$4 msg
   msg="udp$f-$port"
   if [ "$f" = 6 ]; then src="[$src]" dst="[$dst]"; fi
-  echo "$msg" | ip netns exec peers timeout 15 socat -t 3 -T 5 - "UDP$f:$dst:$port,bind=$src,readbytes=$((${#msg} + 1))" 2>/dev/null
+  echo "$msg" | ip netns exec peers timeout 30 socat -t 8 -T 10 - "UDP$f:$dst:$port,bind=$src,readbytes=$((${#msg} + 1))" 2>/dev/null
 }
 ping_from() {
   local f=$1 src=$2 dst=$3
-  ip netns exec peers ping "-$f" -n -c 1 -W 3 -I "$src" "$dst" >/dev/null 2>&1 && echo echo-reply
+  ip netns exec peers ping "-$f" -n -c 1 -W 5 -I "$src" "$dst" >/dev/null 2>&1 && echo echo-reply
 }
 
 # One flow: run PROBE (it prints the answer, if any) and compare web's SA counters before and

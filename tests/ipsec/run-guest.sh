@@ -142,10 +142,13 @@ use_download() {
   [ -n "$pkg" ] || return 1
   kver=${pkg#linux-image-}
   dir=$cache/$kver
-  if [ ! -f "$dir/root/lib/modules/$kver/modules.dep" ]; then
+  mkdir -p "$dir" || return 1
+  exec 9>"$dir/.lock" # one unpacker at a time
+  flock 9 || return 1
+  if [ ! -f "$dir/complete" ]; then
     say "downloading and unpacking $pkg into $dir"
     mkdir -p "$dir/deb" || return 1
-    rm -rf "$dir/root" "$dir/deb"/*.deb
+    rm -rf "$dir/root" "$dir/deb"/*.deb "$dir/complete"
     (cd "$dir/deb" && apt-get download "$pkg" >/dev/null 2>&1) || return 1
     dpkg-deb -x "$dir"/deb/*.deb "$dir/root" || return 1
     [ -d "$dir/root/lib/modules/$kver" ] || { # merged-/usr packages ship usr/lib/modules
@@ -153,7 +156,9 @@ use_download() {
     }
     depmod -b "$dir/root" "$kver" || return 1
     rm -f "$dir"/deb/*.deb
+    touch "$dir/complete"
   fi
+  exec 9>&-
   kernel=$dir/root/boot/vmlinuz-$kver
   modbase=$dir/root
   [ -r "$kernel" ] || return 1
