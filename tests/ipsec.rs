@@ -212,7 +212,10 @@ fn run_guest(backend: &str, transport: &str) -> Option<Report> {
         fail(format!("the guest ran another variant: {:?}", report.begin));
     }
     if !report.errors.is_empty() {
-        fail(format!("the guest could not build the rig: {:?}", report.errors));
+        fail(format!(
+            "the guest could not build the rig: {:?}",
+            report.errors
+        ));
     }
     if let Some(s) = &report.skip {
         fail(format!(

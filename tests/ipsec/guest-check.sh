@@ -19,6 +19,7 @@
 # The console (ttyS0) gets a running log. No step waits by sleeping: every wait polls a
 # condition with a deadline, and every network probe has its own timeout.
 
+# shellcheck disable=SC2317 # (whole file) the probe functions are called through flow "$@"
 set -uo pipefail
 env_file=$1
 # shellcheck disable=SC1090
@@ -179,10 +180,10 @@ sa_total() {
   echo $t
 }
 snap=$(sa_snapshot)
-[ "$(wc -l <<<"$snap")" -eq 8 ] && [ -n "$(sa_count "$snap" "$(spi_in 1)")" ] || {
+if [ "$(wc -l <<<"$snap")" -ne 8 ] || [ -z "$(sa_count "$snap" "$(spi_in 1)")" ]; then
   emit "error setup: cannot read the packet counters of the xfrm states (ip -s xfrm state): ${snap//$'\n'/ | }"
   finish
-}
+fi
 
 log "live ruleset in web:"
 if [ "$BACKEND" = nft ]; then
@@ -214,6 +215,7 @@ check status $? "reyes status after apply: ${status_dropped//$'\n'/ | }"
 # TCP 443 (allowed for lb) and 444 (allowed for nobody) answer with a line naming themselves;
 # UDP 500 and 4500 (IKE, NAT-T) echo the datagram back (no exec per datagram: cheaper).
 # All started by one shell inside web (fewer execs); socat's own logs go to /run/tmp.
+# shellcheck disable=SC2016 # expanded by that shell
 ip netns exec web bash -c '
   while [ $# -ge 3 ]; do
     socat -lf "/run/tmp/socat-$1.log" "$2" "$3" </dev/null >/dev/null 2>&1 &

@@ -40,6 +40,7 @@ mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose hostroo
   fail "cannot mount the host's / over 9p"
 [ -f "/newroot$env_file" ] || fail "$env_file not found on the host's /"
 GUEST_CHECK=
+# shellcheck disable=SC1090 # written by run-guest.sh
 . "/newroot$env_file"
 [ -n "$GUEST_CHECK" ] || fail "GUEST_CHECK not set in $env_file"
 
@@ -51,6 +52,7 @@ done
 # From here on the host's own tools run. The host's busybox-static (the file this initramfs
 # was built from) powers off, whatever the check did.
 cd /newroot || fail "cd /newroot"
+# shellcheck disable=SC2016 # expanded by the chrooted shell
 exec chroot /newroot /bin/sh -c '
   /bin/bash "$1" "$2"
   echo "reyes-init: guest-check exited $?"

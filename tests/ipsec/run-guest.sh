@@ -287,7 +287,10 @@ if grep -q '^REYES-IPSEC skip ' "$out/results.clean"; then
   say "SKIP (backend $backend, nft transport $transport not in this build): $(sed -n 's/^REYES-IPSEC skip //p' "$out/results.clean")"
   exit $SKIP_BACKEND
 fi
-[ $qrc -ne 124 ] && [ $qrc -ne 137 ] || { show_console; die "the guest did not finish within ${timeout_s}s"; }
+if [ $qrc -eq 124 ] || [ $qrc -eq 137 ]; then
+  show_console
+  die "the guest did not finish within ${timeout_s}s"
+fi
 grep -q '^REYES-IPSEC begin ' "$out/results.clean" || { show_console; die "the guest reported nothing"; }
 if grep -q '^REYES-IPSEC error ' "$out/results.clean"; then
   show_console
