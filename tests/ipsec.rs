@@ -54,6 +54,13 @@ const CHECKS: &[&str] = &[
     "status_counts",
 ];
 
+/// A line for the test log even when the harness captures output (libtest captures only the
+/// print macros): skips and timings should show in CI logs.
+fn note(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 /// One guest at a time: each is a CPU-bound emulator on a small machine.
 static QEMU: Mutex<()> = Mutex::new(());
 
@@ -173,7 +180,9 @@ fn run_guest(backend: &str, transport: &str) -> Option<Report> {
         if std::env::var("REYES_REQUIRE_QEMU").as_deref() == Ok("1") {
             panic!("IPsec guest test ({what}) skipped, but REYES_REQUIRE_QEMU=1:\n{log}");
         }
-        eprintln!("skipping: IPsec guest test ({what}): qemu or the guest kernel is not available");
+        note(&format!(
+            "skipping: IPsec guest test ({what}): qemu or the guest kernel is not available"
+        ));
         done();
         return None;
     }
@@ -185,7 +194,7 @@ fn run_guest(backend: &str, transport: &str) -> Option<Report> {
             reason.contains("exited 2") && reason.contains("not supported yet"),
             "run-guest.sh exited {SKIP_BACKEND} (backend not supported) without the follower saying so: {reason:?}\n{log}"
         );
-        eprintln!("skipping: IPsec guest test ({what}): {reason}");
+        note(&format!("skipping: IPsec guest test ({what}): {reason}"));
         done();
         return None;
     }
@@ -252,10 +261,10 @@ fn run_guest(backend: &str, transport: &str) -> Option<Report> {
     if code != 0 {
         fail("every check passed but the script did not exit 0".into());
     }
-    eprintln!(
+    note(&format!(
         "IPsec guest test ({what}): {passed} checks passed on kernel {} in {secs}s",
         report.begin("kernel").unwrap_or("?")
-    );
+    ));
     done();
     Some(report)
 }

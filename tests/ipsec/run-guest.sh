@@ -190,6 +190,8 @@ fi
 [ -x "$reyes" ] || die "$reyes: not an executable"
 reyes=$(guest_path "$reyes")
 modroot=$(guest_path "${modbase%/}/lib/modules")
+inventory=$(guest_path "$here/inventory.yaml")
+guest_check=$(guest_path "$here/guest-check.sh")
 
 tmpbase=${TMPDIR:-/tmp}
 case $(readlink -f "$tmpbase") in /run/* | /proc/* | /sys/* | /dev/*) tmpbase=/var/tmp ;; esac
@@ -214,7 +216,7 @@ signing:
   keyring: keys/leader.cert.asc
   validity: 1h
 inventory:
-  file: $(guest_path "$here/inventory.yaml")
+  file: $inventory
 follower:
   backend: nft
   nft_transport: $transport
@@ -229,7 +231,7 @@ EOF
   --host 10.1.0.10 --host fd00:1::10 >"$out/render.nft" 2>&1 || true
 
 cat >"$work/guest-env" <<EOF
-GUEST_CHECK='$(guest_path "$here/guest-check.sh")'
+GUEST_CHECK='$guest_check'
 REYES_BIN='$reyes'
 REYES_CONFIG='$work/reyes.yaml'
 BACKEND='$backend'
