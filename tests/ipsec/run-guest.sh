@@ -45,7 +45,7 @@ timeout_s=300
 keep=0
 usage() {
   sed -n '/^# Usage:/,/^#   --keep/p' "$0" | sed 's/^# \{0,1\}//' >&2
-  exit 2
+  exit "${1:-2}"
 }
 while [ $# -gt 0 ]; do
   case $1 in
@@ -55,7 +55,7 @@ while [ $# -gt 0 ]; do
     --out) out=${2:?}; shift 2 ;;
     --timeout) timeout_s=${2:?}; shift 2 ;;
     --keep) keep=1; shift ;;
-    -h | --help) usage ;;
+    -h | --help) usage 0 ;;
     *) echo "run-guest: unknown argument $1" >&2; usage ;;
   esac
 done
@@ -77,8 +77,8 @@ start=$SECONDS
 
 # --- host tools ------------------------------------------------------------------------------
 # What the host needs (qemu, cpio, a static busybox for the initramfs, kmod) and what the guest
-# runs from the host's / (nft, iptables, ip, ping, socat). Missing ones are installed when we
-# are root and may (scripts/setup normally did it already).
+# runs from the host's / (nft, iptables, ipset, ip, ping, socat). Missing ones are installed
+# when we are root and may (scripts/setup normally did it already).
 apt_install() {
   is_root && [ "${REYES_IPSEC_NO_INSTALL:-0}" != 1 ] && command -v apt-get >/dev/null || return 1
   say "installing $*"
@@ -101,7 +101,7 @@ have() {
 export PATH="$PATH:/usr/sbin:/sbin"
 qemu=${REYES_IPSEC_QEMU:-qemu-system-x86_64}
 missing=()
-for p in qemu-system-x86 busybox-static cpio kmod socat nftables iptables iproute2 iputils-ping; do
+for p in qemu-system-x86 busybox-static cpio kmod socat nftables iptables ipset iproute2 iputils-ping; do
   have "$p" || missing+=("$p")
 done
 if ((${#missing[@]})); then
