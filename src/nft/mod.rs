@@ -1,6 +1,7 @@
 //! The nftables backend: one table, `inet reyes`, replaced in one transaction.
 
 pub mod cli;
+pub mod netlink;
 pub mod render;
 
 use crate::backend::{Backend, BackendError, Counters};
