@@ -369,13 +369,13 @@ mod tests {
         assert_eq!(parts.iter().map(|r| r.len()).sum::<usize>(), e.len());
         let t = Table::REYES;
         for r in parts {
-            let m = SetElems {
+            let elems = SetElems {
                 table: &t,
                 set: "s",
                 set_id: 1,
                 elements: &e[r],
-            }
-            .message();
+            };
+            let m = elems.message();
             let list = m.attrs.last().map(|a| a.buffer_len()).unwrap_or(0);
             assert!(list <= u16::MAX as usize, "{list}");
         }
