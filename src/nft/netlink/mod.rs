@@ -52,3 +52,17 @@ pub enum ApplyError {
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
 }
+
+/// Whether `table inet reyes` has its base chain (a GETCHAIN, not a dump).
+pub fn table_present() -> Result<bool, NetlinkError> {
+    let chain = chain::Chain {
+        table: &table::Table::REYES,
+        name: crate::compile::INPUT_CHAIN.to_string(),
+        hook: None,
+    };
+    match Socket::open()?.get(chain.get(), 1) {
+        Ok(replies) => Ok(!replies.is_empty()),
+        Err(e) if e.errno() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}

@@ -139,6 +139,9 @@ pub fn errno_name(e: i32) -> &'static str {
         libc::EAFNOSUPPORT => "EAFNOSUPPORT",
         libc::ENOBUFS => "ENOBUFS",
         libc::EOVERFLOW => "EOVERFLOW",
+        libc::ENODATA => "ENODATA",
+        libc::EBADMSG => "EBADMSG",
+        libc::EDOM => "EDOM",
         _ => "error",
     }
 }

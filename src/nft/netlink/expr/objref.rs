@@ -17,7 +17,8 @@ impl Expression for Objref {
     fn data(&self) -> Vec<Attr<'_>> {
         vec![
             Attr::U32(NFTA_OBJREF_IMM_TYPE, NFT_OBJECT_COUNTER),
-            Attr::str(NFTA_OBJREF_IMM_NAME, &self.counter),
+            // libnftnl sends this one name without its NUL (the kernel accepts both).
+            Attr::bytes(NFTA_OBJREF_IMM_NAME, self.counter.as_bytes()),
         ]
     }
 }
