@@ -60,7 +60,7 @@ pub fn select(
             NftTransport::Netlink => crate::nft::NftBackend::netlink(),
             NftTransport::Auto => match crate::nft::probe_netlink() {
                 Ok(()) => {
-                    tracing::debug!("nft transport: netlink (the kernel accepted the probe batch)");
+                    tracing::info!("nft transport: netlink (the kernel accepted the probe batch)");
                     crate::nft::NftBackend::netlink()
                 }
                 Err(why) => {
