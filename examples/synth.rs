@@ -62,7 +62,7 @@ fn main() {
         let v4 = 0x0a00_0000u32 + (h as u32) * 2 + 1;
         let a = std::net::Ipv4Addr::from(v4);
         let g1 = rng.below(groups);
-        let (addrs, n) = if h % 4 == 0 {
+        let (addrs, n) = if h.is_multiple_of(4) {
             (
                 format!("[{a}, \"fd00::{:x}:{:x}\"]", h >> 16, h & 0xffff),
                 2,
@@ -70,7 +70,7 @@ fn main() {
         } else {
             (format!("[{a}]"), 1)
         };
-        let grp = if h % 7 == 0 {
+        let grp = if h.is_multiple_of(7) {
             format!("[sg-{g1:05}, sg-{:05}]", rng.below(groups))
         } else {
             format!("[sg-{g1:05}]")

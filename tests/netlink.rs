@@ -296,7 +296,7 @@ fn arb_range(f: Family) -> impl Strategy<Value = Range> {
         let max = Range::all(f).hi;
         let lo = seed & max;
         if as_range {
-            let span = (seed >> 64) as u128 % 1000;
+            let span = (seed >> 64) % 1000;
             let hi = lo.saturating_add(span).min(max);
             Range { family: f, lo, hi }
         } else {

@@ -38,7 +38,7 @@ pub enum KeyKind {
 
 impl KeyKind {
     /// Key length in bytes.
-    pub fn len(self) -> usize {
+    pub fn key_len(self) -> usize {
         match self {
             KeyKind::Ipv4Addr => 4,
             KeyKind::Ipv6Addr => 16,
@@ -141,7 +141,7 @@ impl Set<'_> {
             Attr::str(NFTA_SET_NAME, &self.name),
             Attr::U32(NFTA_SET_FLAGS, self.flags()),
             Attr::U32(NFTA_SET_KEY_TYPE, self.key.nft_type()),
-            Attr::U32(NFTA_SET_KEY_LEN, self.key.len() as u32),
+            Attr::U32(NFTA_SET_KEY_LEN, self.key.key_len() as u32),
         ];
         let mut udata = Udata::new().u32(NFTNL_UDATA_SET_KEYBYTEORDER, self.key.byteorder());
         match self.kind {
