@@ -57,6 +57,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    stats("read");
     let document = match Document::parse(&bytes) {
         Ok(d) => d,
         Err(e) => {
@@ -65,6 +66,7 @@ fn main() -> ExitCode {
         }
     };
     drop(bytes);
+    stats("parsed");
     let target = if all {
         Target::AllGroups
     } else {
@@ -80,8 +82,9 @@ fn main() -> ExitCode {
         }
     };
     drop(document);
+    stats("compiled");
     let result = match transport.as_str() {
-        "netlink" => reyes::nft::netlink::apply(&rs).map_err(|e| e.to_string()),
+        "netlink" => netlink_apply(&rs),
         "cli" => reyes::nft::NftBackend::new()
             .apply(&rs)
             .map_err(|e| e.to_string()),
@@ -97,4 +100,40 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn netlink_apply(rs: &reyes::compile::Ruleset) -> Result<(), String> {
+    use reyes::nft::netlink;
+    let batch = netlink::encode(rs, &netlink::ifindex).map_err(|e| e.to_string())?;
+    stats(&format!(
+        "encoded: {} messages, {} bytes",
+        batch.len(),
+        batch.bytes().len()
+    ));
+    let r = netlink::Socket::open()
+        .and_then(|s| s.apply(&batch))
+        .map_err(|e| e.to_string());
+    stats("applied");
+    r
+}
+
+/// With REYES_APPLY_STATS set: peak RSS so far, after each stage.
+fn stats(stage: &str) {
+    if std::env::var_os("REYES_APPLY_STATS").is_none() {
+        return;
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("?")
+            .to_string()
+    };
+    eprintln!(
+        "{stage}: RSS {} kB, peak {} kB",
+        field("VmRSS:"),
+        field("VmHWM:")
+    );
 }

@@ -321,6 +321,21 @@ impl Socket {
         // kernel's pointer to the offending attribute.
         let _ = sock.set_cap_ack(true);
         let _ = sock.set_ext_ack(true);
+        // Blocking reads (GET answers) give up rather than hang if the kernel never answers.
+        let tv = libc::timeval {
+            tv_sec: 10,
+            tv_usec: 0,
+        };
+        // SAFETY: `tv` lives across the call and its exact size is passed; read only.
+        let _ = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
         Ok(Socket { sock })
     }
 
