@@ -84,6 +84,11 @@ fn check_equivalent(ns: &Netns, rs: &Ruleset) {
         "netlink listing differs from the render:\n--- rendered\n{}\n--- listed\n{via_netlink}",
         table_block(&script)
     );
+    let outline = {
+        let rs = rs.clone();
+        ns.enter(move || netlink::readback::verify(&rs).map_err(|e| e.to_string()))
+    };
+    assert_eq!(outline, Ok(vec![]), "netlink read-back outline");
     ns.nft_apply(&script);
     let via_nft = ns.nft_list_table("inet", "reyes").unwrap();
     assert_eq!(via_netlink, via_nft, "netlink and nft -f listings differ");
@@ -107,6 +112,72 @@ fn example_inventory_lists_as_rendered_in_every_mode() {
             }
         }
     }
+}
+
+#[test]
+fn netlink_read_back_notices_a_different_table() {
+    if !netns_available() {
+        return;
+    }
+    let ns = Netns::new("nl-readback");
+    let doc = example_document();
+    let rs = ruleset(&doc, Target::AllGroups, Enforce::Ipsec, false);
+    nl_apply(&ns, &rs).unwrap();
+    let mut other = rs.clone();
+    other.chains[0].rules.pop();
+    other.sets[0].elements.clear();
+    let chain = other.chains[0].name.clone();
+    let set = other.sets[0].name.clone();
+    let diff = ns
+        .enter(move || netlink::readback::verify(&other).map_err(|e| e.to_string()))
+        .unwrap();
+    assert!(
+        diff.iter()
+            .any(|l| l.contains(&format!("chain (rules) {chain}"))),
+        "{diff:?}"
+    );
+    assert!(
+        diff.iter()
+            .any(|l| l.contains(&format!("set (elements) {set}"))),
+        "{diff:?}"
+    );
+}
+
+#[test]
+fn the_backend_applies_checks_and_flushes_without_the_nft_binary() {
+    use reyes::backend::Backend;
+    use reyes::nft::{NftBackend, Transport};
+    if !netns_available() {
+        return;
+    }
+    let ns = Netns::new("nl-nonft");
+    ns.nft_apply(OTHER);
+    let doc = example_document();
+    let rs = ruleset(&doc, Target::AllGroups, Enforce::Ipsec, true);
+    let r = rs.clone();
+    let present = ns
+        .enter(move || {
+            let b = NftBackend::with_nft("/nonexistent/nft").with_transport(Transport::Netlink);
+            b.apply(&r).map_err(|e| e.to_string())?;
+            b.present().map_err(|e| e.to_string())
+        })
+        .unwrap();
+    assert!(present);
+    let live = ns.nft_list_table("inet", "reyes").unwrap();
+    assert_eq!(
+        normalise(&live),
+        normalise(table_block(&render::render(&rs).unwrap()))
+    );
+    let present = ns
+        .enter(|| {
+            let b = NftBackend::with_nft("/nonexistent/nft").with_transport(Transport::Netlink);
+            b.flush().map_err(|e| e.to_string())?;
+            b.present().map_err(|e| e.to_string())
+        })
+        .unwrap();
+    assert!(!present);
+    assert!(ns.nft_list_table("inet", "reyes").is_none());
+    assert!(ns.nft_list_table("ip", "other").is_some());
 }
 
 #[test]
@@ -605,6 +676,11 @@ fn a_100k_address_document_applies_in_one_transaction_and_a_bad_last_object_chan
         "100k listing differs from the render"
     );
     assert_eq!(others(), others_before);
+    let outline = {
+        let rs = rs.clone();
+        ns.enter(move || netlink::readback::verify(&rs).map_err(|e| e.to_string()))
+    };
+    assert_eq!(outline, Ok(vec![]), "netlink read-back outline at 100k");
 
     // The same ruleset with a broken last object: a jump to a chain that does not exist.
     let mut bad = rs.clone();

@@ -47,6 +47,11 @@ impl NftBackend {
         }
     }
 
+    /// The same backend with another transport.
+    pub fn with_transport(self, transport: Transport) -> NftBackend {
+        NftBackend { transport, ..self }
+    }
+
     /// The transport in use.
     pub fn transport(&self) -> Transport {
         self.transport
@@ -118,8 +123,17 @@ impl Backend for NftBackend {
             Transport::Netlink => {
                 self.netlink_apply(rs)?;
                 if !self.nft_installed() {
-                    tracing::debug!("nft is not installed: read-back skipped (the kernel acknowledged every object)");
-                    return Ok(());
+                    // Without nft, compare the table's outline (chains, rule counts, sets,
+                    // element counts) read back over netlink.
+                    let diff = netlink::readback::verify(rs)
+                        .map_err(|e| BackendError::Io(format!("netlink read-back: {e}")))?;
+                    if diff.is_empty() {
+                        return Ok(());
+                    }
+                    return Err(BackendError::Mismatch(format!(
+                        "the kernel's table differs from the ruleset (nft is not installed, so the previous table cannot be put back):\n  {}",
+                        diff.join("\n  ")
+                    )));
                 }
             }
         }

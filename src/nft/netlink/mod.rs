@@ -10,6 +10,7 @@ pub mod chain;
 pub mod counter;
 pub mod encode;
 pub mod expr;
+pub mod readback;
 pub mod rule;
 pub mod set;
 pub mod socket;

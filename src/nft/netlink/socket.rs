@@ -451,6 +451,51 @@ impl Socket {
         Ok(())
     }
 
+    /// Send a dump request and return every data message until NLMSG_DONE.
+    pub fn dump(
+        &self,
+        mut msg: Message<'_>,
+        seq: u32,
+    ) -> Result<Vec<(u16, Vec<u8>)>, NetlinkError> {
+        msg.seq = seq;
+        let _ = self.drain(0);
+        self.send(&msg.to_vec())?;
+        let mut out = Vec::new();
+        let mut buf: Vec<u8> = Vec::with_capacity(256 * 1024);
+        loop {
+            buf.clear();
+            let n = match self.sock.recv(&mut buf, 0) {
+                Ok(n) => n.min(buf.len()),
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) => return Err(NetlinkError::Recv(e)),
+            };
+            let mut replies = Vec::new();
+            parse_replies(&buf[..n], &mut replies)?;
+            for r in replies {
+                match r {
+                    Reply::Data { ty, seq: s, .. } if s == seq && ty == NLMSG_DONE => {
+                        return Ok(out)
+                    }
+                    Reply::Data { ty, seq: s, body } if s == seq => out.push((ty, body)),
+                    Reply::Error {
+                        seq: s,
+                        errno,
+                        msg: m,
+                        ..
+                    } if s == seq => {
+                        return Err(NetlinkError::Refused(vec![Refusal {
+                            what: None,
+                            errno,
+                            detail: m,
+                        }]))
+                    }
+                    Reply::Ack { seq: s } if s == seq => return Ok(out),
+                    _ => {}
+                }
+            }
+        }
+    }
+
     /// Send one GET request (not a dump) and return the data replies, or the errno.
     pub fn get(&self, mut msg: Message<'_>, seq: u32) -> Result<Vec<(u16, Vec<u8>)>, NetlinkError> {
         msg.seq = seq;

@@ -184,6 +184,12 @@ pub enum MsgType {
     GetChain,
     /// NFT_MSG_GETGEN.
     GetGen,
+    /// NFT_MSG_GETRULE.
+    GetRule,
+    /// NFT_MSG_GETSET.
+    GetSet,
+    /// NFT_MSG_GETSETELEM.
+    GetSetElem,
 }
 
 impl MsgType {
@@ -200,6 +206,9 @@ impl MsgType {
             MsgType::GetTable => NFT_MSG_GETTABLE,
             MsgType::GetChain => NFT_MSG_GETCHAIN,
             MsgType::GetGen => NFT_MSG_GETGEN,
+            MsgType::GetRule => NFT_MSG_GETRULE,
+            MsgType::GetSet => NFT_MSG_GETSET,
+            MsgType::GetSetElem => NFT_MSG_GETSETELEM,
         }
     }
 
@@ -216,6 +225,9 @@ impl MsgType {
             MsgType::GetTable => "GETTABLE",
             MsgType::GetChain => "GETCHAIN",
             MsgType::GetGen => "GETGEN",
+            MsgType::GetRule => "GETRULE",
+            MsgType::GetSet => "GETSET",
+            MsgType::GetSetElem => "GETSETELEM",
         }
     }
 
@@ -227,7 +239,12 @@ impl MsgType {
             MsgType::NewChain | MsgType::NewSet | MsgType::NewSetElem | MsgType::NewObj => {
                 NLM_F_REQUEST | NLM_F_CREATE
             }
-            MsgType::GetTable | MsgType::GetChain | MsgType::GetGen => NLM_F_REQUEST,
+            MsgType::GetTable
+            | MsgType::GetChain
+            | MsgType::GetGen
+            | MsgType::GetRule
+            | MsgType::GetSet
+            | MsgType::GetSetElem => NLM_F_REQUEST,
         }
     }
 }
