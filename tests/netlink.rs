@@ -695,6 +695,7 @@ fn a_100k_address_document_applies_in_one_transaction_and_a_bad_last_object_chan
     });
     let n = last.rules.len();
     let err = nl_apply(&ns, &bad).expect_err("must be refused");
+    eprintln!("refusal: {err}");
     let want = format!("NEWRULE chain {name} rule {n} (deliberately broken)");
     assert!(err.contains(&want), "{err}\nshould name: {want}");
     assert!(err.contains("ENOENT"), "{err}");
@@ -747,6 +748,7 @@ fn a_bad_element_is_named_and_changes_nothing() {
                 .map_err(|e| e.to_string())
         })
         .expect_err("refused");
+    eprintln!("refusal: {err}");
     assert!(
         err.contains("NEWSETELEM set m4_bad elements 1-1 of 1: EINVAL"),
         "{err}"

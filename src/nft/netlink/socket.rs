@@ -34,12 +34,9 @@ impl std::fmt::Display for Refusal {
             Some(w) => write!(f, "{w}: ")?,
             None => write!(f, "commit: ")?,
         }
-        write!(
-            f,
-            "{} ({})",
-            errno_name(self.errno),
-            io::Error::from_raw_os_error(self.errno)
-        )?;
+        let text = io::Error::from_raw_os_error(self.errno).to_string();
+        let text = text.split(" (os error").next().unwrap_or_default();
+        write!(f, "{} ({text})", errno_name(self.errno))?;
         if let Some(d) = &self.detail {
             write!(f, " [{d}]")?;
         }
@@ -291,6 +288,16 @@ fn describe_offset(msg: &[u8], offset: u32) -> Option<String> {
                         })
                         .unwrap_or_default();
                     return Some(format!("expression {} ({name})", i + 1));
+                }
+            }
+        }
+        if ty == NFTA_SET_ELEM_LIST_ELEMENTS && u16_at(msg, 4)? & 0xff == NFT_MSG_NEWSETELEM {
+            let mut eat = start + 4;
+            for (i, (_, e)) in attrs(payload).enumerate() {
+                let estart = eat;
+                eat += super::wire::align(4 + e.len());
+                if (estart..eat).contains(&off) {
+                    return Some(format!("element {} of this message", i + 1));
                 }
             }
         }
