@@ -4,7 +4,8 @@
 //! `apply DOC.json [--all-groups | --host ADDR ...] [--transport netlink|cli]
 //!        [--enforce ipsec|cidr --managed CIDR ...] [--log-accept] [--log-drop]`
 //!
-//! Exit 0 applied, 1 refused (the message names the object), 2 usage.
+//! Exit 0 applied, 1 refused (the message names the object), 2 usage. With REYES_APPLY_STATS
+//! set, prints RSS and peak RSS after each stage (read, parsed, compiled, encoded, applied).
 
 use std::process::ExitCode;
 
