@@ -2,7 +2,7 @@
 //! nothing about semantics.
 
 use crate::compile::Ruleset;
-use crate::config::Backend as BackendChoice;
+use crate::config::{Backend as BackendChoice, NftTransport};
 
 /// A backend operation failed. In every case the live rules are as they were before.
 #[derive(Debug, thiserror::Error)]
@@ -48,10 +48,27 @@ pub trait Backend {
     fn counters(&self) -> Result<Counters, BackendError>;
 }
 
-/// Pick a backend. `auto` takes nft when the `nft` binary is usable.
-pub fn select(choice: BackendChoice) -> Result<Box<dyn Backend>, BackendError> {
+/// Pick a backend. nft goes through netlink when `transport` says so, or, for `auto`, when
+/// the kernel accepts a check-only probe batch (the choice and its reason are logged).
+pub fn select(
+    choice: BackendChoice,
+    transport: NftTransport,
+) -> Result<Box<dyn Backend>, BackendError> {
     match choice {
-        BackendChoice::Nft | BackendChoice::Auto => Ok(Box::new(crate::nft::NftBackend::new())),
+        BackendChoice::Nft | BackendChoice::Auto => Ok(Box::new(match transport {
+            NftTransport::Cli => crate::nft::NftBackend::new(),
+            NftTransport::Netlink => crate::nft::NftBackend::netlink(),
+            NftTransport::Auto => match crate::nft::probe_netlink() {
+                Ok(()) => {
+                    tracing::info!("nft transport: netlink (the kernel accepted the probe batch)");
+                    crate::nft::NftBackend::netlink()
+                }
+                Err(why) => {
+                    tracing::info!(reason = %why, "nft transport: nft -f (netlink probe failed)");
+                    crate::nft::NftBackend::new()
+                }
+            },
+        })),
         BackendChoice::Iptables => Err(BackendError::Unsupported(
             "the iptables backend is not supported yet in this build: use --backend nft".into(),
         )),

@@ -111,7 +111,7 @@ pub fn render(cfg: Option<&Config>, o: &RenderOptions) -> CmdResult<String> {
         BackendChoice::Auto => BackendChoice::Nft,
         b => b,
     });
-    let backend = crate::backend::select(choice).usage()?;
+    let backend = crate::backend::select(choice, crate::config::NftTransport::Cli).usage()?;
     backend.render(&rs).runtime()
 }
 
@@ -203,7 +203,8 @@ pub fn flush(cfg: Option<&Config>, backend: Option<BackendChoice>) -> CmdResult<
     let choice = backend
         .or(cfg.map(|c| c.follower.backend))
         .unwrap_or_default();
-    let b = crate::backend::select(choice).usage()?;
+    let transport = cfg.map(|c| c.follower.nft_transport).unwrap_or_default();
+    let b = crate::backend::select(choice, transport).usage()?;
     b.flush().runtime()
 }
 

@@ -266,9 +266,9 @@ impl fmt::Display for Backend {
 #[serde(rename_all = "lowercase")]
 pub enum NftTransport {
     /// Netlink when the kernel accepts a probe batch, else the `nft` binary.
+    #[default]
     Auto,
     /// Pipe the rendered script to `nft -f -`.
-    #[default]
     Cli,
     /// Our own nf_tables netlink encoder.
     Netlink,
@@ -452,7 +452,7 @@ impl Default for FollowerConfig {
     fn default() -> Self {
         FollowerConfig {
             backend: Backend::Auto,
-            nft_transport: NftTransport::Cli,
+            nft_transport: NftTransport::default(),
             enforce: Enforce::Ipsec,
             managed_cidrs: Vec::new(),
             local_cidrs: AutoOr::Auto,

@@ -199,12 +199,11 @@ fn backend_failure(e: BackendError) -> Failure {
 
 /// Open the configured (or overridden) backend.
 pub fn open_backend(cfg: &Config, choice: Option<BackendChoice>) -> CmdResult<Box<dyn Backend>> {
-    if cfg.follower.nft_transport == crate::config::NftTransport::Netlink {
-        return Err(Failure::usage(anyhow::anyhow!(
-            "follower.nft_transport: netlink is not supported yet in this build: use `cli`"
-        )));
-    }
-    backend::select(choice.unwrap_or(cfg.follower.backend)).map_err(backend_failure)
+    backend::select(
+        choice.unwrap_or(cfg.follower.backend),
+        cfg.follower.nft_transport,
+    )
+    .map_err(backend_failure)
 }
 
 /// sha256 of bytes, prefixed.

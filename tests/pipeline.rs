@@ -147,6 +147,12 @@ fn apply_equals_render_and_reapply_replaces_atomically() {
     rig.lead();
     let o = rig.follower(&[]);
     assert_eq!(code(&o), 0, "{}", text(&o));
+    // nft_transport defaults to auto, and this kernel takes the netlink probe.
+    assert!(
+        stderr(&o).contains("nft transport: netlink"),
+        "{}",
+        text(&o)
+    );
     let live = rig.live().expect("table inet reyes exists");
     assert_eq!(normalise(&live), normalise(table_block(&rig.render())));
     assert!(live.contains("chain g_sg_web"), "{live}");

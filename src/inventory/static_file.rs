@@ -156,7 +156,14 @@ pub fn load(path: &Path) -> Result<Inventory, InventoryError> {
 
 /// Parse static inventory text; `name` names the file in errors.
 pub fn parse(text: &str, name: &str) -> Result<Inventory, InventoryError> {
-    let f: File = serde_saphyr::from_str(text).map_err(|e| {
+    // serde-saphyr's default budget (250k nodes) stops at about 60k hosts; an estate as large
+    // as the document limits allow needs more. The input size is bounded by `super::read`.
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = 8_000_000;
+    budget.max_events = budget.max_events.max(16_000_000);
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    let f: File = serde_saphyr::from_str_with_options(text, options).map_err(|e| {
         let (l, c) = e
             .location()
             .map(|l| (l.line(), l.column()))

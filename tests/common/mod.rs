@@ -161,3 +161,27 @@ pub fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stderr)
     )
 }
+
+impl Netns {
+    /// Run `f` on a thread that has entered this namespace (setns is per thread), so library
+    /// code opens its netlink sockets in here.
+    pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            let file = std::fs::File::open(&path).expect("open netns");
+            // SAFETY: a valid namespace fd; only this thread changes namespace.
+            let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("thread in namespace panicked")
+    }
+}
+
+/// A built example binary (`cargo test` builds examples next to the test binaries).
+pub fn example_bin(name: &str) -> std::path::PathBuf {
+    let exe = std::path::Path::new(reyes_bin());
+    exe.parent().unwrap().join("examples").join(name)
+}

@@ -1,0 +1,140 @@
+//! Apply a rule document straight to the kernel (no signature, no state): the apply half of a
+//! follower, for benchmarks and kernel tests. Run it inside a network namespace.
+//!
+//! `apply DOC.json [--all-groups | --host ADDR ...] [--transport netlink|cli]
+//!        [--enforce ipsec|cidr --managed CIDR ...] [--log-accept] [--log-drop]`
+//!
+//! Exit 0 applied, 1 refused (the message names the object), 2 usage. With REYES_APPLY_STATS
+//! set, prints RSS and peak RSS after each stage (read, parsed, compiled, encoded, applied).
+
+use std::process::ExitCode;
+
+use reyes::backend::Backend;
+use reyes::compile::{self, HostContext, Target};
+use reyes::config::{Enforce, FollowerConfig};
+use reyes::document::Document;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut doc = None;
+    let mut hosts = Vec::new();
+    let mut all = false;
+    let mut transport = "netlink".to_string();
+    let mut fcfg = FollowerConfig::default();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--all-groups" => all = true,
+            "--host" => hosts.extend(it.next().and_then(|h| h.parse::<std::net::IpAddr>().ok())),
+            "--transport" => transport = it.next().cloned().unwrap_or_default(),
+            "--enforce" => {
+                fcfg.enforce = match it.next().map(String::as_str) {
+                    Some("cidr") => Enforce::Cidr,
+                    _ => Enforce::Ipsec,
+                }
+            }
+            "--managed" => fcfg
+                .managed_cidrs
+                .extend(it.next().and_then(|c| c.parse::<reyes::net::Cidr>().ok())),
+            "--log-accept" => fcfg.log_accept = true,
+            "--log-drop" => fcfg.log_drop = true,
+            other if doc.is_none() && !other.starts_with("--") => doc = Some(other.to_string()),
+            other => {
+                eprintln!("apply: unexpected argument {other:?}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let Some(doc) = doc else {
+        eprintln!(
+            "usage: apply DOC.json [--all-groups | --host ADDR ...] [--transport netlink|cli]"
+        );
+        return ExitCode::from(2);
+    };
+    let bytes = match std::fs::read(&doc) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("apply: {doc}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    stats("read");
+    let document = match Document::parse(&bytes) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("apply: {doc}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    drop(bytes);
+    stats("parsed");
+    let target = if all {
+        Target::AllGroups
+    } else {
+        Target::Host(hosts)
+    };
+    let mut ctx = HostContext::from_config(&fcfg, target);
+    ctx.allow_unknown_host = true;
+    let rs = match compile::compile(&document, &ctx) {
+        Ok(rs) => rs,
+        Err(e) => {
+            eprintln!("apply: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    drop(document);
+    stats("compiled");
+    let result = match transport.as_str() {
+        "netlink" => netlink_apply(&rs),
+        "cli" => reyes::nft::NftBackend::new()
+            .apply(&rs)
+            .map_err(|e| e.to_string()),
+        other => {
+            eprintln!("apply: unknown transport {other:?}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("apply: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn netlink_apply(rs: &reyes::compile::Ruleset) -> Result<(), String> {
+    use reyes::nft::netlink;
+    let batch = netlink::encode(rs, &netlink::ifindex).map_err(|e| e.to_string())?;
+    stats(&format!(
+        "encoded: {} messages, {} bytes",
+        batch.len(),
+        batch.bytes().len()
+    ));
+    let r = netlink::Socket::open()
+        .and_then(|s| s.apply(&batch))
+        .map_err(|e| e.to_string());
+    stats("applied");
+    r
+}
+
+/// With REYES_APPLY_STATS set: peak RSS so far, after each stage.
+fn stats(stage: &str) {
+    if std::env::var_os("REYES_APPLY_STATS").is_none() {
+        return;
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("?")
+            .to_string()
+    };
+    eprintln!(
+        "{stage}: RSS {} kB, peak {} kB",
+        field("VmRSS:"),
+        field("VmHWM:")
+    );
+}
