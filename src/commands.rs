@@ -54,18 +54,32 @@ fn read_signature(path: &Path) -> CmdResult<Vec<u8>> {
 /// Parse a document file (no signature), naming the file in errors.
 pub fn load_document(path: &Path) -> CmdResult<Document> {
     let bytes = read_document(path)?;
-    Document::parse(&bytes).refused().map_err(|f| f.context(path.display().to_string()))
+    Document::parse(&bytes)
+        .refused()
+        .map_err(|f| f.context(path.display().to_string()))
 }
 
 /// `reyes render`.
 pub fn render(cfg: Option<&Config>, o: &RenderOptions) -> CmdResult<String> {
     let doc = match &o.signature {
         Some(sig) => {
-            let cfg = cfg.ok_or_else(|| Failure::usage(anyhow::anyhow!("--signature needs a config with signing.keyring")))?;
+            let cfg = cfg.ok_or_else(|| {
+                Failure::usage(anyhow::anyhow!(
+                    "--signature needs a config with signing.keyring"
+                ))
+            })?;
             let trust = follower::trust_root(cfg)?;
             let bytes = read_document(&o.document)?;
             let sig = read_signature(sig)?;
-            follower::verify_document(&trust, &bytes, &sig, &cfg.environment, SystemTime::now(), false)?.document
+            follower::verify_document(
+                &trust,
+                &bytes,
+                &sig,
+                &cfg.environment,
+                SystemTime::now(),
+                false,
+            )?
+            .document
         }
         None => load_document(&o.document)?,
     };
@@ -84,7 +98,9 @@ pub fn render(cfg: Option<&Config>, o: &RenderOptions) -> CmdResult<String> {
     if let Some(e) = o.enforce {
         ctx.enforce = e;
         if e == Enforce::Cidr && ctx.managed_cidrs.is_empty() {
-            return Err(Failure::usage(anyhow::anyhow!("--enforce cidr needs follower.managed_cidrs in the config")));
+            return Err(Failure::usage(anyhow::anyhow!(
+                "--enforce cidr needs follower.managed_cidrs in the config"
+            )));
         }
     }
     ctx.log_accept |= o.log_accept;
@@ -109,8 +125,15 @@ pub fn verify(cfg: &Config, document: &Path, signature: &Path) -> CmdResult<Stri
     let trust = follower::trust_root(cfg)?;
     let bytes = read_document(document)?;
     let sig = read_signature(signature)?;
-    let v = follower::verify_document(&trust, &bytes, &sig, &cfg.environment, SystemTime::now(), true)
-        .map_err(|f| f.context(document.display().to_string()))?;
+    let v = follower::verify_document(
+        &trust,
+        &bytes,
+        &sig,
+        &cfg.environment,
+        SystemTime::now(),
+        true,
+    )
+    .map_err(|f| f.context(document.display().to_string()))?;
     let d = &v.document;
     Ok(format!(
         "OK {}\nserial: {}\nenvironment: {}\nissued_at: {}\nnot_after: {}\nsigner: {}\npolicy_digest: {}\ngroups: {}\n",
@@ -132,7 +155,13 @@ pub fn sign(cfg: &Config, document: &Path, output: Option<&Path>) -> CmdResult<P
         .key
         .as_ref()
         .ok_or_else(|| Failure::usage(anyhow::anyhow!("signing.key is not set")))?;
-    let pass = cfg.signing.passphrase_file.as_deref().map(read_passphrase).transpose().usage()?;
+    let pass = cfg
+        .signing
+        .passphrase_file
+        .as_deref()
+        .map(read_passphrase)
+        .transpose()
+        .usage()?;
     let key = SigningKey::load(key_path, pass).usage()?;
     let bytes = std::fs::read(document)
         .usage()
@@ -143,14 +172,22 @@ pub fn sign(cfg: &Config, document: &Path, output: Option<&Path>) -> CmdResult<P
         p.push(".sig");
         PathBuf::from(p)
     });
-    write_atomic(&out, &sig).runtime().map_err(|f| f.context(format!("cannot write {}", out.display())))?;
+    write_atomic(&out, &sig)
+        .runtime()
+        .map_err(|f| f.context(format!("cannot write {}", out.display())))?;
     Ok(out)
 }
 
 /// `reyes keygen`: writes NAME.secret.asc (0600) and NAME.cert.asc, returns the fingerprint.
 pub fn keygen(name: &str, dir: &Path, passphrase_file: Option<&Path>) -> CmdResult<String> {
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        return Err(Failure::usage(anyhow::anyhow!("--name {name:?}: use letters, digits, '-', '_' and '.'")));
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "--name {name:?}: use letters, digits, '-', '_' and '.'"
+        )));
     }
     let pass = passphrase_file.map(read_passphrase).transpose().usage()?;
     let (secret, public, fp) = signing::keygen(name, pass).usage()?;
@@ -158,7 +195,10 @@ pub fn keygen(name: &str, dir: &Path, passphrase_file: Option<&Path>) -> CmdResu
     let sp = dir.join(format!("{name}.secret.asc"));
     let cp = dir.join(format!("{name}.cert.asc"));
     if sp.exists() {
-        return Err(Failure::usage(anyhow::anyhow!("{} exists; refusing to overwrite a key", sp.display())));
+        return Err(Failure::usage(anyhow::anyhow!(
+            "{} exists; refusing to overwrite a key",
+            sp.display()
+        )));
     }
     {
         use std::os::unix::fs::OpenOptionsExt;
@@ -177,7 +217,9 @@ pub fn keygen(name: &str, dir: &Path, passphrase_file: Option<&Path>) -> CmdResu
 
 /// `reyes flush`.
 pub fn flush(cfg: Option<&Config>, backend: Option<BackendChoice>) -> CmdResult<()> {
-    let choice = backend.or(cfg.map(|c| c.follower.backend)).unwrap_or_default();
+    let choice = backend
+        .or(cfg.map(|c| c.follower.backend))
+        .unwrap_or_default();
     let b = crate::backend::select(choice).usage()?;
     b.flush().runtime()
 }
@@ -188,10 +230,12 @@ pub fn flush(cfg: Option<&Config>, backend: Option<BackendChoice>) -> CmdResult<
 pub fn restore(cfg: &Config, opts: &FollowerOptions) -> CmdResult<Outcome> {
     let state = StateDir::open(&cfg.follower.state_dir).runtime()?;
     let _lock = state.lock().runtime()?;
-    let (bytes, sig) = state
-        .last_good()
-        .runtime()?
-        .ok_or_else(|| Failure::runtime(anyhow::anyhow!("no last-good document in {}", state.path().display())))?;
+    let (bytes, sig) = state.last_good().runtime()?.ok_or_else(|| {
+        Failure::runtime(anyhow::anyhow!(
+            "no last-good document in {}",
+            state.path().display()
+        ))
+    })?;
     let trust = follower::trust_root(cfg)?;
     let now = SystemTime::now();
     let v = follower::verify_document(&trust, &bytes, &sig, &cfg.environment, now, false)
@@ -217,7 +261,10 @@ pub fn status(cfg: &Config, backend: Option<BackendChoice>) -> CmdResult<String>
             let age = crate::document::parse_time(&a.issued_at)
                 .ok()
                 .and_then(|t| now.duration_since(t).ok())
-                .map(|d| humantime::format_duration(std::time::Duration::from_secs(d.as_secs())).to_string())
+                .map(|d| {
+                    humantime::format_duration(std::time::Duration::from_secs(d.as_secs()))
+                        .to_string()
+                })
                 .unwrap_or_else(|| "?".into());
             let expired = crate::document::parse_time(&a.not_after).is_ok_and(|t| t < now);
             out.push_str(&format!(
@@ -234,16 +281,30 @@ pub fn status(cfg: &Config, backend: Option<BackendChoice>) -> CmdResult<String>
                 a.signer,
             ));
         }
-        None => out.push_str(&format!("nothing applied yet (state {})\nlive: {}\n", state.path().display(), if present { "yes" } else { "no" })),
+        None => out.push_str(&format!(
+            "nothing applied yet (state {})\nlive: {}\n",
+            state.path().display(),
+            if present { "yes" } else { "no" }
+        )),
     }
     if present {
         let c = b.counters().runtime()?;
-        let fmt = |c: Option<(u64, u64)>| c.map_or("-".to_string(), |(p, by)| format!("{p} packets, {by} bytes"));
-        out.push_str(&format!("accepted: {}\ndropped: {}\n", fmt(c.accepted), fmt(c.dropped)));
+        let fmt = |c: Option<(u64, u64)>| {
+            c.map_or("-".to_string(), |(p, by)| {
+                format!("{p} packets, {by} bytes")
+            })
+        };
+        out.push_str(&format!(
+            "accepted: {}\ndropped: {}\n",
+            fmt(c.accepted),
+            fmt(c.dropped)
+        ));
     }
     out.push_str(&format!("checked_at: {}\n", rfc3339(now)));
     if !present {
-        return Err(Failure::runtime(anyhow::anyhow!("{out}reyes rules are not live")));
+        return Err(Failure::runtime(anyhow::anyhow!(
+            "{out}reyes rules are not live"
+        )));
     }
     Ok(out)
 }

@@ -145,7 +145,10 @@ impl<'de> Deserialize<'de> for AwsJsonInput {
             },
         }
         Ok(match Raw::deserialize(d)? {
-            Raw::Path(path) => AwsJsonInput { path, prefix_list: None },
+            Raw::Path(path) => AwsJsonInput {
+                path,
+                prefix_list: None,
+            },
             Raw::Entry { path, prefix_list } => AwsJsonInput { path, prefix_list },
         })
     }
@@ -224,11 +227,7 @@ impl TryFrom<RawInventory> for InventoryConfig {
                 }
                 InventorySource::Ec2(e)
             }
-            _ => {
-                return Err(
-                    "inventory: give exactly one of `file`, `aws_json` or `ec2`".into(),
-                )
-            }
+            _ => return Err("inventory: give exactly one of `file`, `aws_json` or `ec2`".into()),
         };
         Ok(InventoryConfig {
             source,
@@ -276,7 +275,9 @@ pub enum NftTransport {
 }
 
 /// Which traffic a follower holds to the security groups.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Enforce {
     /// Traffic that arrived through an IPsec SA.
@@ -340,7 +341,10 @@ impl TryFrom<RawFailsafe> for Failsafe {
     type Error = String;
     fn try_from(r: RawFailsafe) -> Result<Self, String> {
         if r.port.is_some() && !r.proto.has_ports() {
-            return Err(format!("failsafe: `port` needs proto tcp or udp, not {}", r.proto));
+            return Err(format!(
+                "failsafe: `port` needs proto tcp or udp, not {}",
+                r.proto
+            ));
         }
         if let Some(from) = &r.from {
             let fam_ok = match r.proto {
@@ -352,7 +356,11 @@ impl TryFrom<RawFailsafe> for Failsafe {
                 return Err(format!("failsafe: {} cannot come from {from}", r.proto));
             }
         }
-        Ok(Failsafe { proto: r.proto, port: r.port, from: r.from })
+        Ok(Failsafe {
+            proto: r.proto,
+            port: r.port,
+            from: r.from,
+        })
     }
 }
 
@@ -484,7 +492,11 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 
 /// Normalise a fingerprint: hex digits only, upper case; 40 (v4) or 64 (v6) of them.
 pub fn normalise_fingerprint(s: &str) -> Result<String, String> {
-    let hex: String = s.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_uppercase();
+    let hex: String = s
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_uppercase();
     let hex = hex.strip_prefix("0X").unwrap_or(&hex).to_string();
     if !(hex.len() == 40 || hex.len() == 64) || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(format!(
@@ -505,8 +517,10 @@ fn de_fingerprints<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Er
 impl Config {
     /// Read and validate a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let mut cfg = Config::parse(&text, path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.resolve_paths(base);
@@ -536,9 +550,13 @@ impl Config {
         if let StoreConfig::Directory(d) = &mut self.store {
             fix(d);
         }
-        for p in [&mut self.signing.key, &mut self.signing.passphrase_file, &mut self.signing.keyring]
-            .into_iter()
-            .flatten()
+        for p in [
+            &mut self.signing.key,
+            &mut self.signing.passphrase_file,
+            &mut self.signing.keyring,
+        ]
+        .into_iter()
+        .flatten()
         {
             fix(p);
         }
@@ -556,9 +574,17 @@ impl Config {
 
 /// Turn a serde-saphyr error into file:line:column plus the message.
 pub fn yaml_error(path: &Path, e: &serde_saphyr::Error) -> ConfigError {
-    let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+    let (line, column) = e
+        .location()
+        .map(|l| (l.line(), l.column()))
+        .unwrap_or((0, 0));
     let message = e.to_string();
-    ConfigError::Invalid { path: path.to_path_buf(), line, column, message }
+    ConfigError::Invalid {
+        path: path.to_path_buf(),
+        line,
+        column,
+        message,
+    }
 }
 
 #[cfg(test)]
@@ -579,7 +605,9 @@ mod tests {
     #[test]
     fn unknown_key_is_an_error_with_location() {
         let text = format!("{MINIMAL}follower:\n  enforse: cidr\n");
-        let e = Config::parse(&text, Path::new("x.yaml")).unwrap_err().to_string();
+        let e = Config::parse(&text, Path::new("x.yaml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("x.yaml:5:"), "{e}");
         assert!(e.contains("enforse"), "{e}");
     }
@@ -593,7 +621,9 @@ mod tests {
     #[test]
     fn inventory_needs_exactly_one_source() {
         let text = format!("{MINIMAL}inventory:\n  excluded_group_names: [a]\n");
-        let e = Config::parse(&text, Path::new("x.yaml")).unwrap_err().to_string();
+        let e = Config::parse(&text, Path::new("x.yaml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("exactly one of"), "{e}");
         let text = format!("{MINIMAL}inventory:\n  file: a.yaml\n  aws_json: [b.json]\n");
         assert!(Config::parse(&text, Path::new("x.yaml")).is_err());
@@ -602,7 +632,9 @@ mod tests {
     #[test]
     fn cidr_mode_needs_managed_cidrs() {
         let text = format!("{MINIMAL}follower:\n  enforce: cidr\n");
-        let e = Config::parse(&text, Path::new("x.yaml")).unwrap_err().to_string();
+        let e = Config::parse(&text, Path::new("x.yaml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("managed_cidrs"), "{e}");
     }
 
@@ -651,7 +683,9 @@ follower:
             ("follower:\n  addresses: sometimes\n", "auto"),
         ] {
             let text = format!("{MINIMAL}{yaml}");
-            let e = Config::parse(&text, Path::new("x.yaml")).unwrap_err().to_string();
+            let e = Config::parse(&text, Path::new("x.yaml"))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(needle), "{yaml}: {e}");
         }
     }

@@ -228,7 +228,11 @@ impl<'de> Deserialize<'de> for Document {
             issued_at: w.issued_at,
             not_after: w.not_after,
             policy_digest: w.policy_digest,
-            policy: Policy { networks: w.networks, prefix_lists: w.prefix_lists, groups: w.groups },
+            policy: Policy {
+                networks: w.networks,
+                prefix_lists: w.prefix_lists,
+                groups: w.groups,
+            },
         })
     }
 }
@@ -236,10 +240,12 @@ impl<'de> Deserialize<'de> for Document {
 /// Lower-case hex.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// Format a time as RFC 3339 UTC to the second.
@@ -322,7 +328,9 @@ impl Document {
         let p = &self.policy;
         let over = |what: &str, n: usize, max: usize| {
             if n > max {
-                Err(DocumentError::TooLarge(format!("{n} {what}, over the limit of {max}")))
+                Err(DocumentError::TooLarge(format!(
+                    "{n} {what}, over the limit of {max}"
+                )))
             } else {
                 Ok(())
             }
@@ -330,8 +338,16 @@ impl Document {
         over("groups", p.groups.len(), limits::MAX_GROUPS)?;
         over("networks", p.networks.len(), limits::MAX_NETWORKS)?;
         over("prefix lists", p.prefix_lists.len(), limits::MAX_NETWORKS)?;
-        over("members", p.groups.iter().map(|g| g.members.len()).sum(), limits::MAX_MEMBERS)?;
-        over("ingress rules", p.groups.iter().map(|g| g.ingress.len()).sum(), limits::MAX_RULES)?;
+        over(
+            "members",
+            p.groups.iter().map(|g| g.members.len()).sum(),
+            limits::MAX_MEMBERS,
+        )?;
+        over(
+            "ingress rules",
+            p.groups.iter().map(|g| g.ingress.len()).sum(),
+            limits::MAX_RULES,
+        )?;
         for g in &p.groups {
             for (i, r) in g.ingress.iter().enumerate() {
                 let n = r.from.cidrs.len() + r.from.groups.len() + r.from.prefix_lists.len();
@@ -363,7 +379,10 @@ impl Document {
         }
         for g in &p.groups {
             if g.name.len() > limits::MAX_ID_LEN || g.name.chars().any(char::is_control) {
-                return m(format!("groups[{}].name: too long or has control characters", g.id));
+                return m(format!(
+                    "groups[{}].name: too long or has control characters",
+                    g.id
+                ));
             }
             for (i, r) in g.ingress.iter().enumerate() {
                 let at = format!("groups[{}].ingress[{i}]", g.id);
@@ -372,7 +391,9 @@ impl Document {
                 }
                 for src in &r.from.groups {
                     if p.group(src).is_none() {
-                        return m(format!("{at}.from.groups: {src:?} is not a group in this document"));
+                        return m(format!(
+                            "{at}.from.groups: {src:?} is not a group in this document"
+                        ));
                     }
                 }
                 for pl in &r.from.prefix_lists {
@@ -390,17 +411,28 @@ impl Document {
 
 fn check_id(id: &str) -> Result<(), String> {
     if id.is_empty() || id.len() > limits::MAX_ID_LEN {
-        return Err(format!("id {id:?} must be 1 to {} characters", limits::MAX_ID_LEN));
+        return Err(format!(
+            "id {id:?} must be 1 to {} characters",
+            limits::MAX_ID_LEN
+        ));
     }
-    if !id.chars().all(|c| c.is_ascii_alphanumeric() || "._:/@+=-".contains(c)) {
-        return Err(format!("id {id:?} may only hold letters, digits and ._:/@+=-"));
+    if !id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "._:/@+=-".contains(c))
+    {
+        return Err(format!(
+            "id {id:?} may only hold letters, digits and ._:/@+=-"
+        ));
     }
     Ok(())
 }
 
 fn check_rule_shape(r: &DocRule) -> Result<(), String> {
     if r.proto.has_ports() != r.ports.is_some() {
-        return Err(format!("ports: required for tcp and udp and only for them (proto {})", r.proto));
+        return Err(format!(
+            "ports: required for tcp and udp and only for them (proto {})",
+            r.proto
+        ));
     }
     if !r.proto.is_icmp() && (r.icmp_type.is_some() || r.icmp_code.is_some()) {
         return Err(format!("icmp_type/icmp_code given for proto {}", r.proto));
@@ -470,7 +502,9 @@ pub fn build_policy(inv: &Inventory, opts: &BuildOptions, warnings: &mut Vec<Str
             .filter(|s| s.id == *want || s.name.as_deref() == Some(want.as_str()))
             .collect();
         if found.is_empty() {
-            warnings.push(format!("dynamic_subnets: {want:?} matches no subnet in the inventory"));
+            warnings.push(format!(
+                "dynamic_subnets: {want:?} matches no subnet in the inventory"
+            ));
         }
         for s in found {
             dynamic.insert(s.id.as_str(), &s.cidrs);
@@ -495,11 +529,18 @@ pub fn build_policy(inv: &Inventory, opts: &BuildOptions, warnings: &mut Vec<Str
         }
     }
 
-    let prefix_lists: BTreeMap<&str, &[Cidr]> =
-        inv.prefix_lists.iter().map(|p| (p.id.as_str(), p.cidrs.as_slice())).collect();
+    let prefix_lists: BTreeMap<&str, &[Cidr]> = inv
+        .prefix_lists
+        .iter()
+        .map(|p| (p.id.as_str(), p.cidrs.as_slice()))
+        .collect();
     let mut used_prefix_lists: BTreeSet<&str> = BTreeSet::new();
     let mut groups = Vec::new();
-    for g in inv.groups.iter().filter(|g| !excluded.contains(g.id.as_str())) {
+    for g in inv
+        .groups
+        .iter()
+        .filter(|g| !excluded.contains(g.id.as_str()))
+    {
         let mut rules: BTreeSet<DocRule> = BTreeSet::new();
         for (i, r) in g.ingress.iter().enumerate() {
             let mut from = DocSources::default();
@@ -537,13 +578,24 @@ pub fn build_policy(inv: &Inventory, opts: &BuildOptions, warnings: &mut Vec<Str
             from.groups = src_groups.into_iter().collect();
             from.prefix_lists = pls.into_iter().collect();
             if from.cidrs.is_empty() && from.groups.is_empty() && from.prefix_lists.is_empty() {
-                warnings.push(format!("group {} ingress[{i}]: no source left; rule dropped", g.id));
+                warnings.push(format!(
+                    "group {} ingress[{i}]: no source left; rule dropped",
+                    g.id
+                ));
                 continue;
             }
-            let (icmp_type, icmp_code) = if r.proto.is_icmp() { (r.icmp_type, r.icmp_code) } else { (None, None) };
+            let (icmp_type, icmp_code) = if r.proto.is_icmp() {
+                (r.icmp_type, r.icmp_code)
+            } else {
+                (None, None)
+            };
             rules.insert(DocRule {
                 proto: r.proto,
-                ports: if r.proto.has_ports() { Some(r.ports.unwrap_or(PortRange::ALL)) } else { None },
+                ports: if r.proto.has_ports() {
+                    Some(r.ports.unwrap_or(PortRange::ALL))
+                } else {
+                    None
+                },
                 icmp_type,
                 icmp_code: icmp_type.and(icmp_code),
                 from,
@@ -553,7 +605,10 @@ pub fn build_policy(inv: &Inventory, opts: &BuildOptions, warnings: &mut Vec<Str
             id: g.id.clone(),
             name: g.name.clone(),
             network: g.network.clone(),
-            members: members.get(g.id.as_str()).map(|m| m.iter().copied().collect()).unwrap_or_default(),
+            members: members
+                .get(g.id.as_str())
+                .map(|m| m.iter().copied().collect())
+                .unwrap_or_default(),
             ingress: rules.into_iter().collect(),
         });
     }
@@ -567,7 +622,10 @@ pub fn build_policy(inv: &Inventory, opts: &BuildOptions, warnings: &mut Vec<Str
             let mut cidrs = n.cidrs.clone();
             cidrs.sort();
             cidrs.dedup();
-            DocNetwork { id: n.id.clone(), cidrs }
+            DocNetwork {
+                id: n.id.clone(),
+                cidrs,
+            }
         })
         .collect();
     networks.sort();
@@ -579,12 +637,19 @@ pub fn build_policy(inv: &Inventory, opts: &BuildOptions, warnings: &mut Vec<Str
             let mut cidrs = prefix_lists.get(id).map(|c| c.to_vec()).unwrap_or_default();
             cidrs.sort();
             cidrs.dedup();
-            DocPrefixList { id: (*id).to_string(), cidrs }
+            DocPrefixList {
+                id: (*id).to_string(),
+                cidrs,
+            }
         })
         .collect();
     pls.sort();
 
-    Policy { networks, prefix_lists: pls, groups }
+    Policy {
+        networks,
+        prefix_lists: pls,
+        groups,
+    }
 }
 
 /// Build a complete document from an inventory.
@@ -604,7 +669,11 @@ pub fn build(inv: &Inventory, opts: &BuildOptions) -> Result<Built, DocumentErro
     // The leader must never publish what a follower would refuse.
     let reparsed = Document::parse(&bytes)?;
     debug_assert_eq!(reparsed, document);
-    Ok(Built { document, bytes, warnings })
+    Ok(Built {
+        document,
+        bytes,
+        warnings,
+    })
 }
 
 #[cfg(test)]
@@ -659,7 +728,10 @@ hosts:
         assert_eq!(web.ingress.len(), 2);
         let tcp = web.ingress.iter().find(|r| r.proto == Proto::Tcp).unwrap();
         assert_eq!(tcp.from.groups, ["sg-lb"]);
-        assert!(b.warnings.iter().any(|w| w.contains("sg-gone") && w.contains("excluded")));
+        assert!(b
+            .warnings
+            .iter()
+            .any(|w| w.contains("sg-gone") && w.contains("excluded")));
         assert_eq!(b.document.not_after, "2027-01-15T09:00:00Z");
     }
 
@@ -671,19 +743,34 @@ hosts:
         // Whitespace.
         let mut spaced = b.bytes.clone();
         spaced.insert(1, b' ');
-        assert!(matches!(Document::parse(&spaced), Err(DocumentError::Malformed(_))));
+        assert!(matches!(
+            Document::parse(&spaced),
+            Err(DocumentError::Malformed(_))
+        ));
         // A member added without fixing the digest.
-        let text = String::from_utf8(b.bytes.clone()).unwrap().replace("\"10.1.0.20\"", "\"10.1.0.20\",\"10.1.0.21\"");
+        let text = String::from_utf8(b.bytes.clone())
+            .unwrap()
+            .replace("\"10.1.0.20\"", "\"10.1.0.20\",\"10.1.0.21\"");
         let e = Document::parse(text.as_bytes()).unwrap_err().to_string();
         assert!(e.contains("policy_digest"), "{e}");
         // An unknown field.
-        let text = String::from_utf8(b.bytes.clone()).unwrap().replacen("{\"format\"", "{\"extra\":1,\"format\"", 1);
-        assert!(Document::parse(text.as_bytes()).unwrap_err().to_string().contains("extra"));
+        let text = String::from_utf8(b.bytes.clone()).unwrap().replacen(
+            "{\"format\"",
+            "{\"extra\":1,\"format\"",
+            1,
+        );
+        assert!(Document::parse(text.as_bytes())
+            .unwrap_err()
+            .to_string()
+            .contains("extra"));
     }
 
     #[test]
     fn oversized_refused_before_parsing() {
         let big = vec![b' '; (limits::MAX_DOCUMENT_BYTES + 1) as usize];
-        assert!(matches!(Document::parse(&big), Err(DocumentError::TooLarge(_))));
+        assert!(matches!(
+            Document::parse(&big),
+            Err(DocumentError::TooLarge(_))
+        ));
     }
 }

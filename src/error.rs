@@ -40,19 +40,31 @@ pub struct Failure {
 impl Failure {
     /// Exit 1.
     pub fn runtime(error: impl Into<anyhow::Error>) -> Failure {
-        Failure { kind: ExitKind::Runtime, error: error.into() }
+        Failure {
+            kind: ExitKind::Runtime,
+            error: error.into(),
+        }
     }
     /// Exit 2.
     pub fn usage(error: impl Into<anyhow::Error>) -> Failure {
-        Failure { kind: ExitKind::Usage, error: error.into() }
+        Failure {
+            kind: ExitKind::Usage,
+            error: error.into(),
+        }
     }
     /// Exit 3.
     pub fn refused(error: impl Into<anyhow::Error>) -> Failure {
-        Failure { kind: ExitKind::Refused, error: error.into() }
+        Failure {
+            kind: ExitKind::Refused,
+            error: error.into(),
+        }
     }
     /// Add context to the message, keeping the kind.
     pub fn context(self, ctx: impl fmt::Display + Send + Sync + 'static) -> Failure {
-        Failure { kind: self.kind, error: self.error.context(ctx) }
+        Failure {
+            kind: self.kind,
+            error: self.error.context(ctx),
+        }
     }
 }
 

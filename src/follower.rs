@@ -105,7 +105,9 @@ pub fn verify_document(
             environment
         )));
     }
-    let not_after = document.not_after_time().map_err(|e| Failure::refused(anyhow::anyhow!(e)))?;
+    let not_after = document
+        .not_after_time()
+        .map_err(|e| Failure::refused(anyhow::anyhow!(e)))?;
     if check_expiry && now > not_after {
         return Err(Failure::refused(anyhow::anyhow!(
             "document serial {} expired at {} (now {}): is the leader running and publishing?",
@@ -114,26 +116,47 @@ pub fn verify_document(
             rfc3339(now)
         )));
     }
-    Ok(Verified { document, bytes: bytes.to_vec(), signature: signature.to_vec(), signer })
+    Ok(Verified {
+        document,
+        bytes: bytes.to_vec(),
+        signature: signature.to_vec(),
+        signer,
+    })
 }
 
 /// Fetch and verify, fetching again if the pair did not verify but changed meanwhile (a torn
 /// read between the leader's two writes): a torn pair is never applied.
-fn fetch_verified(store: &dyn Store, trust: &TrustRoot, cfg: &Config, now: SystemTime) -> CmdResult<Verified> {
+fn fetch_verified(
+    store: &dyn Store,
+    trust: &TrustRoot,
+    cfg: &Config,
+    now: SystemTime,
+) -> CmdResult<Verified> {
     let mut last: Option<Fetched> = None;
     let mut attempt = 0;
     loop {
         attempt += 1;
         let fetched = match store.fetch(None).map_err(store_failure)? {
             FetchOutcome::Fetched(f) => f,
-            FetchOutcome::Unchanged => return Err(Failure::runtime(anyhow::anyhow!("store answered not-modified to an unconditional fetch"))),
+            FetchOutcome::Unchanged => {
+                return Err(Failure::runtime(anyhow::anyhow!(
+                    "store answered not-modified to an unconditional fetch"
+                )))
+            }
         };
-        match verify_document(trust, &fetched.document, &fetched.signature, &cfg.environment, now, true) {
+        match verify_document(
+            trust,
+            &fetched.document,
+            &fetched.signature,
+            &cfg.environment,
+            now,
+            true,
+        ) {
             Ok(v) => return Ok(v),
             Err(f) => {
                 let changed = last.as_ref().is_some_and(|l| *l != fetched) || last.is_none();
                 if attempt >= 3 || !changed {
-                    return Err(f.context(format!("{}", store.describe())));
+                    return Err(f.context(store.describe()));
                 }
                 tracing::warn!(attempt, error = %f, "document did not verify; fetching again in case it was being replaced");
                 std::thread::sleep(Duration::from_millis(200 * attempt));
@@ -223,8 +246,16 @@ pub fn apply_verified(
         if same && backend.present().map_err(backend_failure)? {
             if a.serial != doc.serial {
                 state.save_last_good(&v.bytes, &v.signature).runtime()?;
-                state.record(&Applied { applied_at: a.applied_at.clone(), ..record }).runtime()?;
-                tracing::info!(serial = doc.serial, "policy unchanged (re-signed); no kernel work");
+                state
+                    .record(&Applied {
+                        applied_at: a.applied_at.clone(),
+                        ..record
+                    })
+                    .runtime()?;
+                tracing::info!(
+                    serial = doc.serial,
+                    "policy unchanged (re-signed); no kernel work"
+                );
             } else {
                 tracing::info!(serial = doc.serial, "nothing to change");
             }
@@ -288,7 +319,10 @@ pub fn run_once(cfg: &Config, opts: &FollowerOptions, now: SystemTime) -> CmdRes
         print!("{text}");
         let live = backend.live().map_err(backend_failure)?;
         println!("\n# diff against the live ruleset (- live, + would apply):");
-        for line in crate::nft::render::diff(live.as_deref().unwrap_or(""), crate::nft::render::table_block(&text)) {
+        for line in crate::nft::render::diff(
+            live.as_deref().unwrap_or(""),
+            crate::nft::render::table_block(&text),
+        ) {
             println!("{line}");
         }
         return Ok(Outcome::DryRun);

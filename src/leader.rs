@@ -78,8 +78,13 @@ pub fn run_once(cfg: &Config, opts: &LeaderOptions, now: SystemTime) -> CmdResul
     })?;
     let inv = inventory::load(inv_cfg).map_err(inventory_failure)?;
     let previous = stored(store.as_ref())?;
-    let now_secs = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let serial = previous.as_ref().map_or(now_secs, |p| now_secs.max(p.serial.saturating_add(1)));
+    let now_secs = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let serial = previous
+        .as_ref()
+        .map_or(now_secs, |p| now_secs.max(p.serial.saturating_add(1)));
     let built = document::build(
         &inv,
         &BuildOptions {
@@ -97,7 +102,9 @@ pub fn run_once(cfg: &Config, opts: &LeaderOptions, now: SystemTime) -> CmdResul
         tracing::warn!("{w}");
     }
     if let Some(out) = &opts.output {
-        std::fs::write(out, &built.bytes).runtime().map_err(|f| f.context(format!("cannot write {}", out.display())))?;
+        std::fs::write(out, &built.bytes)
+            .runtime()
+            .map_err(|f| f.context(format!("cannot write {}", out.display())))?;
     }
     if opts.dry_run {
         if opts.output.is_none() {
@@ -120,9 +127,17 @@ pub fn run_once(cfg: &Config, opts: &LeaderOptions, now: SystemTime) -> CmdResul
         }
     }
     let key_path = cfg.signing.key.as_ref().ok_or_else(|| {
-        Failure::usage(anyhow::anyhow!("signing.key is not set: the leader needs its secret key to sign"))
+        Failure::usage(anyhow::anyhow!(
+            "signing.key is not set: the leader needs its secret key to sign"
+        ))
     })?;
-    let pass = cfg.signing.passphrase_file.as_deref().map(read_passphrase).transpose().usage()?;
+    let pass = cfg
+        .signing
+        .passphrase_file
+        .as_deref()
+        .map(read_passphrase)
+        .transpose()
+        .usage()?;
     let key = SigningKey::load(key_path, pass).usage()?;
     let sig = key.sign(&built.bytes).usage()?;
     // Never publish what our own followers would refuse.
@@ -136,7 +151,10 @@ pub fn run_once(cfg: &Config, opts: &LeaderOptions, now: SystemTime) -> CmdResul
             })?;
         }
     }
-    store.publish(&built.bytes, &sig).runtime().map_err(|f| f.context(format!("publishing to {}", store.describe())))?;
+    store
+        .publish(&built.bytes, &sig)
+        .runtime()
+        .map_err(|f| f.context(format!("publishing to {}", store.describe())))?;
     let p = &built.document.policy;
     tracing::info!(
         serial,
@@ -147,7 +165,10 @@ pub fn run_once(cfg: &Config, opts: &LeaderOptions, now: SystemTime) -> CmdResul
         store = %store.describe(),
         "published"
     );
-    Ok(LeaderOutcome::Published { serial, policy_digest: built.document.policy_digest.clone() })
+    Ok(LeaderOutcome::Published {
+        serial,
+        policy_digest: built.document.policy_digest.clone(),
+    })
 }
 
 /// Run forever, once per `interval`.

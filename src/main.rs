@@ -14,7 +14,11 @@ use reyes::follower::{self, FollowerOptions};
 use reyes::leader::{self, LeaderOptions};
 
 #[derive(Parser)]
-#[command(name = "reyes", version, about = "Security-group rules for traffic that arrives over IPsec, as an nftables table")]
+#[command(
+    name = "reyes",
+    version,
+    about = "Security-group rules for traffic that arrives over IPsec, as an nftables table"
+)]
 struct Cli {
     /// Config file [default: /etc/reyes/reyes.yaml].
     #[arg(long, global = true, env = "REYES_CONFIG")]
@@ -163,7 +167,8 @@ enum Command {
 }
 
 fn config_path(cli: &Option<PathBuf>) -> PathBuf {
-    cli.clone().unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH))
+    cli.clone()
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH))
 }
 
 fn load_config(path: &Path) -> CmdResult<Config> {
@@ -192,7 +197,9 @@ fn init_logging(cli: &Cli) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("REYES_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => b.with_target(false).init(),
         LogFormat::Json => b.json().init(),
@@ -202,7 +209,12 @@ fn init_logging(cli: &Cli) {
 fn run(cli: Cli) -> CmdResult<()> {
     let now = SystemTime::now();
     match cli.command {
-        Command::Leader { once: _, interval, dry_run, output } => {
+        Command::Leader {
+            once: _,
+            interval,
+            dry_run,
+            output,
+        } => {
             let cfg = load_config(&config_path(&cli.config))?;
             let opts = LeaderOptions { dry_run, output };
             match interval {
@@ -210,22 +222,59 @@ fn run(cli: Cli) -> CmdResult<()> {
                 None => leader::run_once(&cfg, &opts, now).map(|o| tracing::debug!(?o)),
             }
         }
-        Command::Follower { once: _, interval, dry_run, backend, log_accept, log_drop, allow_unknown_host } => {
+        Command::Follower {
+            once: _,
+            interval,
+            dry_run,
+            backend,
+            log_accept,
+            log_drop,
+            allow_unknown_host,
+        } => {
             let cfg = load_config(&config_path(&cli.config))?;
-            let opts = FollowerOptions { dry_run, backend, log_accept, log_drop, allow_unknown_host };
+            let opts = FollowerOptions {
+                dry_run,
+                backend,
+                log_accept,
+                log_drop,
+                allow_unknown_host,
+            };
             match interval {
                 Some(i) => follower::run_interval(&cfg, &opts, i),
                 None => follower::run_once(&cfg, &opts, now).map(|o| tracing::debug!(?o)),
             }
         }
-        Command::Render { document, signature, backend, hosts, all_groups, enforce, log_accept, log_drop, allow_unknown_host } => {
+        Command::Render {
+            document,
+            signature,
+            backend,
+            hosts,
+            all_groups,
+            enforce,
+            log_accept,
+            log_drop,
+            allow_unknown_host,
+        } => {
             let cfg = optional_config(&cli.config)?;
-            let o = RenderOptions { document, signature, backend, hosts, all_groups, enforce, log_accept, log_drop, allow_unknown_host };
+            let o = RenderOptions {
+                document,
+                signature,
+                backend,
+                hosts,
+                all_groups,
+                enforce,
+                log_accept,
+                log_drop,
+                allow_unknown_host,
+            };
             let text = commands::render(cfg.as_ref(), &o)?;
             print!("{text}");
             Ok(())
         }
-        Command::Verify { document, signature } => {
+        Command::Verify {
+            document,
+            signature,
+        } => {
             let cfg = load_config(&config_path(&cli.config))?;
             print!("{}", commands::verify(&cfg, &document, &signature)?);
             Ok(())
@@ -236,7 +285,11 @@ fn run(cli: Cli) -> CmdResult<()> {
             println!("{}", out.display());
             Ok(())
         }
-        Command::Keygen { name, output_dir, passphrase_file } => {
+        Command::Keygen {
+            name,
+            output_dir,
+            passphrase_file,
+        } => {
             let fp = commands::keygen(&name, &output_dir, passphrase_file.as_deref())?;
             println!("{fp}");
             Ok(())
@@ -246,9 +299,16 @@ fn run(cli: Cli) -> CmdResult<()> {
             print!("{}", commands::status(&cfg, backend)?);
             Ok(())
         }
-        Command::Restore { backend, allow_unknown_host } => {
+        Command::Restore {
+            backend,
+            allow_unknown_host,
+        } => {
             let cfg = load_config(&config_path(&cli.config))?;
-            let opts = FollowerOptions { backend, allow_unknown_host, ..Default::default() };
+            let opts = FollowerOptions {
+                backend,
+                allow_unknown_host,
+                ..Default::default()
+            };
             commands::restore(&cfg, &opts).map(|o| tracing::debug!(?o))
         }
         Command::Flush { backend } => {

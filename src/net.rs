@@ -109,9 +109,7 @@ impl Cidr {
     pub fn parse_canonical(s: &str) -> Result<Cidr, String> {
         let c: Cidr = s.parse()?;
         if c.to_string() != s {
-            return Err(format!(
-                "{s:?} is not in canonical form (expected {c})"
-            ));
+            return Err(format!("{s:?} is not in canonical form (expected {c})"));
         }
         Ok(c)
     }
@@ -244,7 +242,11 @@ impl Range {
         let mut lo = self.lo;
         loop {
             // Largest aligned block starting at lo that does not pass hi.
-            let mut size_bits = if lo == 0 { bits } else { lo.trailing_zeros().min(bits) };
+            let mut size_bits = if lo == 0 {
+                bits
+            } else {
+                lo.trailing_zeros().min(bits)
+            };
             loop {
                 let last = if size_bits >= 128 {
                     u128::MAX
@@ -258,9 +260,9 @@ impl Range {
             }
             let len = (bits - size_bits) as u8;
             let net = match self.family {
-                Family::V4 => IpNet::V4(
-                    Ipv4Net::new(Ipv4Addr::from(lo as u32), len).unwrap_or_default(),
-                ),
+                Family::V4 => {
+                    IpNet::V4(Ipv4Net::new(Ipv4Addr::from(lo as u32), len).unwrap_or_default())
+                }
                 Family::V6 => IpNet::V6(Ipv6Net::new(Ipv6Addr::from(lo), len).unwrap_or_default()),
             };
             out.push(Cidr(net));
@@ -321,7 +323,10 @@ pub fn merge(mut ranges: Vec<Range>) -> Vec<Range> {
     let mut out: Vec<Range> = Vec::with_capacity(ranges.len());
     for r in ranges {
         if let Some(last) = out.last_mut() {
-            if last.family == r.family && (r.lo <= last.hi || r.lo == last.hi.wrapping_add(1) && last.hi != last.family.max()) {
+            if last.family == r.family
+                && (r.lo <= last.hi
+                    || r.lo == last.hi.wrapping_add(1) && last.hi != last.family.max())
+            {
                 if r.hi > last.hi {
                     last.hi = r.hi;
                 }
@@ -353,7 +358,7 @@ pub fn partition<L: Ord + Clone>(items: &[(Range, L)]) -> Vec<(Range, Vec<L>)> {
         if events.is_empty() {
             continue;
         }
-        events.sort_by(|a, b| a.0.cmp(&b.0));
+        events.sort_by_key(|e| e.0);
         let mut active: BTreeMap<&L, usize> = BTreeMap::new();
         let mut i = 0;
         while i < events.len() {
@@ -379,12 +384,20 @@ pub fn partition<L: Ord + Clone>(items: &[(Range, L)]) -> Vec<(Range, Vec<L>)> {
             };
             let labels: Vec<L> = active.keys().map(|l| (*l).clone()).collect();
             if let Some((last, last_labels)) = out.last_mut() {
-                if last.family == fam && last.hi.wrapping_add(1) == point && *last_labels == labels {
+                if last.family == fam && last.hi.wrapping_add(1) == point && *last_labels == labels
+                {
                     last.hi = end;
                     continue;
                 }
             }
-            out.push((Range { family: fam, lo: point, hi: end }, labels));
+            out.push((
+                Range {
+                    family: fam,
+                    lo: point,
+                    hi: end,
+                },
+                labels,
+            ));
         }
     }
     out
@@ -408,7 +421,9 @@ pub fn local_addresses() -> std::io::Result<Vec<IpAddr>> {
             if family == libc::AF_INET {
                 // SAFETY: family AF_INET means sockaddr_in.
                 let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-                out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))));
+                out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                    sin.sin_addr.s_addr,
+                ))));
             } else if family == libc::AF_INET6 {
                 // SAFETY: family AF_INET6 means sockaddr_in6.
                 let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
@@ -454,7 +469,10 @@ mod tests {
         assert!("10.0.0.1/8".parse::<Cidr>().is_err());
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
         assert_eq!("10.0.0.1".parse::<Cidr>().unwrap().to_string(), "10.0.0.1");
-        assert_eq!("10.0.0.1/32".parse::<Cidr>().unwrap().to_string(), "10.0.0.1");
+        assert_eq!(
+            "10.0.0.1/32".parse::<Cidr>().unwrap().to_string(),
+            "10.0.0.1"
+        );
         assert!(Cidr::parse_canonical("10.0.0.1/32").is_err());
     }
 
@@ -466,12 +484,18 @@ mod tests {
             r4("10.0.0.5", "10.0.0.5"),
             r4("10.0.2.0", "10.0.2.0"),
         ]);
-        assert_eq!(m, vec![r4("10.0.0.0", "10.0.0.255"), r4("10.0.2.0", "10.0.2.0")]);
+        assert_eq!(
+            m,
+            vec![r4("10.0.0.0", "10.0.0.255"), r4("10.0.2.0", "10.0.2.0")]
+        );
     }
 
     #[test]
     fn partition_splits_overlap() {
-        let p = partition(&[(r4("10.0.0.0", "10.0.0.255"), "a"), (r4("10.0.0.5", "10.0.0.5"), "b")]);
+        let p = partition(&[
+            (r4("10.0.0.0", "10.0.0.255"), "a"),
+            (r4("10.0.0.5", "10.0.0.5"), "b"),
+        ]);
         assert_eq!(
             p,
             vec![

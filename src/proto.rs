@@ -113,7 +113,10 @@ pub struct PortRange {
 
 impl PortRange {
     /// Every port.
-    pub const ALL: PortRange = PortRange { first: 0, last: 65535 };
+    pub const ALL: PortRange = PortRange {
+        first: 0,
+        last: 65535,
+    };
 
     /// A range, refusing `first > last`.
     pub fn new(first: u16, last: u16) -> Result<PortRange, String> {
@@ -212,8 +215,17 @@ mod tests {
 
     #[test]
     fn port_ranges() {
-        assert_eq!("443".parse::<PortRange>().unwrap(), PortRange { first: 443, last: 443 });
-        assert_eq!("1000-2000".parse::<PortRange>().unwrap().to_string(), "1000-2000");
+        assert_eq!(
+            "443".parse::<PortRange>().unwrap(),
+            PortRange {
+                first: 443,
+                last: 443
+            }
+        );
+        assert_eq!(
+            "1000-2000".parse::<PortRange>().unwrap().to_string(),
+            "1000-2000"
+        );
         assert!("2000-1000".parse::<PortRange>().is_err());
         assert!("70000".parse::<PortRange>().is_err());
     }

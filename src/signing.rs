@@ -57,9 +57,20 @@ impl TrustRoot {
         let mut certs = Vec::new();
         let files: Vec<PathBuf> = if keyring.is_dir() {
             let mut v: Vec<PathBuf> = std::fs::read_dir(keyring)
-                .map_err(|e| SigningError::Key(format!("cannot read keyring directory {}: {e}", keyring.display())))?
+                .map_err(|e| {
+                    SigningError::Key(format!(
+                        "cannot read keyring directory {}: {e}",
+                        keyring.display()
+                    ))
+                })?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file() && !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')))
+                .filter(|p| {
+                    p.is_file()
+                        && !p
+                            .file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.starts_with('.'))
+                })
                 .collect();
             v.sort();
             v
@@ -67,10 +78,16 @@ impl TrustRoot {
             vec![keyring.to_path_buf()]
         };
         for f in &files {
-            let parser = CertParser::from_file(f)
-                .map_err(|e| SigningError::Key(format!("cannot read keyring {}: {e}", f.display())))?;
+            let parser = CertParser::from_file(f).map_err(|e| {
+                SigningError::Key(format!("cannot read keyring {}: {e}", f.display()))
+            })?;
             for c in parser {
-                let c = c.map_err(|e| SigningError::Key(format!("keyring {}: not an OpenPGP certificate: {e}", f.display())))?;
+                let c = c.map_err(|e| {
+                    SigningError::Key(format!(
+                        "keyring {}: not an OpenPGP certificate: {e}",
+                        f.display()
+                    ))
+                })?;
                 certs.push(c.strip_secret_key_material());
             }
         }
@@ -80,12 +97,18 @@ impl TrustRoot {
                 keyring.display()
             )));
         }
-        Ok(TrustRoot { certs, allow: allow.to_vec() })
+        Ok(TrustRoot {
+            certs,
+            allow: allow.to_vec(),
+        })
     }
 
     /// From certificates in memory.
     pub fn from_certs(certs: Vec<Cert>, allow: &[String]) -> TrustRoot {
-        TrustRoot { certs, allow: allow.to_vec() }
+        TrustRoot {
+            certs,
+            allow: allow.to_vec(),
+        }
     }
 
     /// Verify a detached signature over `data`. Returns the signer.
@@ -98,9 +121,15 @@ impl TrustRoot {
             )));
         }
         let policy = StandardPolicy::new();
-        let helper = Helper { root: self, signer: None, problems: Vec::new() };
+        let helper = Helper {
+            root: self,
+            signer: None,
+            problems: Vec::new(),
+        };
         let mut v = DetachedVerifierBuilder::from_bytes(signature)
-            .map_err(|e| SigningError::Rejected(format!("signature is not an OpenPGP signature: {e}")))?
+            .map_err(|e| {
+                SigningError::Rejected(format!("signature is not an OpenPGP signature: {e}"))
+            })?
             .with_policy(&policy, None, helper)
             .map_err(|e| SigningError::Rejected(format!("signature unusable: {e}")))?;
         let res = v.verify_bytes(data);
@@ -130,7 +159,8 @@ impl VerificationHelper for Helper<'_> {
     fn check(&mut self, structure: MessageStructure) -> openpgp::Result<()> {
         for layer in structure.into_iter() {
             let MessageLayer::SignatureGroup { results } = layer else {
-                self.problems.push("unexpected OpenPGP structure (not a detached signature)".into());
+                self.problems
+                    .push("unexpected OpenPGP structure (not a detached signature)".into());
                 continue;
             };
             for r in results {
@@ -142,8 +172,14 @@ impl VerificationHelper for Helper<'_> {
                                 "signature by {fp} is a {} signature; only binary document signatures are accepted (gpg --detach-sign, not --textmode/--clearsign)",
                                 sig.typ()
                             ));
-                        } else if matches!(sig.hash_algo(), HashAlgorithm::SHA1 | HashAlgorithm::MD5) {
-                            self.problems.push(format!("signature by {fp} uses {}, which is refused", sig.hash_algo()));
+                        } else if matches!(
+                            sig.hash_algo(),
+                            HashAlgorithm::SHA1 | HashAlgorithm::MD5
+                        ) {
+                            self.problems.push(format!(
+                                "signature by {fp} uses {}, which is refused",
+                                sig.hash_algo()
+                            ));
                         } else if !self.root.allow.is_empty() && !self.root.allow.contains(&fp) {
                             self.problems.push(format!(
                                 "signer {fp} is in the keyring but not in signing.trusted_fingerprints"
@@ -169,8 +205,12 @@ impl VerificationHelper for Helper<'_> {
 
 /// Read the first line of a passphrase file.
 pub fn read_passphrase(path: &Path) -> Result<Password, SigningError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| SigningError::Key(format!("cannot read passphrase file {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        SigningError::Key(format!(
+            "cannot read passphrase file {}: {e}",
+            path.display()
+        ))
+    })?;
     Ok(Password::from(text.lines().next().unwrap_or("")))
 }
 
@@ -184,15 +224,20 @@ pub struct SigningKey {
 impl SigningKey {
     /// Load a secret key file (armored or binary; `reyes keygen` or `gpg --export-secret-keys`).
     pub fn load(path: &Path, passphrase: Option<Password>) -> Result<SigningKey, SigningError> {
-        let cert = Cert::from_file(path)
-            .map_err(|e| SigningError::Key(format!("cannot read secret key {}: {e}", path.display())))?;
+        let cert = Cert::from_file(path).map_err(|e| {
+            SigningError::Key(format!("cannot read secret key {}: {e}", path.display()))
+        })?;
         if !cert.is_tsk() {
             return Err(SigningError::Key(format!(
                 "{} holds no secret key material: export it with `gpg --export-secret-keys --armor FPR`",
                 path.display()
             )));
         }
-        Ok(SigningKey { cert, passphrase, source: path.display().to_string() })
+        Ok(SigningKey {
+            cert,
+            passphrase,
+            source: path.display().to_string(),
+        })
     }
 
     /// The primary-key fingerprint (upper-case hex).
@@ -242,15 +287,22 @@ impl SigningKey {
                 .detached()
                 .build()
                 .map_err(|e| SigningError::Io(e.to_string()))?;
-            signer.write_all(data).map_err(|e| SigningError::Io(e.to_string()))?;
-            signer.finalize().map_err(|e| SigningError::Io(e.to_string()))?;
+            signer
+                .write_all(data)
+                .map_err(|e| SigningError::Io(e.to_string()))?;
+            signer
+                .finalize()
+                .map_err(|e| SigningError::Io(e.to_string()))?;
         }
         Ok(out)
     }
 }
 
 /// A new key: (armored secret key, armored certificate, fingerprint).
-pub fn keygen(name: &str, passphrase: Option<Password>) -> Result<(Vec<u8>, Vec<u8>, String), SigningError> {
+pub fn keygen(
+    name: &str,
+    passphrase: Option<Password>,
+) -> Result<(Vec<u8>, Vec<u8>, String), SigningError> {
     let (cert, _rev) = CertBuilder::new()
         .set_profile(openpgp::Profile::RFC4880)
         .map_err(|e| SigningError::Key(e.to_string()))?
@@ -260,8 +312,15 @@ pub fn keygen(name: &str, passphrase: Option<Password>) -> Result<(Vec<u8>, Vec<
         .set_password(passphrase)
         .generate()
         .map_err(|e| SigningError::Key(format!("key generation failed: {e}")))?;
-    let secret = cert.as_tsk().armored().to_vec().map_err(|e| SigningError::Io(e.to_string()))?;
-    let public = cert.armored().to_vec().map_err(|e| SigningError::Io(e.to_string()))?;
+    let secret = cert
+        .as_tsk()
+        .armored()
+        .to_vec()
+        .map_err(|e| SigningError::Io(e.to_string()))?;
+    let public = cert
+        .armored()
+        .to_vec()
+        .map_err(|e| SigningError::Io(e.to_string()))?;
     Ok((secret, public, cert.fingerprint().to_hex()))
 }
 
@@ -284,7 +343,10 @@ mod tests {
         let sig = key.sign(b"hello").unwrap();
         let root = TrustRoot::from_certs(vec![parse_cert(&public)], &[]);
         assert_eq!(root.verify(b"hello", &sig).unwrap().fingerprint, fp);
-        assert!(matches!(root.verify(b"hellp", &sig), Err(SigningError::Rejected(_))));
+        assert!(matches!(
+            root.verify(b"hellp", &sig),
+            Err(SigningError::Rejected(_))
+        ));
         let mut bad = sig.clone();
         let n = bad.len() - 3;
         bad[n] ^= 1;
@@ -305,9 +367,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let kp = dir.path().join("k.asc");
         std::fs::write(&kp, &secret).unwrap();
-        let e = SigningKey::load(&kp, Some("nope".into())).unwrap().sign(b"x").unwrap_err().to_string();
+        let e = SigningKey::load(&kp, Some("nope".into()))
+            .unwrap()
+            .sign(b"x")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("wrong passphrase"), "{e}");
-        let e = SigningKey::load(&kp, None).unwrap().sign(b"x").unwrap_err().to_string();
+        let e = SigningKey::load(&kp, None)
+            .unwrap()
+            .sign(b"x")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("passphrase_file"), "{e}");
     }
 }

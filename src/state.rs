@@ -17,6 +17,9 @@ pub struct StateError {
     msg: String,
 }
 
+/// A document and its detached signature.
+pub type DocumentPair = (Vec<u8>, Vec<u8>);
+
 /// What was applied last.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Applied {
@@ -59,7 +62,9 @@ pub struct StateLock {
 impl StateDir {
     /// Open (creating it, mode 0700) the state directory.
     pub fn open(root: &Path) -> Result<StateDir, StateError> {
-        let s = StateDir { root: root.to_path_buf() };
+        let s = StateDir {
+            root: root.to_path_buf(),
+        };
         fs::create_dir_all(root).map_err(|e| s.err(format!("cannot create: {e}")))?;
         #[cfg(unix)]
         {
@@ -70,7 +75,10 @@ impl StateDir {
     }
 
     fn err(&self, msg: String) -> StateError {
-        StateError { dir: self.root.display().to_string(), msg }
+        StateError {
+            dir: self.root.display().to_string(),
+            msg,
+        }
     }
 
     /// Where it is.
@@ -89,7 +97,8 @@ impl StateDir {
             .map_err(|e| self.err(format!("cannot open lock: {e}")))?;
         if f.try_lock().is_err() {
             tracing::info!(lock = %p.display(), "another follower holds the lock; waiting");
-            f.lock().map_err(|e| self.err(format!("cannot lock: {e}")))?;
+            f.lock()
+                .map_err(|e| self.err(format!("cannot lock: {e}")))?;
         }
         Ok(StateLock { _file: f })
     }
@@ -98,9 +107,11 @@ impl StateDir {
     pub fn applied(&self) -> Result<Option<Applied>, StateError> {
         let p = self.root.join("applied.json");
         match fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|e| self.err(format!("applied.json is corrupt ({e}); remove it to start afresh"))),
+            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+                self.err(format!(
+                    "applied.json is corrupt ({e}); remove it to start afresh"
+                ))
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(self.err(format!("cannot read applied.json: {e}"))),
         }
@@ -116,7 +127,9 @@ impl StateDir {
 
     /// Keep the verified document and signature as last-good (both or neither).
     pub fn save_last_good(&self, document: &[u8], signature: &[u8]) -> Result<(), StateError> {
-        let tmp = self.root.join(format!("last-good.tmp-{}", std::process::id()));
+        let tmp = self
+            .root
+            .join(format!("last-good.tmp-{}", std::process::id()));
         let dst = self.root.join("last-good");
         let old = self.root.join("last-good.old");
         let _ = fs::remove_dir_all(&tmp);
@@ -141,15 +154,17 @@ impl StateDir {
 
     /// The last-good document and signature, if any (falling back to the copy kept while a
     /// save was interrupted).
-    pub fn last_good(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>, StateError> {
+    pub fn last_good(&self) -> Result<Option<DocumentPair>, StateError> {
         use crate::document::limits::{MAX_DOCUMENT_BYTES, MAX_SIGNATURE_BYTES};
         for dir in ["last-good", "last-good.old"] {
             let d = self.root.join(dir);
             if !d.join(DOCUMENT).exists() {
                 continue;
             }
-            let doc = read_limited(&d.join(DOCUMENT), MAX_DOCUMENT_BYTES).map_err(|e| self.err(e.to_string()))?;
-            let sig = read_limited(&d.join(SIGNATURE), MAX_SIGNATURE_BYTES).map_err(|e| self.err(e.to_string()))?;
+            let doc = read_limited(&d.join(DOCUMENT), MAX_DOCUMENT_BYTES)
+                .map_err(|e| self.err(e.to_string()))?;
+            let sig = read_limited(&d.join(SIGNATURE), MAX_SIGNATURE_BYTES)
+                .map_err(|e| self.err(e.to_string()))?;
             return Ok(Some((doc, sig)));
         }
         Ok(None)
@@ -167,8 +182,14 @@ mod tests {
         assert!(s.last_good().unwrap().is_none());
         s.save_last_good(b"d1", b"s1").unwrap();
         s.save_last_good(b"d2", b"s2").unwrap();
-        assert_eq!(s.last_good().unwrap(), Some((b"d2".to_vec(), b"s2".to_vec())));
-        let names: Vec<_> = fs::read_dir(s.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        assert_eq!(
+            s.last_good().unwrap(),
+            Some((b"d2".to_vec(), b"s2".to_vec()))
+        );
+        let names: Vec<_> = fs::read_dir(s.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
         assert_eq!(names, ["last-good"]);
     }
 
@@ -177,7 +198,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = StateDir::open(d.path()).unwrap();
         let _held = s.lock().unwrap();
-        let f = OpenOptions::new().write(true).open(d.path().join("lock")).unwrap();
+        let f = OpenOptions::new()
+            .write(true)
+            .open(d.path().join("lock"))
+            .unwrap();
         assert!(f.try_lock().is_err());
     }
 }

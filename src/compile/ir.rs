@@ -266,7 +266,9 @@ impl Ruleset {
 
     /// Number of elements in all sets and maps (for logs and benchmarks).
     pub fn element_count(&self) -> usize {
-        self.sets.iter().map(|s| s.elements.len()).sum::<usize>() + self.dispatch4.len() + self.dispatch6.len()
+        self.sets.iter().map(|s| s.elements.len()).sum::<usize>()
+            + self.dispatch4.len()
+            + self.dispatch6.len()
     }
 
     /// Number of rules in all chains.

@@ -93,7 +93,11 @@ fn sanitize(id: &str) -> String {
         .chars()
         .map(|c| {
             let c = c.to_ascii_lowercase();
-            if c.is_ascii_alphanumeric() { c } else { '_' }
+            if c.is_ascii_alphanumeric() {
+                c
+            } else {
+                '_'
+            }
         })
         .collect();
     s.truncate(200);
@@ -108,7 +112,10 @@ fn short_hash(s: &str) -> String {
 fn name_parts(policy: &Policy) -> BTreeMap<&str, String> {
     let mut by_name: BTreeMap<String, Vec<&str>> = BTreeMap::new();
     for g in &policy.groups {
-        by_name.entry(sanitize(&g.id)).or_default().push(g.id.as_str());
+        by_name
+            .entry(sanitize(&g.id))
+            .or_default()
+            .push(g.id.as_str());
     }
     let mut out = BTreeMap::new();
     for (name, ids) in by_name {
@@ -124,7 +131,13 @@ fn name_parts(policy: &Policy) -> BTreeMap<&str, String> {
 }
 
 fn ranges_of(cidrs: &[Cidr], family: Family) -> Vec<Range> {
-    net::merge(cidrs.iter().filter(|c| c.family() == family).map(|c| c.range()).collect())
+    net::merge(
+        cidrs
+            .iter()
+            .filter(|c| c.family() == family)
+            .map(|c| c.range())
+            .collect(),
+    )
 }
 
 /// Compile a verified document for a host.
@@ -146,7 +159,11 @@ pub fn compile(doc: &Document, ctx: &HostContext) -> Result<Ruleset, CompileErro
             }
             if labelled.is_empty() && !ctx.allow_unknown_host {
                 let list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
-                let list = if list.is_empty() { "none found".to_string() } else { list.join(", ") };
+                let list = if list.is_empty() {
+                    "none found".to_string()
+                } else {
+                    list.join(", ")
+                };
                 return Err(CompileError::UnknownHost(list));
             }
         }
@@ -168,9 +185,21 @@ pub fn compile(doc: &Document, ctx: &HostContext) -> Result<Ruleset, CompileErro
         let Some(g) = policy.group(gid) else { continue };
         let mut rules = Vec::new();
         for (i, r) in g.ingress.iter().enumerate() {
-            rules.extend(group_rule(policy, &g.id, i, r, ctx, &name_of, &mut member_sets));
+            rules.extend(group_rule(
+                policy,
+                &g.id,
+                i,
+                r,
+                ctx,
+                &name_of,
+                &mut member_sets,
+            ));
         }
-        chains.push(Chain { name: format!("g_{}", name_of(gid)), kind: ChainKind::Group(g.id.clone()), rules });
+        chains.push(Chain {
+            name: format!("g_{}", name_of(gid)),
+            kind: ChainKind::Group(g.id.clone()),
+            rules,
+        });
     }
 
     // Dispatch: one entry per disjoint destination interval; several groups -> a profile chain.
@@ -185,7 +214,10 @@ pub fn compile(doc: &Document, ctx: &HostContext) -> Result<Ruleset, CompileErro
                 .or_insert_with(|| format!("p_{}", short_hash(&groups.join(","))))
                 .clone()
         };
-        let entry = DispatchEntry { range: *range, chain };
+        let entry = DispatchEntry {
+            range: *range,
+            chain,
+        };
         match range.family {
             Family::V4 => dispatch4.push(entry),
             Family::V6 => dispatch6.push(entry),
@@ -202,7 +234,11 @@ pub fn compile(doc: &Document, ctx: &HostContext) -> Result<Ruleset, CompileErro
                 origin: Origin::Profile(g.clone()),
             })
             .collect();
-        chains.push(Chain { name: name.clone(), kind: ChainKind::Profile(groups.clone()), rules });
+        chains.push(Chain {
+            name: name.clone(),
+            kind: ChainKind::Profile(groups.clone()),
+            rules,
+        });
     }
     chains.sort_by(|a, b| a.name.cmp(&b.name));
 
@@ -275,7 +311,13 @@ pub fn auto_local_cidrs(policy: &Policy, target: &Target) -> Vec<Cidr> {
 }
 
 fn base(matches: Vec<Match>, verdict: Verdict, why: &str) -> Rule {
-    Rule { matches, log: None, counter: None, verdict, origin: Origin::Base(why.to_string()) }
+    Rule {
+        matches,
+        log: None,
+        counter: None,
+        verdict,
+        origin: Origin::Base(why.to_string()),
+    }
 }
 
 /// The base chain: everything that does not depend on the groups.
@@ -289,18 +331,30 @@ fn base_chain(ctx: &HostContext) -> Vec<Rule> {
         ),
     ];
     match ctx.enforce {
-        Enforce::Ipsec => r.push(base(vec![Match::Ipsec(false)], Verdict::Accept, "out of scope: not over IPsec")),
+        Enforce::Ipsec => r.push(base(
+            vec![Match::Ipsec(false)],
+            Verdict::Accept,
+            "out of scope: not over IPsec",
+        )),
         Enforce::Cidr => {
             for f in Family::BOTH {
                 r.push(base(
-                    vec![Match::Saddr { family: f, addrs: AddrMatch::Set(format!("managed{}", f.digit())), negate: true }],
+                    vec![Match::Saddr {
+                        family: f,
+                        addrs: AddrMatch::Set(format!("managed{}", f.digit())),
+                        negate: true,
+                    }],
                     Verdict::Accept,
                     "out of scope: source not in managed_cidrs",
                 ));
             }
             for f in Family::BOTH {
                 r.push(base(
-                    vec![Match::Saddr { family: f, addrs: AddrMatch::Set(format!("local{}", f.digit())), negate: false }],
+                    vec![Match::Saddr {
+                        family: f,
+                        addrs: AddrMatch::Set(format!("local{}", f.digit())),
+                        negate: false,
+                    }],
                     Verdict::Accept,
                     "out of scope: source in local_cidrs",
                 ));
@@ -308,32 +362,72 @@ fn base_chain(ctx: &HostContext) -> Vec<Rule> {
         }
     }
     r.push(base(
-        vec![Match::Dport { proto: PortProto::Udp, ports: vec![PortRange { first: 500, last: 500 }, PortRange { first: 4500, last: 4500 }] }],
+        vec![Match::Dport {
+            proto: PortProto::Udp,
+            ports: vec![
+                PortRange {
+                    first: 500,
+                    last: 500,
+                },
+                PortRange {
+                    first: 4500,
+                    last: 4500,
+                },
+            ],
+        }],
         Verdict::Accept,
         "IKE",
     ));
-    r.push(base(vec![Match::L4Proto(vec![50, 51])], Verdict::Accept, "ESP and AH"));
     r.push(base(
-        vec![Match::Icmp { v6: false, types: vec![3, 11, 12], code: None }],
+        vec![Match::L4Proto(vec![50, 51])],
+        Verdict::Accept,
+        "ESP and AH",
+    ));
+    r.push(base(
+        vec![Match::Icmp {
+            v6: false,
+            types: vec![3, 11, 12],
+            code: None,
+        }],
         Verdict::Accept,
         "ICMP errors (path MTU discovery)",
     ));
     r.push(base(
-        vec![Match::Icmp { v6: true, types: vec![1, 2, 3, 4, 133, 134, 135, 136], code: None }],
+        vec![Match::Icmp {
+            v6: true,
+            types: vec![1, 2, 3, 4, 133, 134, 135, 136],
+            code: None,
+        }],
         Verdict::Accept,
         "ICMPv6 errors and neighbour discovery",
     ));
     for (i, f) in ctx.failsafe.iter().enumerate() {
         for rule in failsafe_rules(f) {
-            r.push(Rule { origin: Origin::Failsafe(i), ..rule });
+            r.push(Rule {
+                origin: Origin::Failsafe(i),
+                ..rule
+            });
         }
     }
-    r.push(base(vec![], Verdict::Dispatch(Family::V4), "dispatch by destination"));
-    r.push(base(vec![], Verdict::Dispatch(Family::V6), "dispatch by destination"));
+    r.push(base(
+        vec![],
+        Verdict::Dispatch(Family::V4),
+        "dispatch by destination",
+    ));
+    r.push(base(
+        vec![],
+        Verdict::Dispatch(Family::V6),
+        "dispatch by destination",
+    ));
     if ctx.log_drop {
         r.push(Rule {
-            matches: vec![Match::Limit { rate: LOG_DROP_RATE.0, burst: LOG_DROP_RATE.1 }],
-            log: Some(Log { prefix: "reyes drop: ".into() }),
+            matches: vec![Match::Limit {
+                rate: LOG_DROP_RATE.0,
+                burst: LOG_DROP_RATE.1,
+            }],
+            log: Some(Log {
+                prefix: "reyes drop: ".into(),
+            }),
             counter: None,
             verdict: Verdict::Continue,
             origin: Origin::Base("log drop (rate-limited)".into()),
@@ -364,7 +458,11 @@ fn failsafe_rules(f: &Failsafe) -> Vec<Rule> {
     for fam in families {
         let mut m = Vec::new();
         if let Some(c) = f.from {
-            m.push(Match::Saddr { family: fam, addrs: AddrMatch::Literal(vec![c.range()]), negate: false });
+            m.push(Match::Saddr {
+                family: fam,
+                addrs: AddrMatch::Literal(vec![c.range()]),
+                negate: false,
+            });
         }
         m.extend(proto_matches.clone());
         out.push(base(m, Verdict::Accept, "failsafe"));
@@ -373,20 +471,36 @@ fn failsafe_rules(f: &Failsafe) -> Vec<Rule> {
 }
 
 /// The protocol part of a rule. `ports: None` for tcp/udp means every port.
-fn proto_matches(proto: Proto, ports: Option<PortRange>, icmp_type: Option<u8>, icmp_code: Option<u8>) -> Vec<Match> {
+fn proto_matches(
+    proto: Proto,
+    ports: Option<PortRange>,
+    icmp_type: Option<u8>,
+    icmp_code: Option<u8>,
+) -> Vec<Match> {
     match proto {
         Proto::Tcp | Proto::Udp => {
-            let p = if proto == Proto::Tcp { PortProto::Tcp } else { PortProto::Udp };
+            let p = if proto == Proto::Tcp {
+                PortProto::Tcp
+            } else {
+                PortProto::Udp
+            };
             let num = if proto == Proto::Tcp { 6 } else { 17 };
             match ports {
-                Some(r) if r != PortRange::ALL => vec![Match::Dport { proto: p, ports: vec![r] }],
+                Some(r) if r != PortRange::ALL => vec![Match::Dport {
+                    proto: p,
+                    ports: vec![r],
+                }],
                 _ => vec![Match::L4Proto(vec![num])],
             }
         }
         Proto::Icmp | Proto::Icmpv6 => {
             let v6 = proto == Proto::Icmpv6;
             match icmp_type {
-                Some(t) => vec![Match::Icmp { v6, types: vec![t], code: icmp_code }],
+                Some(t) => vec![Match::Icmp {
+                    v6,
+                    types: vec![t],
+                    code: icmp_code,
+                }],
                 None => vec![Match::L4Proto(vec![if v6 { 58 } else { 1 }])],
             }
         }
@@ -415,31 +529,50 @@ fn group_rule<'p>(
     member_sets: &mut BTreeSet<(Family, &'p str)>,
 ) -> Vec<Rule> {
     let proto = proto_matches(r.proto, r.ports, r.icmp_type, r.icmp_code);
-    let log = ctx.log_accept.then(|| Log { prefix: log_prefix(gid, index) });
+    let log = ctx.log_accept.then(|| Log {
+        prefix: log_prefix(gid, index),
+    });
     let mut out = Vec::new();
     for family in Family::BOTH {
         if !family_allowed(r.proto, family) {
             continue;
         }
         let mut push = |addrs: AddrMatch, source: String| {
-            let mut matches = vec![Match::Saddr { family, addrs, negate: false }];
+            let mut matches = vec![Match::Saddr {
+                family,
+                addrs,
+                negate: false,
+            }];
             matches.extend(proto.iter().cloned());
             out.push(Rule {
                 matches,
                 log: log.clone(),
                 counter: Some(COUNTER_ACCEPTED),
                 verdict: Verdict::Accept,
-                origin: Origin::GroupRule { group: gid.to_string(), rule: index, source },
+                origin: Origin::GroupRule {
+                    group: gid.to_string(),
+                    rule: index,
+                    source,
+                },
             });
         };
         for src in &r.from.groups {
             let Some(g) = policy.group(src) else { continue };
             if g.members.iter().any(|m| m.family() == family) {
                 member_sets.insert((family, g.id.as_str()));
-                push(AddrMatch::Set(format!("m{}_{}", family.digit(), name_of(&g.id))), format!("group {}", g.id));
+                push(
+                    AddrMatch::Set(format!("m{}_{}", family.digit(), name_of(&g.id))),
+                    format!("group {}", g.id),
+                );
             }
         }
-        let mut literal: Vec<Range> = r.from.cidrs.iter().filter(|c| c.family() == family).map(|c| c.range()).collect();
+        let mut literal: Vec<Range> = r
+            .from
+            .cidrs
+            .iter()
+            .filter(|c| c.family() == family)
+            .map(|c| c.range())
+            .collect();
         let mut what = Vec::new();
         if !literal.is_empty() {
             what.push("cidrs".to_string());
@@ -447,7 +580,12 @@ fn group_rule<'p>(
         for pl in &r.from.prefix_lists {
             if let Some(p) = policy.prefix_list(pl) {
                 let before = literal.len();
-                literal.extend(p.cidrs.iter().filter(|c| c.family() == family).map(|c| c.range()));
+                literal.extend(
+                    p.cidrs
+                        .iter()
+                        .filter(|c| c.family() == family)
+                        .map(|c| c.range()),
+                );
                 if literal.len() > before {
                     what.push(format!("prefix list {pl}"));
                 }
@@ -461,7 +599,10 @@ fn group_rule<'p>(
 }
 
 fn log_prefix(gid: &str, index: usize) -> String {
-    let mut g: String = gid.chars().filter(|c| c.is_ascii_alphanumeric() || "._:/@+=-".contains(*c)).collect();
+    let mut g: String = gid
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "._:/@+=-".contains(*c))
+        .collect();
     g.truncate(96);
     format!("reyes accept {g}/{index}: ")
 }
@@ -526,7 +667,10 @@ hosts:
     #[test]
     fn unknown_host_refused_unless_allowed() {
         let d = doc(TWO);
-        assert!(matches!(compile(&d, &ctx(&["192.0.2.1"])), Err(CompileError::UnknownHost(_))));
+        assert!(matches!(
+            compile(&d, &ctx(&["192.0.2.1"])),
+            Err(CompileError::UnknownHost(_))
+        ));
         let mut c = ctx(&["192.0.2.1"]);
         c.allow_unknown_host = true;
         let rs = compile(&d, &c).unwrap();
@@ -538,13 +682,20 @@ hosts:
         let rs = compile(&doc(TWO), &ctx(&["10.0.0.1"])).unwrap();
         assert_eq!(rs.dispatch4.len(), 1);
         let p = rs.chain(&rs.dispatch4[0].chain).unwrap();
-        assert_eq!(p.kind, ChainKind::Profile(vec!["sg-a".into(), "sg-b".into()]));
+        assert_eq!(
+            p.kind,
+            ChainKind::Profile(vec!["sg-a".into(), "sg-b".into()])
+        );
         let a = rs.chain("g_sg_a").unwrap();
         // v4: one rule for the group source, one for the merged literals; v6: the group source.
         assert_eq!(a.rules.len(), 3);
         assert_eq!(
             a.rules[1].matches[0],
-            Match::Saddr { family: Family::V4, addrs: AddrMatch::Literal(vec!["10.9.0.0/24".parse::<Cidr>().unwrap().range()]), negate: false }
+            Match::Saddr {
+                family: Family::V4,
+                addrs: AddrMatch::Literal(vec!["10.9.0.0/24".parse::<Cidr>().unwrap().range()]),
+                negate: false
+            }
         );
         assert!(rs.set("m4_sg_b").is_some());
         assert_eq!(rs.set("m6_sg_b").unwrap().elements.len(), 1);
@@ -564,7 +715,14 @@ hosts:
         let mut c = ctx(&["10.0.0.2"]);
         c.enforce = Enforce::Cidr;
         c.managed_cidrs = vec!["10.0.0.0/8".parse().unwrap()];
-        c.failsafe = vec![Failsafe { proto: Proto::Tcp, port: Some(PortRange { first: 22, last: 22 }), from: None }];
+        c.failsafe = vec![Failsafe {
+            proto: Proto::Tcp,
+            port: Some(PortRange {
+                first: 22,
+                last: 22,
+            }),
+            from: None,
+        }];
         let rs = compile(&doc(TWO), &c).unwrap();
         assert_eq!(rs.set("managed4").unwrap().elements.len(), 1);
         assert!(rs.set("managed6").unwrap().elements.is_empty());

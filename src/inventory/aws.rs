@@ -302,8 +302,12 @@ pub fn convert_permission(p: &IpPermission, ctx: &str) -> Result<Rule, String> {
     match proto {
         Proto::Tcp | Proto::Udp => {
             ports = Some(match (from, to) {
-                (Some(a), Some(b)) => PortRange::new(a as u16, b as u16).map_err(|e| format!("{ctx}: {e}"))?,
-                (Some(a), None) => PortRange::new(a as u16, a as u16).map_err(|e| format!("{ctx}: {e}"))?,
+                (Some(a), Some(b)) => {
+                    PortRange::new(a as u16, b as u16).map_err(|e| format!("{ctx}: {e}"))?
+                }
+                (Some(a), None) => {
+                    PortRange::new(a as u16, a as u16).map_err(|e| format!("{ctx}: {e}"))?
+                }
                 _ => PortRange::ALL,
             })
         }
@@ -312,7 +316,11 @@ pub fn convert_permission(p: &IpPermission, ctx: &str) -> Result<Rule, String> {
                 u8::try_from(v).map_err(|_| format!("{ctx}: ICMP {name} {v} is out of range 0-255"))
             };
             icmp_type = from.map(|t| byte(t, "type")).transpose()?;
-            icmp_code = if icmp_type.is_some() { to.map(|c| byte(c, "code")).transpose()? } else { None };
+            icmp_code = if icmp_type.is_some() {
+                to.map(|c| byte(c, "code")).transpose()?
+            } else {
+                None
+            };
         }
         Proto::All | Proto::Number(_) => {}
     }
@@ -331,7 +339,13 @@ pub fn convert_permission(p: &IpPermission, ctx: &str) -> Result<Rule, String> {
             sources.groups.push(g.clone());
         }
     }
-    Ok(Rule { proto, ports, icmp_type, icmp_code, from: sources })
+    Ok(Rule {
+        proto,
+        ports,
+        icmp_type,
+        icmp_code,
+        from: sources,
+    })
 }
 
 impl AwsInventory {
@@ -345,18 +359,27 @@ impl AwsInventory {
                 cidrs.push(cidr(c, &ctx)?);
             }
             for a in &vpc.cidr_block_association_set {
-                if a.cidr_block_state.as_ref().is_none_or(|s| s.state == "associated") {
+                if a.cidr_block_state
+                    .as_ref()
+                    .is_none_or(|s| s.state == "associated")
+                {
                     cidrs.push(cidr(&a.cidr_block, &ctx)?);
                 }
             }
             for a in &vpc.ipv6_cidr_block_association_set {
-                if a.ipv6_cidr_block_state.as_ref().is_none_or(|s| s.state == "associated") {
+                if a.ipv6_cidr_block_state
+                    .as_ref()
+                    .is_none_or(|s| s.state == "associated")
+                {
                     cidrs.push(cidr(&a.ipv6_cidr_block, &ctx)?);
                 }
             }
             cidrs.sort();
             cidrs.dedup();
-            inv.networks.push(Network { id: vpc.vpc_id.clone(), cidrs });
+            inv.networks.push(Network {
+                id: vpc.vpc_id.clone(),
+                cidrs,
+            });
         }
         for s in &self.subnets {
             let ctx = format!("subnet {}", s.subnet_id);
@@ -365,21 +388,40 @@ impl AwsInventory {
                 cidrs.push(cidr(c, &ctx)?);
             }
             for a in &s.ipv6_cidr_block_association_set {
-                if a.ipv6_cidr_block_state.as_ref().is_none_or(|st| st.state == "associated") {
+                if a.ipv6_cidr_block_state
+                    .as_ref()
+                    .is_none_or(|st| st.state == "associated")
+                {
                     cidrs.push(cidr(&a.ipv6_cidr_block, &ctx)?);
                 }
             }
-            let name = s.tags.iter().find(|t| t.key == "Name").map(|t| t.value.clone());
-            inv.subnets.push(Subnet { id: s.subnet_id.clone(), name, network: s.vpc_id.clone(), cidrs });
+            let name = s
+                .tags
+                .iter()
+                .find(|t| t.key == "Name")
+                .map(|t| t.value.clone());
+            inv.subnets.push(Subnet {
+                id: s.subnet_id.clone(),
+                name,
+                network: s.vpc_id.clone(),
+                cidrs,
+            });
         }
         for sg in &self.security_groups {
             let mut ingress = Vec::new();
             for (i, p) in sg.ip_permissions.iter().enumerate() {
-                ingress.push(convert_permission(p, &format!("security group {} IpPermissions[{i}]", sg.group_id))?);
+                ingress.push(convert_permission(
+                    p,
+                    &format!("security group {} IpPermissions[{i}]", sg.group_id),
+                )?);
             }
             inv.groups.push(Group {
                 id: sg.group_id.clone(),
-                name: if sg.group_name.is_empty() { sg.group_id.clone() } else { sg.group_name.clone() },
+                name: if sg.group_name.is_empty() {
+                    sg.group_id.clone()
+                } else {
+                    sg.group_name.clone()
+                },
                 network: sg.vpc_id.clone(),
                 ingress,
             });
@@ -413,8 +455,14 @@ impl AwsInventory {
         }
         for (id, entries) in &self.prefix_lists {
             let ctx = format!("prefix list {id}");
-            let cidrs = entries.iter().map(|e| cidr(&e.cidr, &ctx)).collect::<Result<Vec<_>, _>>()?;
-            inv.prefix_lists.push(PrefixList { id: id.clone(), cidrs });
+            let cidrs = entries
+                .iter()
+                .map(|e| cidr(&e.cidr, &ctx))
+                .collect::<Result<Vec<_>, _>>()?;
+            inv.prefix_lists.push(PrefixList {
+                id: id.clone(),
+                cidrs,
+            });
         }
         Ok(inv)
     }
@@ -434,7 +482,13 @@ mod tests {
         let r = perm(r#"{"IpProtocol":"-1","IpRanges":[{"CidrIp":"10.0.0.0/8"}]}"#);
         assert_eq!((r.proto, r.ports), (Proto::All, None));
         let r = perm(r#"{"IpProtocol":"tcp","FromPort":8000,"ToPort":8100,"IpRanges":[]}"#);
-        assert_eq!(r.ports, Some(PortRange { first: 8000, last: 8100 }));
+        assert_eq!(
+            r.ports,
+            Some(PortRange {
+                first: 8000,
+                last: 8100
+            })
+        );
         let r = perm(r#"{"IpProtocol":"icmp","FromPort":3,"ToPort":4}"#);
         assert_eq!((r.icmp_type, r.icmp_code), (Some(3), Some(4)));
         let r = perm(r#"{"IpProtocol":"icmp","FromPort":-1,"ToPort":-1}"#);
@@ -451,7 +505,8 @@ mod tests {
 
     #[test]
     fn bad_permissions_name_the_place() {
-        let p: IpPermission = serde_json::from_str(r#"{"IpProtocol":"tcp","FromPort":90000,"ToPort":1}"#).unwrap();
+        let p: IpPermission =
+            serde_json::from_str(r#"{"IpProtocol":"tcp","FromPort":90000,"ToPort":1}"#).unwrap();
         let e = convert_permission(&p, "security group sg-1 IpPermissions[2]").unwrap_err();
         assert!(e.contains("sg-1") && e.contains("90000"), "{e}");
     }

@@ -31,7 +31,13 @@ pub fn load(files: &[AwsJsonInput]) -> Result<Inventory, InventoryError> {
     let mut listed_prefix_lists: Vec<String> = Vec::new();
     for f in files {
         let text = super::read(&f.path)?;
-        add_file(&mut aws, &mut listed_prefix_lists, &text, &f.path, f.prefix_list.as_deref())?;
+        add_file(
+            &mut aws,
+            &mut listed_prefix_lists,
+            &text,
+            &f.path,
+            f.prefix_list.as_deref(),
+        )?;
     }
     // Prefix lists described but without an entries file still exist (with no entries known):
     // the leader reports rules that use them.
@@ -51,9 +57,8 @@ fn add_file(
     prefix_list: Option<&str>,
 ) -> Result<(), InventoryError> {
     let name = path.display();
-    let out: AnyOutput = serde_json::from_str(text).map_err(|e| {
-        InventoryError::Invalid(format!("{name}:{}:{}: {e}", e.line(), e.column()))
-    })?;
+    let out: AnyOutput = serde_json::from_str(text)
+        .map_err(|e| InventoryError::Invalid(format!("{name}:{}:{}: {e}", e.line(), e.column())))?;
     let mut recognised = false;
     if let Some(v) = out.security_groups {
         aws.security_groups.extend(v);
@@ -113,25 +118,40 @@ mod tests {
 
     #[test]
     fn prefix_list_id_from_file_name() {
-        assert_eq!(prefix_list_id_from_name(Path::new("/x/pl-0abc123.json")).as_deref(), Some("pl-0abc123"));
+        assert_eq!(
+            prefix_list_id_from_name(Path::new("/x/pl-0abc123.json")).as_deref(),
+            Some("pl-0abc123")
+        );
         assert_eq!(prefix_list_id_from_name(Path::new("/x/entries.json")), None);
     }
 
     #[test]
     fn unknown_file_is_named() {
         let mut aws = AwsInventory::default();
-        let e = add_file(&mut aws, &mut vec![], r#"{"Reservations": []}"#, Path::new("i.json"), None)
-            .unwrap_err()
-            .to_string();
+        let e = add_file(
+            &mut aws,
+            &mut vec![],
+            r#"{"Reservations": []}"#,
+            Path::new("i.json"),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.starts_with("i.json:"), "{e}");
     }
 
     #[test]
     fn json_syntax_error_has_line() {
         let mut aws = AwsInventory::default();
-        let e = add_file(&mut aws, &mut vec![], "{\n\"Vpcs\": [\n,]}", Path::new("v.json"), None)
-            .unwrap_err()
-            .to_string();
+        let e = add_file(
+            &mut aws,
+            &mut vec![],
+            "{\n\"Vpcs\": [\n,]}",
+            Path::new("v.json"),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.starts_with("v.json:3:"), "{e}");
     }
 }

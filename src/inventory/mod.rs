@@ -144,6 +144,8 @@ pub fn load(cfg: &InventoryConfig) -> Result<Inventory, InventoryError> {
 }
 
 pub(crate) fn read(path: &Path) -> Result<String, InventoryError> {
-    std::fs::read_to_string(path)
-        .map_err(|source| InventoryError::Read { path: path.display().to_string(), source })
+    std::fs::read_to_string(path).map_err(|source| InventoryError::Read {
+        path: path.display().to_string(),
+        source,
+    })
 }

@@ -93,13 +93,22 @@ impl TryFrom<RuleFields> for RawRule {
     type Error = String;
     fn try_from(f: RuleFields) -> Result<Self, String> {
         if f.proto.has_ports() && f.ports.is_none() {
-            return Err(format!("rule: `ports` is required for {} (use \"0-65535\" for every port)", f.proto));
+            return Err(format!(
+                "rule: `ports` is required for {} (use \"0-65535\" for every port)",
+                f.proto
+            ));
         }
         if !f.proto.has_ports() && f.ports.is_some() {
-            return Err(format!("rule: `ports` only applies to tcp and udp, not {}", f.proto));
+            return Err(format!(
+                "rule: `ports` only applies to tcp and udp, not {}",
+                f.proto
+            ));
         }
         if !f.proto.is_icmp() && (f.icmp_type.is_some() || f.icmp_code.is_some()) {
-            return Err(format!("rule: icmp_type/icmp_code only apply to icmp and icmpv6, not {}", f.proto));
+            return Err(format!(
+                "rule: icmp_type/icmp_code only apply to icmp and icmpv6, not {}",
+                f.proto
+            ));
         }
         if f.icmp_code.is_some() && f.icmp_type.is_none() {
             return Err("rule: icmp_code needs icmp_type".into());
@@ -112,7 +121,11 @@ impl TryFrom<RuleFields> for RawRule {
             ports: f.ports,
             icmp_type: f.icmp_type,
             icmp_code: f.icmp_code,
-            from: Sources { groups: f.from.groups, cidrs: f.from.cidrs, prefix_lists: f.from.prefix_lists },
+            from: Sources {
+                groups: f.from.groups,
+                cidrs: f.from.cidrs,
+                prefix_lists: f.from.prefix_lists,
+            },
         }))
     }
 }
@@ -144,7 +157,10 @@ pub fn load(path: &Path) -> Result<Inventory, InventoryError> {
 /// Parse static inventory text; `name` names the file in errors.
 pub fn parse(text: &str, name: &str) -> Result<Inventory, InventoryError> {
     let f: File = serde_saphyr::from_str(text).map_err(|e| {
-        let (l, c) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+        let (l, c) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((0, 0));
         InventoryError::Invalid(format!("{name}:{l}:{c}: {e}"))
     })?;
     let bad = |msg: String| InventoryError::Invalid(format!("{name}: {msg}"));
@@ -180,22 +196,40 @@ pub fn parse(text: &str, name: &str) -> Result<Inventory, InventoryError> {
     for h in &f.hosts {
         for g in &h.groups {
             if !group_ids.contains(g.as_str()) {
-                return Err(bad(format!("host {}: group {g:?} is not a group in this file", h.id)));
+                return Err(bad(format!(
+                    "host {}: group {g:?} is not a group in this file",
+                    h.id
+                )));
             }
         }
         if let Some(s) = &h.subnet {
             if !subnet_ids.contains(s.as_str()) {
-                return Err(bad(format!("host {}: subnet {s:?} is not in subnets", h.id)));
+                return Err(bad(format!(
+                    "host {}: subnet {s:?} is not in subnets",
+                    h.id
+                )));
             }
         }
     }
 
     Ok(Inventory {
-        networks: f.networks.into_iter().map(|n| Network { id: n.id, cidrs: n.cidrs }).collect(),
+        networks: f
+            .networks
+            .into_iter()
+            .map(|n| Network {
+                id: n.id,
+                cidrs: n.cidrs,
+            })
+            .collect(),
         subnets: f
             .subnets
             .into_iter()
-            .map(|s| Subnet { id: s.id, name: s.name, network: s.network, cidrs: s.cidrs })
+            .map(|s| Subnet {
+                id: s.id,
+                name: s.name,
+                network: s.network,
+                cidrs: s.cidrs,
+            })
             .collect(),
         groups: f
             .groups
@@ -210,9 +244,21 @@ pub fn parse(text: &str, name: &str) -> Result<Inventory, InventoryError> {
         hosts: f
             .hosts
             .into_iter()
-            .map(|h| Host { id: h.id, addresses: h.addresses, groups: h.groups, subnet: h.subnet })
+            .map(|h| Host {
+                id: h.id,
+                addresses: h.addresses,
+                groups: h.groups,
+                subnet: h.subnet,
+            })
             .collect(),
-        prefix_lists: f.prefix_lists.into_iter().map(|p| PrefixList { id: p.id, cidrs: p.cidrs }).collect(),
+        prefix_lists: f
+            .prefix_lists
+            .into_iter()
+            .map(|p| PrefixList {
+                id: p.id,
+                cidrs: p.cidrs,
+            })
+            .collect(),
     })
 }
 
@@ -247,7 +293,13 @@ hosts:
 "#;
         let inv = parse(text, "inv.yaml").unwrap();
         assert_eq!(inv.groups.len(), 2);
-        assert_eq!(inv.groups[0].ingress[0].ports, Some(PortRange { first: 443, last: 443 }));
+        assert_eq!(
+            inv.groups[0].ingress[0].ports,
+            Some(PortRange {
+                first: 443,
+                last: 443
+            })
+        );
         assert_eq!(inv.groups[1].name, "sg-lb");
         assert_eq!(inv.hosts[0].addresses.len(), 2);
     }

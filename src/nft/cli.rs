@@ -10,7 +10,9 @@ use crate::compile::TABLE;
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
     /// The binary could not be run.
-    #[error("cannot run {bin}: {source} (install the nftables package, or use --backend iptables)")]
+    #[error(
+        "cannot run {bin}: {source} (install the nftables package, or use --backend iptables)"
+    )]
     Spawn {
         /// Which binary.
         bin: String,
@@ -37,7 +39,9 @@ pub struct NftCli {
 
 impl Default for NftCli {
     fn default() -> Self {
-        NftCli { bin: std::env::var("REYES_NFT").unwrap_or_else(|_| "nft".to_string()) }
+        NftCli {
+            bin: std::env::var("REYES_NFT").unwrap_or_else(|_| "nft".to_string()),
+        }
     }
 }
 
@@ -45,18 +49,26 @@ impl NftCli {
     fn run(&self, args: &[&str], stdin: Option<&str>) -> Result<(bool, String, String), NftError> {
         let mut child = Command::new(&self.bin)
             .args(args)
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|source| NftError::Spawn { bin: self.bin.clone(), source })?;
+            .map_err(|source| NftError::Spawn {
+                bin: self.bin.clone(),
+                source,
+            })?;
         if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
             // A write error (nft exited early) shows up in its exit status and stderr.
             let _ = pipe.write_all(text.as_bytes());
         }
-        let out = child
-            .wait_with_output()
-            .map_err(|source| NftError::Spawn { bin: self.bin.clone(), source })?;
+        let out = child.wait_with_output().map_err(|source| NftError::Spawn {
+            bin: self.bin.clone(),
+            source,
+        })?;
         Ok((
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -98,7 +110,17 @@ impl NftCli {
 
     /// Whether our base chain exists (cheap presence check).
     pub fn table_present(&self) -> Result<bool, NftError> {
-        let (ok, _, stderr) = self.run(&["-s", "list", "chain", "inet", TABLE, crate::compile::INPUT_CHAIN], None)?;
+        let (ok, _, stderr) = self.run(
+            &[
+                "-s",
+                "list",
+                "chain",
+                "inet",
+                TABLE,
+                crate::compile::INPUT_CHAIN,
+            ],
+            None,
+        )?;
         if ok {
             Ok(true)
         } else if stderr.contains("No such file or directory") {

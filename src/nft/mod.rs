@@ -55,8 +55,17 @@ impl Backend for NftBackend {
         if want == got {
             return Ok(());
         }
-        let at = want.chars().zip(got.chars()).take_while(|(a, b)| a == b).count();
-        let context = |s: &str| s.chars().skip(at.saturating_sub(60)).take(160).collect::<String>();
+        let at = want
+            .chars()
+            .zip(got.chars())
+            .take_while(|(a, b)| a == b)
+            .count();
+        let context = |s: &str| {
+            s.chars()
+                .skip(at.saturating_sub(60))
+                .take(160)
+                .collect::<String>()
+        };
         let restore = match previous {
             Some(old) => format!("{}{}", render::flush_script(), old),
             None => render::flush_script(),

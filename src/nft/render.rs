@@ -9,7 +9,9 @@ use std::fmt::Write;
 use minijinja::{context, Environment};
 use serde::Serialize;
 
-use crate::compile::{AddrMatch, CtState, Match, PortProto, Rule, Ruleset, Target, Verdict, TABLE, INPUT_CHAIN};
+use crate::compile::{
+    AddrMatch, CtState, Match, PortProto, Rule, Ruleset, Target, Verdict, INPUT_CHAIN, TABLE,
+};
 use crate::net::{Family, Range};
 
 const TEMPLATE: &str = include_str!("../../nft-templates/ruleset.nft.j2");
@@ -142,7 +144,10 @@ pub fn icmpv6_code_name(c: u8) -> Option<&'static str> {
     })
 }
 
-fn named(v: u8, f: fn(u8) -> Option<&'static str>) -> String {
+/// A symbol table: number -> nft's name.
+type Namer = fn(u8) -> Option<&'static str>;
+
+fn named(v: u8, f: Namer) -> String {
     f(v).map(str::to_string).unwrap_or_else(|| v.to_string())
 }
 
@@ -170,7 +175,11 @@ fn match_text(m: &Match) -> String {
         }
         Match::Ipsec(true) => "meta ipsec exists".into(),
         Match::Ipsec(false) => "meta ipsec missing".into(),
-        Match::Saddr { family, addrs, negate } => {
+        Match::Saddr {
+            family,
+            addrs,
+            negate,
+        } => {
             let op = if *negate { "!= " } else { "" };
             let what = match addrs {
                 AddrMatch::Set(name) => format!("@{name}"),
@@ -187,7 +196,7 @@ fn match_text(m: &Match) -> String {
             format!("{kw} dport {}", list(ports, |p| p.to_string()))
         }
         Match::Icmp { v6, types, code } => {
-            let (kw, tn, cn): (&str, fn(u8) -> Option<&'static str>, fn(u8) -> Option<&'static str>) = if *v6 {
+            let (kw, tn, cn): (&str, Namer, Namer) = if *v6 {
                 ("icmpv6", icmpv6_type_name, icmpv6_code_name)
             } else {
                 ("icmp", icmp_type_name, icmp_code_name)
@@ -245,11 +254,16 @@ pub fn render(rs: &Ruleset) -> Result<String, RenderError> {
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     env.set_keep_trailing_newline(true);
-    env.add_template("ruleset", TEMPLATE).map_err(|e| RenderError(e.to_string()))?;
+    env.add_template("ruleset", TEMPLATE)
+        .map_err(|e| RenderError(e.to_string()))?;
     let sets: Vec<SetView> = rs
         .sets
         .iter()
-        .map(|s| SetView { name: s.name.clone(), ty: addr_type(s.family), elements: join_ranges(&s.elements) })
+        .map(|s| SetView {
+            name: s.name.clone(),
+            ty: addr_type(s.family),
+            elements: join_ranges(&s.elements),
+        })
         .collect();
     let maps: Vec<SetView> = Family::BOTH
         .iter()
@@ -260,7 +274,11 @@ pub fn render(rs: &Ruleset) -> Result<String, RenderError> {
                 .map(|e| format!("{} : jump {}", e.range, e.chain))
                 .collect::<Vec<_>>()
                 .join(", ");
-            SetView { name: map_name(*f).to_string(), ty: addr_type(*f), elements }
+            SetView {
+                name: map_name(*f).to_string(),
+                ty: addr_type(*f),
+                elements,
+            }
         })
         .collect();
     let mut chains = vec![ChainView {
@@ -277,7 +295,9 @@ pub fn render(rs: &Ruleset) -> Result<String, RenderError> {
         crate::config::Enforce::Ipsec => "ipsec",
         crate::config::Enforce::Cidr => "cidr",
     };
-    let tmpl = env.get_template("ruleset").map_err(|e| RenderError(e.to_string()))?;
+    let tmpl = env
+        .get_template("ruleset")
+        .map_err(|e| RenderError(e.to_string()))?;
     tmpl.render(context! {
         table => TABLE,
         environment => rs.meta.environment,
@@ -330,7 +350,10 @@ fn statements(text: &str) -> Vec<String> {
     }
     let mut out = Vec::new();
     for s in joined {
-        if let Some(body) = s.strip_prefix("elements = {").and_then(|b| b.strip_suffix('}')) {
+        if let Some(body) = s
+            .strip_prefix("elements = {")
+            .and_then(|b| b.strip_suffix('}'))
+        {
             out.extend(body.split(',').map(|e| format!("element {}", e.trim())));
         } else {
             out.push(s);

@@ -34,7 +34,9 @@ impl DirectoryStore {
 /// Read a file, refusing more than `max` bytes (without reading them all).
 pub fn read_limited(path: &Path, max: u64) -> Result<Vec<u8>, StoreError> {
     let f = File::open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => StoreError::NotFound(format!("{} does not exist", path.display())),
+        std::io::ErrorKind::NotFound => {
+            StoreError::NotFound(format!("{} does not exist", path.display()))
+        }
         _ => StoreError::Io(format!("cannot read {}: {e}", path.display())),
     })?;
     let mut buf = Vec::new();
@@ -75,11 +77,17 @@ impl Store for DirectoryStore {
         let document = read_limited(&self.dir.join(DOCUMENT), limits::MAX_DOCUMENT_BYTES)?;
         let signature = match read_limited(&self.dir.join(SIGNATURE), limits::MAX_SIGNATURE_BYTES) {
             Err(StoreError::NotFound(m)) => {
-                return Err(StoreError::MissingSignature(format!("{m}: the document is unsigned")))
+                return Err(StoreError::MissingSignature(format!(
+                    "{m}: the document is unsigned"
+                )))
             }
             other => other?,
         };
-        Ok(FetchOutcome::Fetched(Fetched { document, signature, version: None }))
+        Ok(FetchOutcome::Fetched(Fetched {
+            document,
+            signature,
+            version: None,
+        }))
     }
 
     fn publish(&self, document: &[u8], signature: &[u8]) -> Result<(), StoreError> {
@@ -87,7 +95,8 @@ impl Store for DirectoryStore {
             .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", self.dir.display())))?;
         for (name, data) in [(DOCUMENT, document), (SIGNATURE, signature)] {
             let p = self.dir.join(name);
-            write_atomic(&p, data).map_err(|e| StoreError::Io(format!("cannot write {}: {e}", p.display())))?;
+            write_atomic(&p, data)
+                .map_err(|e| StoreError::Io(format!("cannot write {}: {e}", p.display())))?;
         }
         Ok(())
     }
@@ -107,20 +116,35 @@ mod tests {
         let s = DirectoryStore::new(d.path().join("sub"));
         assert!(matches!(s.fetch(None), Err(StoreError::NotFound(_))));
         s.publish(b"doc", b"sig").unwrap();
-        let FetchOutcome::Fetched(f) = s.fetch(None).unwrap() else { panic!() };
-        assert_eq!((f.document.as_slice(), f.signature.as_slice()), (&b"doc"[..], &b"sig"[..]));
+        let FetchOutcome::Fetched(f) = s.fetch(None).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (f.document.as_slice(), f.signature.as_slice()),
+            (&b"doc"[..], &b"sig"[..])
+        );
         // No temporary files left behind.
-        let names: Vec<_> = fs::read_dir(d.path().join("sub")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(d.path().join("sub"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 2);
         fs::remove_file(d.path().join("sub").join(SIGNATURE)).unwrap();
-        assert!(matches!(s.fetch(None), Err(StoreError::MissingSignature(_))));
+        assert!(matches!(
+            s.fetch(None),
+            Err(StoreError::MissingSignature(_))
+        ));
     }
 
     #[test]
     fn oversized_signature_refused() {
         let d = tempfile::tempdir().unwrap();
         let s = DirectoryStore::new(d.path().to_path_buf());
-        s.publish(b"doc", &vec![0u8; (limits::MAX_SIGNATURE_BYTES + 1) as usize]).unwrap();
+        s.publish(
+            b"doc",
+            &vec![0u8; (limits::MAX_SIGNATURE_BYTES + 1) as usize],
+        )
+        .unwrap();
         assert!(matches!(s.fetch(None), Err(StoreError::TooLarge(_))));
     }
 }

@@ -14,7 +14,11 @@ pub fn reyes_bin() -> &'static str {
 /// unless REYES_REQUIRE_NETNS=1 (set by CI), where skipping is a failure.
 pub fn netns_available() -> bool {
     let root = unsafe_geteuid() == 0;
-    let have_ip = Command::new("ip").arg("-V").output().map(|o| o.status.success()).unwrap_or(false);
+    let have_ip = Command::new("ip")
+        .arg("-V")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
     let ok = root && have_ip;
     if !ok {
         if std::env::var("REYES_REQUIRE_NETNS").as_deref() == Ok("1") {
@@ -51,8 +55,15 @@ impl Netns {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let name = format!("reyes-t-{tag}-{}-{n}", std::process::id());
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        let out = Command::new("ip").args(["netns", "add", &name]).output().expect("run ip");
-        assert!(out.status.success(), "ip netns add {name}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .expect("run ip");
+        assert!(
+            out.status.success(),
+            "ip netns add {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let ns = Netns { name };
         ns.ok(&["ip", "link", "set", "lo", "up"]);
         ns
@@ -62,7 +73,11 @@ impl Netns {
     pub fn run(&self, argv: &[&str], stdin: Option<&str>) -> Output {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.name]).args(argv);
-        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        cmd.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn ip netns exec");
         if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
@@ -88,13 +103,19 @@ impl Netns {
     /// `nft -f -` with this script; panics on failure.
     pub fn nft_apply(&self, script: &str) {
         let o = self.run(&["nft", "-f", "-"], Some(script));
-        assert!(o.status.success(), "nft -f failed: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "nft -f failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
 
     /// `nft -s -p list table FAMILY NAME`, or None if absent.
     pub fn nft_list_table(&self, family: &str, table: &str) -> Option<String> {
         let o = self.run(&["nft", "-s", "-p", "list", "table", family, table], None);
-        o.status.success().then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
     }
 
     /// `nft list ruleset` (with counters), for byte-for-byte comparisons.
@@ -112,7 +133,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
@@ -131,5 +154,10 @@ pub fn table_block(script: &str) -> &str {
 
 /// Output as text, for messages.
 pub fn text(o: &Output) -> String {
-    format!("status {:?}\nstdout:\n{}\nstderr:\n{}", o.status.code(), String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
