@@ -2,7 +2,7 @@
 //! nothing about semantics.
 
 use crate::compile::Ruleset;
-use crate::config::Backend as BackendChoice;
+use crate::config::{Backend as BackendChoice, IptablesVariant};
 
 /// A backend operation failed. In every case the live rules are as they were before.
 #[derive(Debug, thiserror::Error)]
@@ -46,14 +46,66 @@ pub trait Backend {
     fn flush(&self) -> Result<(), BackendError>;
     /// Accept/drop counters.
     fn counters(&self) -> Result<Counters, BackendError>;
+    /// What applying `rs` would change: lines only live (`- `) and only in `rs` (`+ `).
+    /// The default compares nft table listings.
+    fn diff(&self, rs: &Ruleset) -> Result<Vec<String>, BackendError> {
+        let text = self.render(rs)?;
+        let live = self.live()?;
+        Ok(crate::nft::render::diff(
+            live.as_deref().unwrap_or(""),
+            crate::nft::render::table_block(&text),
+        ))
+    }
 }
 
-/// Pick a backend. `auto` takes nft when the `nft` binary is usable.
-pub fn select(choice: BackendChoice) -> Result<Box<dyn Backend>, BackendError> {
+/// Pick a backend. `auto` takes nft when the kernel accepts what reyes' table uses
+/// ([`nft_usable`]), and iptables otherwise; `variant` is the iptables variant choice.
+pub fn select(
+    choice: BackendChoice,
+    variant: IptablesVariant,
+) -> Result<Box<dyn Backend>, BackendError> {
     match choice {
-        BackendChoice::Nft | BackendChoice::Auto => Ok(Box::new(crate::nft::NftBackend::new())),
-        BackendChoice::Iptables => Err(BackendError::Unsupported(
-            "the iptables backend is not supported yet in this build: use --backend nft".into(),
-        )),
+        BackendChoice::Nft => Ok(Box::new(crate::nft::NftBackend::new())),
+        BackendChoice::Iptables => Ok(Box::new(crate::iptables::IptablesBackend::new(variant))),
+        BackendChoice::Auto => {
+            if nft_usable() {
+                Ok(Box::new(crate::nft::NftBackend::new()))
+            } else {
+                tracing::info!("nftables is not usable here (no nft, or the kernel lacks a feature reyes uses): using iptables");
+                Ok(Box::new(crate::iptables::IptablesBackend::new(variant)))
+            }
+        }
     }
+}
+
+/// A table using every nf_tables feature reyes' table needs: interval sets, a verdict map,
+/// named counters, `meta ipsec`, limits, logging. Checked with `nft -c`, which has the kernel
+/// validate the batch and then aborts it: nothing is ever committed.
+pub const NFT_PROBE: &str = r#"table inet reyes_probe {
+	counter k {
+	}
+	set s {
+		type ipv4_addr
+		flags interval
+		elements = { 10.0.0.0/8, 192.0.2.0-192.0.2.9 }
+	}
+	map m {
+		type ipv6_addr : verdict
+		flags interval
+		elements = { fd00::/8 : jump c }
+	}
+	chain c {
+	}
+	chain input {
+		type filter hook input priority filter; policy accept;
+		meta ipsec exists ip saddr @s counter name "k" accept
+		meta ipsec missing ip6 daddr vmap @m
+		limit rate 5/second burst 10 packets log prefix "reyes probe: "
+	}
+}
+"#;
+
+/// Whether `nft` is installed and the kernel takes [`NFT_PROBE`] (in check mode).
+pub fn nft_usable() -> bool {
+    crate::nft::cli::NftCli::default().check(NFT_PROBE).is_ok()
 }

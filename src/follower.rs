@@ -204,7 +204,11 @@ pub fn open_backend(cfg: &Config, choice: Option<BackendChoice>) -> CmdResult<Bo
             "follower.nft_transport: netlink is not supported yet in this build: use `cli`"
         )));
     }
-    backend::select(choice.unwrap_or(cfg.follower.backend)).map_err(backend_failure)
+    backend::select(
+        choice.unwrap_or(cfg.follower.backend),
+        cfg.follower.iptables_variant,
+    )
+    .map_err(backend_failure)
 }
 
 /// sha256 of bytes, prefixed.
@@ -317,12 +321,8 @@ pub fn run_once(cfg: &Config, opts: &FollowerOptions, now: SystemTime) -> CmdRes
         let rs = compile_for(&v.document, &ctx)?;
         let text = backend.render(&rs).map_err(backend_failure)?;
         print!("{text}");
-        let live = backend.live().map_err(backend_failure)?;
         println!("\n# diff against the live ruleset (- live, + would apply):");
-        for line in crate::nft::render::diff(
-            live.as_deref().unwrap_or(""),
-            crate::nft::render::table_block(&text),
-        ) {
+        for line in backend.diff(&rs).map_err(backend_failure)? {
             println!("{line}");
         }
         return Ok(Outcome::DryRun);

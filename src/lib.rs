@@ -3,7 +3,8 @@
 //! A leader reads an inventory ([`inventory`]), builds a canonical rule document
 //! ([`document`]), signs it ([`signing`]) and publishes it ([`store`]). A follower fetches and
 //! verifies it, compiles it for its host ([`compile`]) and applies it atomically through a
-//! backend ([`nft`]), replacing only its own `inet reyes` table.
+//! backend: [`nft`], replacing only its own `inet reyes` table, or [`iptables`] (ipset +
+//! iptables-restore in its own chains) on hosts without a usable nftables.
 #![deny(missing_docs)]
 #![forbid(unsafe_op_in_unsafe_fn)]
 
@@ -15,6 +16,7 @@ pub mod document;
 pub mod error;
 pub mod follower;
 pub mod inventory;
+pub mod iptables;
 pub mod leader;
 pub mod net;
 pub mod nft;
