@@ -111,7 +111,12 @@ pub fn render(cfg: Option<&Config>, o: &RenderOptions) -> CmdResult<String> {
         BackendChoice::Auto => BackendChoice::Nft,
         b => b,
     });
-    let backend = crate::backend::select(choice, crate::config::NftTransport::Cli).usage()?;
+    let backend = crate::backend::select(
+        choice,
+        crate::config::NftTransport::Cli,
+        fcfg.iptables_variant,
+    )
+    .usage()?;
     backend.render(&rs).runtime()
 }
 
@@ -204,8 +209,18 @@ pub fn flush(cfg: Option<&Config>, backend: Option<BackendChoice>) -> CmdResult<
         .or(cfg.map(|c| c.follower.backend))
         .unwrap_or_default();
     let transport = cfg.map(|c| c.follower.nft_transport).unwrap_or_default();
-    let b = crate::backend::select(choice, transport).usage()?;
-    b.flush().runtime()
+    let variant = cfg.map(|c| c.follower.iptables_variant).unwrap_or_default();
+    let b = crate::backend::select(choice, transport, variant).usage()?;
+    b.flush().map_err(backend_failure)
+}
+
+/// A backend that cannot work on this host (missing tools, mixed iptables variants) is a
+/// configuration error; anything else a runtime failure.
+fn backend_failure(e: crate::backend::BackendError) -> Failure {
+    match e {
+        crate::backend::BackendError::Unsupported(_) => Failure::usage(e),
+        other => Failure::runtime(other),
+    }
 }
 
 /// `reyes restore`: re-apply last-good. The signature and environment are checked again; an
@@ -237,7 +252,7 @@ pub fn status(cfg: &Config, backend: Option<BackendChoice>) -> CmdResult<String>
     let state = StateDir::open(&cfg.follower.state_dir).runtime()?;
     let applied = state.applied().runtime()?;
     let b = follower::open_backend(cfg, backend)?;
-    let present = b.present().runtime()?;
+    let present = b.present().map_err(backend_failure)?;
     let mut out = String::new();
     let now = SystemTime::now();
     match &applied {

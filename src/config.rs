@@ -261,6 +261,34 @@ impl fmt::Display for Backend {
     }
 }
 
+/// Which iptables the iptables backend drives (`follower.iptables_variant`).
+///
+/// Both variants run the same `iptables-restore` language, but keep their rules in different
+/// places in the kernel (x_tables for legacy, an nf_tables table for nft); rules of one are
+/// invisible to the other's tools, so reyes refuses to put its chains in one variant while the
+/// host's filter table is in use through the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum IptablesVariant {
+    /// The variant whose filter table is in use; if neither is, the one `iptables -V` names.
+    #[default]
+    Auto,
+    /// `iptables-legacy` (x_tables).
+    Legacy,
+    /// `iptables-nft` (x_tables rules in nf_tables).
+    Nft,
+}
+
+impl fmt::Display for IptablesVariant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IptablesVariant::Auto => "auto",
+            IptablesVariant::Legacy => "legacy",
+            IptablesVariant::Nft => "nft",
+        })
+    }
+}
+
 /// How the nft backend reaches the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -372,6 +400,8 @@ pub struct FollowerConfig {
     pub backend: Backend,
     /// How nft is reached: cli | netlink | auto.
     pub nft_transport: NftTransport,
+    /// iptables backend: auto | legacy | nft.
+    pub iptables_variant: IptablesVariant,
     /// ipsec | cidr.
     pub enforce: Enforce,
     /// cidr mode: sources that are enforced...
@@ -401,6 +431,8 @@ struct RawFollower {
     backend: Backend,
     #[serde(default)]
     nft_transport: NftTransport,
+    #[serde(default)]
+    iptables_variant: IptablesVariant,
     #[serde(default)]
     enforce: Enforce,
     #[serde(default)]
@@ -434,6 +466,7 @@ impl TryFrom<RawFollower> for FollowerConfig {
         Ok(FollowerConfig {
             backend: r.backend,
             nft_transport: r.nft_transport,
+            iptables_variant: r.iptables_variant,
             enforce: r.enforce,
             managed_cidrs: r.managed_cidrs,
             local_cidrs: r.local_cidrs,
@@ -453,6 +486,7 @@ impl Default for FollowerConfig {
         FollowerConfig {
             backend: Backend::Auto,
             nft_transport: NftTransport::default(),
+            iptables_variant: IptablesVariant::Auto,
             enforce: Enforce::Ipsec,
             managed_cidrs: Vec::new(),
             local_cidrs: AutoOr::Auto,
@@ -598,6 +632,7 @@ mod tests {
         let c = Config::parse(MINIMAL, Path::new("x.yaml")).unwrap();
         assert_eq!(c.environment, "prod");
         assert_eq!(c.follower.enforce, Enforce::Ipsec);
+        assert_eq!(c.follower.iptables_variant, IptablesVariant::Auto);
         assert_eq!(c.signing.validity, Duration::from_secs(3600));
         assert!(matches!(c.store, StoreConfig::Directory(_)));
     }
@@ -655,6 +690,7 @@ inventory:
   dynamic_subnets: [subnet-1]
 follower:
   backend: nft
+  iptables_variant: legacy
   enforce: cidr
   managed_cidrs: [10.0.0.0/8, "fd00::/8"]
   local_cidrs: auto
@@ -666,6 +702,7 @@ follower:
         assert_eq!(c.signing.trusted_fingerprints[0].len(), 40);
         assert_eq!(c.signing.validity, Duration::from_secs(5400));
         assert_eq!(c.follower.failsafe.len(), 1);
+        assert_eq!(c.follower.iptables_variant, IptablesVariant::Legacy);
         let inv = c.inventory.unwrap();
         match inv.source {
             InventorySource::AwsJson(f) => assert_eq!(f[1].prefix_list.as_deref(), Some("pl-123")),

@@ -202,6 +202,7 @@ pub fn open_backend(cfg: &Config, choice: Option<BackendChoice>) -> CmdResult<Bo
     backend::select(
         choice.unwrap_or(cfg.follower.backend),
         cfg.follower.nft_transport,
+        cfg.follower.iptables_variant,
     )
     .map_err(backend_failure)
 }
@@ -316,11 +317,10 @@ pub fn run_once(cfg: &Config, opts: &FollowerOptions, now: SystemTime) -> CmdRes
         let rs = compile_for(&v.document, &ctx)?;
         let text = backend.render(&rs).map_err(backend_failure)?;
         print!("{text}");
-        match backend.live() {
-            Ok(live) => {
+        match backend.diff(&rs) {
+            Ok(lines) => {
                 println!("\n# diff against the live ruleset (- live, + would apply):");
-                let table = crate::nft::render::table_block(&text);
-                for line in crate::nft::render::diff(live.as_deref().unwrap_or(""), table) {
+                for line in lines {
                     println!("{line}");
                 }
             }

@@ -3,7 +3,8 @@
 //! A leader reads an inventory ([`inventory`]), builds a canonical rule document
 //! ([`document`]), signs it ([`signing`]) and publishes it ([`store`]). A follower fetches and
 //! verifies it, compiles it for its host ([`compile`]) and applies it atomically through a
-//! backend ([`nft`]), replacing only its own `inet reyes` table. The evaluator ([`eval`])
+//! backend: [`nft`], replacing only its own `inet reyes` table, or [`iptables`] (ipset +
+//! iptables-restore in its own chains) on hosts without a usable nftables. The evaluator ([`eval`])
 //! judges flows against the compiled ruleset for `query` and `test` ([`query`]); [`diff`]
 //! compares two documents.
 #![deny(missing_docs)]
@@ -19,6 +20,7 @@ pub mod error;
 pub mod eval;
 pub mod follower;
 pub mod inventory;
+pub mod iptables;
 pub mod leader;
 pub mod net;
 pub mod nft;
