@@ -465,6 +465,26 @@ pub struct BuildOptions {
     pub dynamic_subnets: Vec<String>,
 }
 
+impl BuildOptions {
+    /// Options with no exclusions and no dynamic subnets.
+    pub fn new(
+        environment: &str,
+        serial: u64,
+        issued_at: SystemTime,
+        validity: Duration,
+    ) -> BuildOptions {
+        BuildOptions {
+            environment: environment.to_string(),
+            serial,
+            issued_at,
+            validity,
+            excluded_group_names: Vec::new(),
+            excluded_group_ids: Vec::new(),
+            dynamic_subnets: Vec::new(),
+        }
+    }
+}
+
 /// A built document, its bytes, and what the leader should report.
 #[derive(Debug, Clone)]
 pub struct Built {

@@ -470,15 +470,12 @@ hosts:
 "#;
 
     fn doc() -> Document {
-        let opts = BuildOptions {
-            environment: "prod".into(),
-            serial: 1,
-            issued_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
-            validity: Duration::from_secs(3600),
-            excluded_group_names: vec![],
-            excluded_group_ids: vec![],
-            dynamic_subnets: vec![],
-        };
+        let opts = BuildOptions::new(
+            "prod",
+            1,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+            Duration::from_secs(3600),
+        );
         build(&static_file::parse(INV, "t").unwrap(), &opts)
             .unwrap()
             .document

@@ -51,6 +51,20 @@ pub struct HostContext {
 }
 
 impl HostContext {
+    /// ipsec mode for `target`, no failsafe entries, no logging, unknown hosts refused.
+    pub fn new(target: Target) -> HostContext {
+        HostContext {
+            target,
+            enforce: Enforce::Ipsec,
+            managed_cidrs: Vec::new(),
+            local_cidrs: None,
+            failsafe: Vec::new(),
+            log_accept: false,
+            log_drop: false,
+            allow_unknown_host: false,
+        }
+    }
+
     /// The context a follower config gives, for a host with `addresses`.
     pub fn from_config(cfg: &FollowerConfig, target: Target) -> HostContext {
         HostContext {
@@ -617,31 +631,21 @@ mod tests {
         let inv = static_file::parse(yaml, "t").unwrap();
         build(
             &inv,
-            &BuildOptions {
-                environment: "test".into(),
-                serial: 1,
-                issued_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
-                validity: Duration::from_secs(3600),
-                excluded_group_names: vec![],
-                excluded_group_ids: vec![],
-                dynamic_subnets: vec![],
-            },
+            &BuildOptions::new(
+                "test",
+                1,
+                SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+                Duration::from_secs(3600),
+            ),
         )
         .unwrap()
         .document
     }
 
     fn ctx(addrs: &[&str]) -> HostContext {
-        HostContext {
-            target: Target::Host(addrs.iter().map(|a| a.parse().unwrap()).collect()),
-            enforce: Enforce::Ipsec,
-            managed_cidrs: vec![],
-            local_cidrs: None,
-            failsafe: vec![],
-            log_accept: false,
-            log_drop: false,
-            allow_unknown_host: false,
-        }
+        HostContext::new(Target::Host(
+            addrs.iter().map(|a| a.parse().unwrap()).collect(),
+        ))
     }
 
     const TWO: &str = r#"

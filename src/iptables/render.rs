@@ -1252,7 +1252,6 @@ pub fn render_plan(plan: &Plan) -> Result<String, RenderError> {
 mod tests {
     use super::*;
     use crate::compile::{compile, HostContext, Target};
-    use crate::config::Enforce;
 
     fn doc(yaml: &str) -> crate::document::Document {
         let inv = crate::inventory::static_file::parse(yaml, "t").unwrap();
@@ -1274,16 +1273,9 @@ mod tests {
     }
 
     fn ctx(addrs: &[&str]) -> HostContext {
-        HostContext {
-            target: Target::Host(addrs.iter().map(|a| a.parse().unwrap()).collect()),
-            enforce: Enforce::Ipsec,
-            managed_cidrs: vec![],
-            local_cidrs: None,
-            failsafe: vec![],
-            log_accept: false,
-            log_drop: false,
-            allow_unknown_host: false,
-        }
+        HostContext::new(Target::Host(
+            addrs.iter().map(|a| a.parse().unwrap()).collect(),
+        ))
     }
 
     const TWO: &str = r#"
