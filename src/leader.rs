@@ -65,7 +65,7 @@ fn stored(store: &dyn store::Store) -> CmdResult<Option<Stored>> {
         },
         Ok(FetchOutcome::Unchanged) => Ok(None),
         Err(StoreError::NotFound(_)) | Err(StoreError::MissingSignature(_)) => Ok(None),
-        Err(e @ StoreError::TooLarge(_)) => {
+        Err(e @ (StoreError::TooLarge(_) | StoreError::Mismatched(_))) => {
             tracing::warn!(error = %e, "the stored document is unusable; it will be replaced");
             Ok(None)
         }
