@@ -836,14 +836,15 @@ follower:
         String::from_utf8(o.stdout).unwrap()
     }
 
-    /// Add a rule to group lb, so the next leader run publishes a different policy.
+    /// Add a rule to group web (this host's), so the next leader run publishes a different
+    /// policy for it.
     fn change_policy(&self, port: i32) {
         self.aws
             .block(
                 self.aws
                     .east
                     .authorize_security_group_ingress()
-                    .group_id(&self.estate.lb)
+                    .group_id(&self.estate.web)
                     .ip_permissions(perm("tcp", port, port).ip_ranges(v4("10.7.0.0/16")).build())
                     .send(),
             )
@@ -969,7 +970,15 @@ fn follower_applies_from_s3_and_polls_with_if_none_match() {
         normalise(table_block(&rig.render(&doc))),
         "the live table is what render prints"
     );
-    for member in ["10.1.1.10", "10.1.1.51", "10.1.1.30", &rig.estate.v6("20")] {
+    // Members of web (this host's group; nft merges adjacent addresses), of lb and of db (the
+    // sources of web's rules, db in the peered VPC).
+    for member in [
+        "10.1.1.10/31",
+        "10.1.1.50/31",
+        "10.1.1.30",
+        "10.2.1.10",
+        &rig.estate.v6("20"),
+    ] {
         assert!(live.contains(member), "{member} in\n{live}");
     }
     let sv: Value =
