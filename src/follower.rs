@@ -81,7 +81,7 @@ fn store_failure(e: StoreError) -> Failure {
         StoreError::MissingSignature(_) | StoreError::TooLarge(_) | StoreError::Mismatched(_) => {
             Failure::refused(e)
         }
-        StoreError::Unsupported(_) => Failure::usage(e),
+        StoreError::Unsupported(_) | StoreError::Config(_) => Failure::usage(e),
         StoreError::NotFound(_) | StoreError::Io(_) => Failure::runtime(e),
     }
 }

@@ -69,7 +69,9 @@ fn stored(store: &dyn store::Store) -> CmdResult<Option<Stored>> {
             tracing::warn!(error = %e, "the stored document is unusable; it will be replaced");
             Ok(None)
         }
-        Err(StoreError::Unsupported(m)) => Err(Failure::usage(anyhow::anyhow!(m))),
+        Err(StoreError::Unsupported(m) | StoreError::Config(m)) => {
+            Err(Failure::usage(anyhow::anyhow!(m)))
+        }
         Err(e) => Err(Failure::runtime(e).context("cannot read the stored document")),
     }
 }
@@ -80,7 +82,7 @@ pub fn run_once(cfg: &Config, opts: &LeaderOptions, now: SystemTime) -> CmdResul
         Failure::usage(anyhow::anyhow!("inventory is not configured: the leader needs `inventory: {{file: ...}}` or `aws_json`"))
     })?;
     let store = store::open(&cfg.store).map_err(|e| match e {
-        StoreError::Unsupported(_) => Failure::usage(e),
+        StoreError::Unsupported(_) | StoreError::Config(_) => Failure::usage(e),
         other => Failure::runtime(other),
     })?;
     let inv = inventory::load(inv_cfg).map_err(inventory_failure)?;

@@ -126,6 +126,14 @@ fn moto() -> Option<(u16, MutexGuard<'static, ()>)> {
         return None;
     };
     assert_eq!(http(m.port, "POST", "/moto-api/reset").unwrap(), 200);
+    // For the stores this process opens itself (default credential chain). Set under the
+    // lock, once, before any of them reads the environment.
+    static ENV: std::sync::Once = std::sync::Once::new();
+    ENV.call_once(|| {
+        for (k, v) in AWS_ENV {
+            std::env::set_var(k, v);
+        }
+    });
     Some((m.port, guard))
 }
 
@@ -711,8 +719,8 @@ const AWS_ENV: [(&str, &str); 7] = [
     ("AWS_SECRET_ACCESS_KEY", "testing"),
     ("AWS_REGION", EAST),
     ("AWS_EC2_METADATA_DISABLED", "true"),
-    ("AWS_CONFIG_FILE", "/nonexistent/reyes-test"),
-    ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/reyes-test"),
+    ("AWS_CONFIG_FILE", "/dev/null"),
+    ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
 ];
 
 impl Rig {
@@ -836,6 +844,13 @@ follower:
         String::from_utf8(o.stdout).unwrap()
     }
 
+    /// Replace `from` by `to` in a config file.
+    fn edit(&self, file: &str, from: &str, to: &str) {
+        let text = std::fs::read_to_string(self.p(file)).unwrap();
+        assert!(text.contains(from), "{from:?} not in {file}");
+        std::fs::write(self.p(file), text.replace(from, to)).unwrap();
+    }
+
     /// Add a rule to group web (this host's), so the next leader run publishes a different
     /// policy for it.
     fn change_policy(&self, port: i32) {
@@ -861,6 +876,7 @@ fn ec2_leader_publishes_exactly_the_estate_to_s3() {
     let s = &rig.estate;
     let o = rig.lead();
     let log = stderr(&o);
+    eprintln!("leader:\n{log}");
     assert!(log.contains("published"), "{log}");
 
     let doc = rig.aws.document();
@@ -990,6 +1006,7 @@ fn follower_applies_from_s3_and_polls_with_if_none_match() {
     let o = rig.follower_in(&ns, "reyes.yaml");
     assert_eq!(code(&o), 0, "{}", text(&o));
     let log = stderr(&o);
+    eprintln!("second follower run:\n{log}");
     assert!(log.contains("not modified"), "{log}");
     assert!(
         !log.contains("applied") && !log.contains("nothing to change"),
@@ -1160,4 +1177,104 @@ fn leader_fails_cleanly_when_ec2_is_unreachable() {
     assert_eq!(code(&o), 1, "{}", text(&o));
     assert!(stderr(&o).contains("EC2 Describe"), "{}", text(&o));
     assert!(rig.aws.get(KEY).is_none());
+}
+
+#[test]
+fn not_modified_but_expired_is_still_refused() {
+    if !netns_available() {
+        return;
+    }
+    let Some(rig) = Rig::new() else { return };
+    let ns = Netns::new("s3x");
+    let _fwd = forward_into(&ns, rig.port);
+    rig.edit("reyes.yaml", "validity: 1h", "validity: 3s");
+    rig.lead();
+    let o = rig.follower_in(&ns, "reyes.yaml");
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let live = ns.nft_list_table("inet", "reyes").unwrap();
+    // The leader stops publishing; the object stays as it is, so S3 keeps answering 304.
+    std::thread::sleep(Duration::from_secs(4));
+    let o = rig.follower_in(&ns, "reyes.yaml");
+    assert_eq!(code(&o), 3, "{}", text(&o));
+    assert!(
+        stderr(&o).contains("is not modified, and the applied document serial"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(ns.nft_list_table("inet", "reyes").unwrap(), live);
+}
+
+#[test]
+fn s3_store_conditional_fetches_and_torn_pairs() {
+    use reyes::store::{s3::S3Store, FetchOutcome, Store, StoreError};
+    let Some(rig) = Rig::new() else { return };
+    let cfg = reyes::config::S3Config {
+        bucket: BUCKET.into(),
+        key: "t/rules.json".into(),
+        region: Some(EAST.into()),
+        endpoint: Some(format!("http://127.0.0.1:{}", rig.port)),
+    };
+    let store = S3Store::new(&cfg).unwrap();
+    assert_eq!(store.describe(), "s3://reyes-test/t/rules.json");
+    assert!(matches!(store.fetch(None), Err(StoreError::NotFound(_))));
+
+    store.publish(b"doc-1", b"sig-1").unwrap();
+    let FetchOutcome::Fetched(f) = store.fetch(None).unwrap() else {
+        panic!("fetched")
+    };
+    assert_eq!(
+        (f.document.as_slice(), f.signature.as_slice()),
+        (&b"doc-1"[..], &b"sig-1"[..])
+    );
+    let etag = f.version.expect("an ETag");
+    assert_eq!(store.fetch(Some(&etag)).unwrap(), FetchOutcome::Unchanged);
+    assert!(matches!(
+        store.fetch(Some("\"other\"")).unwrap(),
+        FetchOutcome::Fetched(_)
+    ));
+
+    // A document without its signature: the other upload's signature does not match it.
+    rig.aws.put("t/rules.json", b"doc-2", &BTreeMap::new());
+    let e = store.fetch(Some(&etag)).unwrap_err();
+    assert!(matches!(e, StoreError::Mismatched(_)), "{e}");
+
+    // A bad key is a configuration error.
+    let bad = reyes::config::S3Config {
+        key: "t/".into(),
+        ..cfg.clone()
+    };
+    assert!(matches!(S3Store::new(&bad), Err(StoreError::Config(_))));
+
+    // A reader racing a writer only ever gets matching pairs (or, rarely, a refusal after
+    // re-reading); never a torn pair.
+    let writer = {
+        let store = S3Store::new(&cfg).unwrap();
+        std::thread::spawn(move || {
+            for i in 0..40 {
+                store
+                    .publish(format!("doc-{i}").as_bytes(), format!("sig-{i}").as_bytes())
+                    .unwrap();
+            }
+        })
+    };
+    let mut matched = 0;
+    while !writer.is_finished() || matched == 0 {
+        match store.fetch(None) {
+            Ok(FetchOutcome::Fetched(f)) => {
+                let (d, s) = (
+                    String::from_utf8(f.document).unwrap(),
+                    String::from_utf8(f.signature).unwrap(),
+                );
+                assert_eq!(
+                    d.trim_start_matches("doc-"),
+                    s.trim_start_matches("sig-"),
+                    "torn pair"
+                );
+                matched += 1;
+            }
+            Err(StoreError::Mismatched(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    writer.join().unwrap();
 }

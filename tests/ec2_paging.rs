@@ -22,8 +22,8 @@ fn env() {
             ("AWS_ACCESS_KEY_ID", "testing"),
             ("AWS_SECRET_ACCESS_KEY", "testing"),
             ("AWS_EC2_METADATA_DISABLED", "true"),
-            ("AWS_CONFIG_FILE", "/nonexistent/reyes-test"),
-            ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/reyes-test"),
+            ("AWS_CONFIG_FILE", "/dev/null"),
+            ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
         ] {
             std::env::set_var(k, v);
         }
@@ -693,4 +693,119 @@ fn api_requests_of_a_leader_run_for_n_interfaces_and_groups() {
         "EC2 requests per leader run and region:\n  {}",
         table.join("\n  ")
     );
+}
+
+/// Two regions, each with one VPC, group and interface; the east group admits the west group.
+fn two_regions(req: &Request, _: usize) -> (u16, String) {
+    let (vpc, cidr, sg_id, eni_id, addr, rules) = match req.region.as_str() {
+        "us-east-1" => (
+            "vpc-e",
+            "10.10.0.0/16",
+            "sg-e",
+            "eni-e",
+            "10.10.0.5",
+            vec![perm(
+                "tcp",
+                443,
+                443,
+                "<groups><item><groupId>sg-w</groupId><vpcId>vpc-w</vpcId></item></groups>",
+            )],
+        ),
+        "eu-west-1" => (
+            "vpc-w",
+            "10.20.0.0/16",
+            "sg-w",
+            "eni-w",
+            "10.20.0.5",
+            vec![],
+        ),
+        other => panic!("unexpected region {other}"),
+    };
+    match req.action.as_str() {
+        "DescribeVpcs" => ok(
+            "DescribeVpcs",
+            &items(
+                "vpcSet",
+                &[format!("<vpcId>{vpc}</vpcId><cidrBlock>{cidr}</cidrBlock>")],
+            ),
+        ),
+        "DescribeSecurityGroups" => ok(
+            "DescribeSecurityGroups",
+            &items("securityGroupInfo", &[sg(sg_id, vpc, &rules)]),
+        ),
+        "DescribeNetworkInterfaces" => ok(
+            "DescribeNetworkInterfaces",
+            &items(
+                "networkInterfaceSet",
+                &[eni(eni_id, vpc, &[sg_id], &[addr], &[], &[], &[])],
+            ),
+        ),
+        "DescribeManagedPrefixLists" => ok("DescribeManagedPrefixLists", "<prefixListSet/>"),
+        other => panic!("unexpected {other}"),
+    }
+}
+
+fn build(aws: reyes::inventory::aws::AwsInventory) -> reyes::document::Built {
+    let inv = aws.into_inventory().unwrap();
+    reyes::document::build(
+        &inv,
+        &reyes::document::BuildOptions {
+            environment: "prod".into(),
+            serial: 1,
+            issued_at: std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000),
+            validity: std::time::Duration::from_secs(3600),
+            excluded_group_names: vec![],
+            excluded_group_ids: vec![],
+            dynamic_subnets: vec![],
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn cross_region_references_resolve_when_both_regions_are_covered() {
+    env();
+    let d = Double::start(Box::new(two_regions));
+    let counter = RequestCounter::default();
+    let both = ec2::read(
+        &cfg(&d, &["us-east-1", "eu-west-1"], &[]),
+        &ReadOptions::default(),
+        &counter,
+    )
+    .unwrap();
+    let built = build(both);
+    assert!(built.warnings.is_empty(), "{:?}", built.warnings);
+    let p = &built.document.policy;
+    let east = p.group("sg-e").unwrap();
+    assert_eq!(east.ingress.len(), 1);
+    assert_eq!(east.ingress[0].from.groups, ["sg-w"]);
+    let west: Vec<String> = p
+        .group("sg-w")
+        .unwrap()
+        .members
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    assert_eq!(west, ["10.20.0.5"]);
+
+    // Only the east region: the reference is reported and matches nothing (its rule, left
+    // with no source, is dropped).
+    let east_only = ec2::read(
+        &cfg(&d, &["us-east-1"], &[]),
+        &ReadOptions::default(),
+        &counter,
+    )
+    .unwrap();
+    let built = build(east_only);
+    assert!(
+        built
+            .warnings
+            .iter()
+            .any(|w| w.contains("source group sg-w is not in the inventory")),
+        "{:?}",
+        built.warnings
+    );
+    let p = &built.document.policy;
+    assert!(p.group("sg-w").is_none());
+    assert!(p.group("sg-e").unwrap().ingress.is_empty());
 }

@@ -23,6 +23,9 @@ pub enum StoreError {
     /// I/O or network failure.
     #[error("{0}")]
     Io(String),
+    /// The store's configuration cannot work (e.g. an S3 key naming a prefix).
+    #[error("{0}")]
+    Config(String),
     /// The configured store is not available in this build.
     #[error("{0}")]
     Unsupported(String),

@@ -75,7 +75,7 @@ impl S3Store {
     /// environment's) region, and path-style addressing when an endpoint is given.
     pub fn new(cfg: &S3Config) -> Result<S3Store, StoreError> {
         if cfg.key.is_empty() || cfg.key.ends_with('/') {
-            return Err(StoreError::Io(format!(
+            return Err(StoreError::Config(format!(
                 "store.s3.key {:?}: name an object (e.g. prod/rules.json), not a prefix",
                 cfg.key
             )));
