@@ -689,9 +689,24 @@ fn config_errors_exit_2_with_location() {
     assert_eq!(code(&o), 2, "{}", text(&o));
     assert!(stderr(&o).contains("bad.yaml:5:"), "{}", text(&o));
     // Options of later work are parsed, and using them is a clear exit 2.
-    write(&cfg, "environment: prod\nstore:\n  s3: {bucket: b, key: k}\ninventory:\n  file: /nonexistent.yaml\n");
+    let keys = dir.path().join("keys");
     let o = Command::new(reyes_bin())
-        .args(["--config", cfg.to_str().unwrap(), "leader", "--once"])
+        .args([
+            "keygen",
+            "--name",
+            "l",
+            "--output-dir",
+            keys.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    write(
+        &cfg,
+        "environment: prod\nstore:\n  directory: store\nsigning:\n  keyring: keys/l.cert.asc\nfollower:\n  backend: iptables\n  state_dir: state\n",
+    );
+    let o = Command::new(reyes_bin())
+        .args(["--config", cfg.to_str().unwrap(), "follower", "--once"])
         .output()
         .unwrap();
     assert_eq!(code(&o), 2, "{}", text(&o));
