@@ -79,7 +79,7 @@ fn stored(store: &dyn store::Store) -> CmdResult<Option<Stored>> {
 /// One leader run.
 pub fn run_once(cfg: &Config, opts: &LeaderOptions, now: SystemTime) -> CmdResult<LeaderOutcome> {
     let inv_cfg = cfg.inventory.as_ref().ok_or_else(|| {
-        Failure::usage(anyhow::anyhow!("inventory is not configured: the leader needs `inventory: {{file: ...}}` or `aws_json`"))
+        Failure::usage(anyhow::anyhow!("inventory is not configured: the leader needs `inventory: {{file: ...}}`, `aws_json` or `ec2`"))
     })?;
     let store = store::open(&cfg.store).map_err(|e| match e {
         StoreError::Unsupported(_) | StoreError::Config(_) => Failure::usage(e),
