@@ -87,7 +87,7 @@ fn start_moto(bin: &Path) -> Moto {
     let log = std::env::temp_dir().join(format!("reyes-moto-{}.log", std::process::id()));
     let mut child = Command::new("sh")
         .arg("-c")
-        .arg(r#"exec 3<&0; "$0" -H 127.0.0.1 -p "$1" </dev/null >"$2" 2>&1 & pid=$!; read _ <&3; kill $pid; wait $pid"#)
+        .arg(r#"exec 3<&0; "$0" -H 127.0.0.1 -p "$1" </dev/null >"$2" 2>&1 & pid=$!; read _ <&3; kill $pid; wait $pid; rm -f "$2""#)
         .arg(bin)
         .arg(port.to_string())
         .arg(&log)
