@@ -236,6 +236,26 @@ mod tests {
     }
 
     #[test]
+    fn store_version_round_trip_and_forget() {
+        let d = tempfile::tempdir().unwrap();
+        let s = StateDir::open(d.path()).unwrap();
+        assert_eq!(s.store_version(), None);
+        let v = StoreVersion {
+            store: "s3://b/k".into(),
+            version: "\"abc\"".into(),
+            document_digest: "sha256:00".into(),
+        };
+        s.record_store_version(Some(&v)).unwrap();
+        assert_eq!(s.store_version(), Some(v));
+        s.record_store_version(None).unwrap();
+        s.record_store_version(None).unwrap();
+        assert_eq!(s.store_version(), None);
+        // A corrupt record only costs an unconditional fetch.
+        fs::write(d.path().join(STORE_VERSION), b"{").unwrap();
+        assert_eq!(s.store_version(), None);
+    }
+
+    #[test]
     fn lock_is_exclusive() {
         let d = tempfile::tempdir().unwrap();
         let s = StateDir::open(d.path()).unwrap();
