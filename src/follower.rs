@@ -13,7 +13,7 @@ use crate::config::{AutoOr, Backend as BackendChoice, Config};
 use crate::document::{hex, rfc3339, Document};
 use crate::error::{Classify, CmdResult, Failure};
 use crate::signing::{SigningError, TrustRoot, VerifiedSigner};
-use crate::state::{Applied, StateDir};
+use crate::state::{Applied, StateDir, StoreVersion};
 use crate::store::{self, FetchOutcome, Fetched, Store, StoreError};
 
 /// Command-line overrides of the follower config.
@@ -78,8 +78,10 @@ pub fn trust_root(cfg: &Config) -> CmdResult<TrustRoot> {
 
 fn store_failure(e: StoreError) -> Failure {
     match e {
-        StoreError::MissingSignature(_) | StoreError::TooLarge(_) => Failure::refused(e),
-        StoreError::Unsupported(_) => Failure::usage(e),
+        StoreError::MissingSignature(_) | StoreError::TooLarge(_) | StoreError::Mismatched(_) => {
+            Failure::refused(e)
+        }
+        StoreError::Unsupported(_) | StoreError::Config(_) => Failure::usage(e),
         StoreError::NotFound(_) | StoreError::Io(_) => Failure::runtime(e),
     }
 }
@@ -124,20 +126,32 @@ pub fn verify_document(
     })
 }
 
+/// What a conditional fetch found.
+enum Found {
+    /// The store says the object is the one applied last (no bytes were read).
+    NotModified,
+    /// New bytes, verified, with the store's version tag of the document.
+    Verified(Box<Verified>, Option<String>),
+}
+
 /// Fetch and verify, fetching again if the pair did not verify but changed meanwhile (a torn
-/// read between the leader's two writes): a torn pair is never applied.
+/// read between the leader's two writes): a torn pair is never applied. With
+/// `if_changed_from`, the first fetch is conditional.
 fn fetch_verified(
     store: &dyn Store,
     trust: &TrustRoot,
     cfg: &Config,
     now: SystemTime,
-) -> CmdResult<Verified> {
+    if_changed_from: Option<&str>,
+) -> CmdResult<Found> {
     let mut last: Option<Fetched> = None;
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let fetched = match store.fetch(None).map_err(store_failure)? {
+        let cond = if attempt == 1 { if_changed_from } else { None };
+        let fetched = match store.fetch(cond).map_err(store_failure)? {
             FetchOutcome::Fetched(f) => f,
+            FetchOutcome::Unchanged if cond.is_some() => return Ok(Found::NotModified),
             FetchOutcome::Unchanged => {
                 return Err(Failure::runtime(anyhow::anyhow!(
                     "store answered not-modified to an unconditional fetch"
@@ -152,7 +166,7 @@ fn fetch_verified(
             now,
             true,
         ) {
-            Ok(v) => return Ok(v),
+            Ok(v) => return Ok(Found::Verified(Box::new(v), fetched.version)),
             Err(f) => {
                 let changed = last.as_ref().is_some_and(|l| *l != fetched) || last.is_none();
                 if attempt >= 3 || !changed {
@@ -164,6 +178,26 @@ fn fetch_verified(
             }
         }
     }
+}
+
+/// The version tag to fetch conditionally with: only when what is live is exactly what that
+/// tag was fetched with, compiled for this same host context, backend and reyes version (so a
+/// changed config or upgrade still recompiles).
+fn conditional_version(
+    state: &StateDir,
+    applied: Option<&Applied>,
+    store: &dyn Store,
+    ctx: &HostContext,
+    backend: &dyn Backend,
+) -> Option<String> {
+    let a = applied?;
+    let sv = state.store_version()?;
+    (sv.store == store.describe()
+        && sv.document_digest == a.document_digest
+        && a.context_digest == ctx.digest()
+        && a.backend == backend.name()
+        && a.reyes_version == env!("CARGO_PKG_VERSION"))
+    .then_some(sv.version)
 }
 
 /// This host's addresses per config.
@@ -309,8 +343,42 @@ pub fn run_once(cfg: &Config, opts: &FollowerOptions, now: SystemTime) -> CmdRes
     let state = StateDir::open(&cfg.follower.state_dir).runtime()?;
     let _lock = state.lock().runtime()?;
 
-    let v = fetch_verified(store.as_ref(), &trust, cfg, now)?;
     let applied = state.applied().runtime()?;
+    let cond = if opts.dry_run {
+        None
+    } else {
+        conditional_version(
+            &state,
+            applied.as_ref(),
+            store.as_ref(),
+            &ctx,
+            backend.as_ref(),
+        )
+    };
+    let (v, version) = match fetch_verified(store.as_ref(), &trust, cfg, now, cond.as_deref())? {
+        Found::Verified(v, version) => (*v, version),
+        Found::NotModified => {
+            // Nothing read, parsed, verified or applied. Still refuse to stay quiet about an
+            // expired document: the leader has not published for longer than `validity`.
+            let Some(a) = applied.as_ref() else {
+                return Err(Failure::runtime(anyhow::anyhow!(
+                    "store answered not-modified, but nothing is applied"
+                )));
+            };
+            if let Ok(t) = crate::document::parse_time(&a.not_after) {
+                if now > t {
+                    return Err(Failure::refused(anyhow::anyhow!(
+                        "{} is not modified, and the applied document serial {} expired at {}: is the leader running and publishing?",
+                        store.describe(),
+                        a.serial,
+                        a.not_after
+                    )));
+                }
+            }
+            tracing::info!(serial = a.serial, store = %store.describe(), "not modified");
+            return Ok(Outcome::NotModified);
+        }
+    };
     check_serial(&v, applied.as_ref())?;
 
     if opts.dry_run {
@@ -328,7 +396,16 @@ pub fn run_once(cfg: &Config, opts: &FollowerOptions, now: SystemTime) -> CmdRes
         }
         return Ok(Outcome::DryRun);
     }
-    apply_verified(&v, &ctx, backend.as_ref(), &state, now)
+    let outcome = apply_verified(&v, &ctx, backend.as_ref(), &state, now)?;
+    let sv = version.map(|version| StoreVersion {
+        store: store.describe(),
+        version,
+        document_digest: sha256(&v.bytes),
+    });
+    if let Err(e) = state.record_store_version(sv.as_ref()) {
+        tracing::warn!(error = %e, "cannot remember the store version; the next run fetches unconditionally");
+    }
+    Ok(outcome)
 }
 
 /// Run forever, once per `interval`; failures are logged and retried next time.

@@ -65,11 +65,13 @@ fn stored(store: &dyn store::Store) -> CmdResult<Option<Stored>> {
         },
         Ok(FetchOutcome::Unchanged) => Ok(None),
         Err(StoreError::NotFound(_)) | Err(StoreError::MissingSignature(_)) => Ok(None),
-        Err(e @ StoreError::TooLarge(_)) => {
+        Err(e @ (StoreError::TooLarge(_) | StoreError::Mismatched(_))) => {
             tracing::warn!(error = %e, "the stored document is unusable; it will be replaced");
             Ok(None)
         }
-        Err(StoreError::Unsupported(m)) => Err(Failure::usage(anyhow::anyhow!(m))),
+        Err(StoreError::Unsupported(m) | StoreError::Config(m)) => {
+            Err(Failure::usage(anyhow::anyhow!(m)))
+        }
         Err(e) => Err(Failure::runtime(e).context("cannot read the stored document")),
     }
 }
@@ -77,10 +79,10 @@ fn stored(store: &dyn store::Store) -> CmdResult<Option<Stored>> {
 /// One leader run.
 pub fn run_once(cfg: &Config, opts: &LeaderOptions, now: SystemTime) -> CmdResult<LeaderOutcome> {
     let inv_cfg = cfg.inventory.as_ref().ok_or_else(|| {
-        Failure::usage(anyhow::anyhow!("inventory is not configured: the leader needs `inventory: {{file: ...}}` or `aws_json`"))
+        Failure::usage(anyhow::anyhow!("inventory is not configured: the leader needs `inventory: {{file: ...}}`, `aws_json` or `ec2`"))
     })?;
     let store = store::open(&cfg.store).map_err(|e| match e {
-        StoreError::Unsupported(_) => Failure::usage(e),
+        StoreError::Unsupported(_) | StoreError::Config(_) => Failure::usage(e),
         other => Failure::runtime(other),
     })?;
     let inv = inventory::load(inv_cfg).map_err(inventory_failure)?;

@@ -1,6 +1,7 @@
 //! The follower's state directory: `last-good/rules.json` + `.sig` (the last document applied,
-//! verified), `applied.json` (what is live), and `lock` (one follower at a time). Everything is
-//! written atomically (write, fsync, rename).
+//! verified), `applied.json` (what is live), `store-version.json` (the store's version tag, an
+//! ETag, of that document, for conditional fetches) and `lock` (one follower at a time).
+//! Everything is written atomically (write, fsync, rename).
 
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -46,6 +47,20 @@ pub struct Applied {
     /// reyes version that applied it.
     pub reyes_version: String,
 }
+
+/// The store's version tag of the applied document: the next fetch asks the store for
+/// anything but this.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreVersion {
+    /// Which store (its description), so a changed config does not reuse a tag.
+    pub store: String,
+    /// The tag (an S3 ETag).
+    pub version: String,
+    /// sha256 of the document bytes it was fetched with (as in [`Applied::document_digest`]).
+    pub document_digest: String,
+}
+
+const STORE_VERSION: &str = "store-version.json";
 
 /// An open state directory.
 #[derive(Debug, Clone)]
@@ -125,6 +140,33 @@ impl StateDir {
             .map_err(|e| self.err(format!("cannot write applied.json: {e}")))
     }
 
+    /// The store version recorded with the applied document, if any (a corrupt record is
+    /// ignored: it only costs one unconditional fetch).
+    pub fn store_version(&self) -> Option<StoreVersion> {
+        let b = fs::read(self.root.join(STORE_VERSION)).ok()?;
+        serde_json::from_slice(&b).ok()
+    }
+
+    /// Record the store version of the applied document, or forget it (`None`).
+    pub fn record_store_version(&self, v: Option<&StoreVersion>) -> Result<(), StateError> {
+        let p = self.root.join(STORE_VERSION);
+        match v {
+            Some(v) => {
+                let mut bytes =
+                    serde_json::to_vec_pretty(v).map_err(|e| self.err(e.to_string()))?;
+                bytes.push(b'\n');
+                write_atomic(&p, &bytes)
+                    .map_err(|e| self.err(format!("cannot write {STORE_VERSION}: {e}")))
+            }
+            None => match fs::remove_file(&p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(self.err(format!("cannot remove {STORE_VERSION}: {e}")))
+                }
+                _ => Ok(()),
+            },
+        }
+    }
+
     /// Keep the verified document and signature as last-good (both or neither).
     pub fn save_last_good(&self, document: &[u8], signature: &[u8]) -> Result<(), StateError> {
         let tmp = self
@@ -191,6 +233,26 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert_eq!(names, ["last-good"]);
+    }
+
+    #[test]
+    fn store_version_round_trip_and_forget() {
+        let d = tempfile::tempdir().unwrap();
+        let s = StateDir::open(d.path()).unwrap();
+        assert_eq!(s.store_version(), None);
+        let v = StoreVersion {
+            store: "s3://b/k".into(),
+            version: "\"abc\"".into(),
+            document_digest: "sha256:00".into(),
+        };
+        s.record_store_version(Some(&v)).unwrap();
+        assert_eq!(s.store_version(), Some(v));
+        s.record_store_version(None).unwrap();
+        s.record_store_version(None).unwrap();
+        assert_eq!(s.store_version(), None);
+        // A corrupt record only costs an unconditional fetch.
+        fs::write(d.path().join(STORE_VERSION), b"{").unwrap();
+        assert_eq!(s.store_version(), None);
     }
 
     #[test]

@@ -694,12 +694,32 @@ fn config_errors_exit_2_with_location() {
         .unwrap();
     assert_eq!(code(&o), 2, "{}", text(&o));
     assert!(stderr(&o).contains("bad.yaml:5:"), "{}", text(&o));
-    // Options of later work are parsed, and using them is a clear exit 2.
-    write(&cfg, "environment: prod\nstore:\n  s3: {bucket: b, key: k}\ninventory:\n  file: /nonexistent.yaml\n");
+    // A follower without a keyring is a configuration error, named, exit 2.
+    write(
+        &cfg,
+        "environment: prod\nstore:\n  directory: store\nfollower:\n  state_dir: state\n",
+    );
     let o = Command::new(reyes_bin())
-        .args(["--config", cfg.to_str().unwrap(), "leader", "--once"])
+        .args(["--config", cfg.to_str().unwrap(), "follower", "--once"])
         .output()
         .unwrap();
     assert_eq!(code(&o), 2, "{}", text(&o));
-    assert!(stderr(&o).contains("not supported yet"), "{}", text(&o));
+    assert!(stderr(&o).contains("signing.keyring"), "{}", text(&o));
+    // A document that does not exist for `render`: exit 2 naming it.
+    let o = Command::new(reyes_bin())
+        .args([
+            "render",
+            "--document",
+            "/nonexistent/rules.json",
+            "--host",
+            "10.0.0.1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 2, "{}", text(&o));
+    assert!(
+        stderr(&o).contains("/nonexistent/rules.json"),
+        "{}",
+        text(&o)
+    );
 }

@@ -6,6 +6,7 @@
 
 pub mod aws;
 pub mod aws_json;
+pub mod ec2;
 pub mod static_file;
 
 use std::path::Path;
@@ -29,6 +30,9 @@ pub enum InventoryError {
     /// A file is malformed; the message names the place.
     #[error("{0}")]
     Invalid(String),
+    /// A cloud API call failed (after the SDK's retries).
+    #[error("{0}")]
+    Api(String),
     /// The source exists in the config but not in this build yet.
     #[error("{0}")]
     Unsupported(String),
@@ -132,14 +136,17 @@ pub struct Inventory {
     pub prefix_lists: Vec<PrefixList>,
 }
 
-/// Read the configured inventory source. The EC2 API source is not in this build yet.
+/// Read the configured inventory source.
 pub fn load(cfg: &InventoryConfig) -> Result<Inventory, InventoryError> {
     match &cfg.source {
         InventorySource::File(p) => static_file::load(p),
         InventorySource::AwsJson(files) => aws_json::load(files),
-        InventorySource::Ec2(_) => Err(InventoryError::Unsupported(
-            "inventory.ec2 is not supported yet in this build: use `file` or `aws_json`".into(),
-        )),
+        InventorySource::Ec2(e) => ec2::load(
+            e,
+            &ec2::ReadOptions {
+                subnets: !cfg.dynamic_subnets.is_empty(),
+            },
+        ),
     }
 }
 

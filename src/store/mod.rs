@@ -1,6 +1,7 @@
 //! Where documents are published and fetched: `rules.json` and `rules.json.sig` side by side.
 
 pub mod directory;
+pub mod s3;
 
 use crate::config::StoreConfig;
 
@@ -13,12 +14,18 @@ pub enum StoreError {
     /// The document is there but its signature is not.
     #[error("{0}")]
     MissingSignature(String),
+    /// The signature belongs to another document (a torn pair that did not heal on re-reading).
+    #[error("{0}")]
+    Mismatched(String),
     /// An object is larger than a follower accepts.
     #[error("{0}")]
     TooLarge(String),
     /// I/O or network failure.
     #[error("{0}")]
     Io(String),
+    /// The store's configuration cannot work (e.g. an S3 key naming a prefix).
+    #[error("{0}")]
+    Config(String),
     /// The configured store is not available in this build.
     #[error("{0}")]
     Unsupported(String),
@@ -59,8 +66,6 @@ pub trait Store {
 pub fn open(cfg: &StoreConfig) -> Result<Box<dyn Store>, StoreError> {
     match cfg {
         StoreConfig::Directory(d) => Ok(Box::new(directory::DirectoryStore::new(d.clone()))),
-        StoreConfig::S3(_) => Err(StoreError::Unsupported(
-            "store.s3 is not supported yet in this build: use `store: {directory: ...}`".into(),
-        )),
+        StoreConfig::S3(s) => Ok(Box::new(s3::S3Store::new(s)?)),
     }
 }
