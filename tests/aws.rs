@@ -374,6 +374,9 @@ fn build_estate(aws: &Aws) -> Estate {
         .to_string();
     // The /56's first /64 but one: 2400:6500:1234:5600::/56 -> 2400:6500:1234:5601::
     let net: ipnet::Ipv6Net = s.v6_block.parse().unwrap();
+    // moto prints the random block with leading zeros in a group at times ("2400:6500:0389:...");
+    // documents hold the canonical form.
+    s.v6_block = net.to_string();
     let seg = net.network().segments();
     let sub = std::net::Ipv6Addr::new(seg[0], seg[1], seg[2], seg[3] | 1, 0, 0, 0, 0);
     s.v6_subnet = format!("{sub}");
