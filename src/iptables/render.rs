@@ -1121,9 +1121,8 @@ pub fn plan(rs: &Ruleset, opts: &Options) -> Result<Plan, RenderError> {
             ),
         );
     }
-    let mut tables = Vec::new();
-    for fam in Family::BOTH {
-        let t = Translator {
+    let mut translate = |fam: Family| {
+        Translator {
             rs,
             fam,
             opts: *opts,
@@ -1133,11 +1132,11 @@ pub fn plan(rs: &Ruleset, opts: &Options) -> Result<Plan, RenderError> {
             variants: BTreeMap::new(),
             primary: None,
             counters: BTreeMap::new(),
-        };
-        tables.push(t.run()?);
-    }
-    let v6 = tables.pop().expect("two tables");
-    let v4 = tables.pop().expect("two tables");
+        }
+        .run()
+    };
+    let v4 = translate(Family::V4)?;
+    let v6 = translate(Family::V6)?;
     Ok(Plan {
         header: Header {
             environment: clean(&rs.meta.environment),
