@@ -621,7 +621,7 @@ fn log_prefix(gid: &str, index: usize) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::document::{build, BuildOptions};
     use crate::inventory::static_file;
@@ -642,13 +642,13 @@ mod tests {
         .document
     }
 
-    fn ctx(addrs: &[&str]) -> HostContext {
+    pub(crate) fn ctx(addrs: &[&str]) -> HostContext {
         HostContext::new(Target::Host(
             addrs.iter().map(|a| a.parse().unwrap()).collect(),
         ))
     }
 
-    const TWO: &str = r#"
+    pub(crate) const TWO: &str = r#"
 groups:
   - id: sg-a
     ingress: [{proto: tcp, ports: 22, from: {groups: [sg-b], cidrs: [10.9.0.0/24, 10.9.0.5]}}]

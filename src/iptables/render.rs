@@ -1250,43 +1250,9 @@ pub fn render_plan(plan: &Plan) -> Result<String, RenderError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compile::{compile, HostContext, Target};
+    use crate::compile::{compile, Target};
 
-    fn doc(yaml: &str) -> crate::document::Document {
-        let inv = crate::inventory::static_file::parse(yaml, "t").unwrap();
-        crate::document::build(
-            &inv,
-            &crate::document::BuildOptions {
-                environment: "test".into(),
-                serial: 1,
-                issued_at: std::time::SystemTime::UNIX_EPOCH
-                    + std::time::Duration::from_secs(1_800_000_000),
-                validity: std::time::Duration::from_secs(3600),
-                excluded_group_names: vec![],
-                excluded_group_ids: vec![],
-                dynamic_subnets: vec![],
-            },
-        )
-        .unwrap()
-        .document
-    }
-
-    fn ctx(addrs: &[&str]) -> HostContext {
-        HostContext::new(Target::Host(
-            addrs.iter().map(|a| a.parse().unwrap()).collect(),
-        ))
-    }
-
-    const TWO: &str = r#"
-groups:
-  - id: sg-a
-    ingress: [{proto: tcp, ports: 22, from: {groups: [sg-b], cidrs: [10.9.0.0/24, 10.9.0.5]}}]
-  - id: sg-b
-    ingress: [{proto: all, from: {cidrs: ["fd00::/8"]}}]
-hosts:
-  - {id: h1, addresses: [10.0.0.1], groups: [sg-a, sg-b]}
-  - {id: h2, addresses: [10.0.0.2, "fd00::2"], groups: [sg-b]}
-"#;
+    use crate::compile::tests::{ctx, doc, TWO};
 
     fn specs(t: &Table, chain: &str) -> Vec<String> {
         t.lines
