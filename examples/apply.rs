@@ -7,12 +7,53 @@
 //! Exit 0 applied, 1 refused (the message names the object), 2 usage. With REYES_APPLY_STATS
 //! set, prints RSS and peak RSS after each stage (read, parsed, compiled, encoded, applied).
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use reyes::backend::Backend;
 use reyes::compile::{self, HostContext, Target};
 use reyes::config::{Enforce, FollowerConfig};
 use reyes::document::Document;
+
+/// The system allocator, counting live and peak heap bytes for the stage report.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded unchanged to the system allocator; only counters are added.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: same contract as the caller's.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: same contract as the caller's.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+            let now = LIVE.fetch_add(new_size, Ordering::Relaxed) + new_size;
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -111,6 +152,18 @@ fn netlink_apply(rs: &reyes::compile::Ruleset) -> Result<(), String> {
         batch.len(),
         batch.bytes().len()
     ));
+    if std::env::var_os("REYES_APPLY_STATS").is_some() {
+        let mut by_type = std::collections::BTreeMap::<u16, (usize, usize)>::new();
+        for m in batch.messages() {
+            let t = m.get(4..6).map_or(0, |b| u16::from_ne_bytes([b[0], b[1]]));
+            let e = by_type.entry(t & 0xff).or_default();
+            e.0 += 1;
+            e.1 += m.len();
+        }
+        for (t, (n, bytes)) in by_type {
+            eprintln!("  message type {t}: {n} messages, {bytes} bytes");
+        }
+    }
     let r = netlink::Socket::open()
         .and_then(|s| s.apply(&batch))
         .map_err(|e| e.to_string());
@@ -133,8 +186,10 @@ fn stats(stage: &str) {
             .to_string()
     };
     eprintln!(
-        "{stage}: RSS {} kB, peak {} kB",
+        "{stage}: RSS {} kB, peak {} kB; heap {} kB, heap peak {} kB",
         field("VmRSS:"),
-        field("VmHWM:")
+        field("VmHWM:"),
+        LIVE.load(Ordering::Relaxed) / 1024,
+        PEAK.load(Ordering::Relaxed) / 1024,
     );
 }

@@ -326,7 +326,7 @@ impl<'r> Evaluator<'r> {
                         continue;
                     };
                     if self.dispatched.is_none() {
-                        self.dispatched = Some(entry.chain.as_str());
+                        self.dispatched = Some(&*entry.chain);
                         self.dest_groups = self.groups_of(&entry.chain);
                     }
                     if let Walk::Final(d, o) = self.jump(&entry.chain, depth)? {
@@ -412,7 +412,7 @@ impl<'r> Evaluator<'r> {
                         &self
                             .rs
                             .set(name)
-                            .ok_or_else(|| EvalError::UnknownSet(name.clone()))?
+                            .ok_or_else(|| EvalError::UnknownSet(name.to_string()))?
                             .elements
                     }
                 };

@@ -343,64 +343,97 @@ pub fn merge(mut ranges: Vec<Range>) -> Vec<Range> {
 /// Used to give every destination address exactly one dispatch entry even when members overlap
 /// (a host inside a dynamic subnet of another group).
 pub fn partition<L: Ord + Clone>(items: &[(Range, L)]) -> Vec<(Range, Vec<L>)> {
-    use std::collections::BTreeMap;
-    let mut out: Vec<(Range, Vec<L>)> = Vec::new();
+    let mut out = Vec::new();
+    partition_each(items, |r, labels| {
+        out.push((r, labels.iter().map(|l| (*l).clone()).collect()))
+    });
+    out
+}
+
+/// [`partition`] without collecting: `f` gets each piece in order (IPv4 first, ascending) with
+/// its labels. Besides the input it needs one index per item and the intervals active at a
+/// point, so a 100k-member estate is partitioned in a few MB.
+pub fn partition_each<L: Ord>(items: &[(Range, L)], mut f: impl FnMut(Range, &[&L])) {
+    use std::cmp::Reverse;
+    use std::collections::{BTreeMap, BinaryHeap};
     for fam in Family::BOTH {
-        // Sweep: at each boundary add the intervals starting there and drop those that ended.
-        // Events are (point, is_start, label); an end event sits at hi+1 (or past the space).
-        let mut events: Vec<(u128, bool, &L)> = Vec::new();
-        for (r, l) in items.iter().filter(|(r, _)| r.family == fam) {
-            events.push((r.lo, true, l));
-            if r.hi != fam.max() {
-                events.push((r.hi + 1, false, l));
-            }
-        }
-        if events.is_empty() {
+        let mut order: Vec<usize> = (0..items.len())
+            .filter(|&i| items[i].0.family == fam)
+            .collect();
+        order.sort_by_key(|&i| items[i].0.lo);
+        let Some(&first) = order.first() else {
             continue;
-        }
-        events.sort_by_key(|e| e.0);
+        };
+        // Intervals covering the current point, by last address; how many cover each label.
+        let mut ends: BinaryHeap<Reverse<(u128, usize)>> = BinaryHeap::new();
         let mut active: BTreeMap<&L, usize> = BTreeMap::new();
-        let mut i = 0;
-        while i < events.len() {
-            let point = events[i].0;
-            while i < events.len() && events[i].0 == point {
-                let (_, start, l) = events[i];
-                if start {
-                    *active.entry(l).or_insert(0) += 1;
-                } else if let Some(n) = active.get_mut(l) {
-                    *n -= 1;
-                    if *n == 0 {
-                        active.remove(l);
-                    }
+        // The piece not yet handed out (it may still grow), and a buffer for the next one.
+        let mut pending: Option<(Range, Vec<&L>)> = None;
+        let mut labels: Vec<&L> = Vec::new();
+        let mut next = 0;
+        let mut point = items[first].0.lo;
+        loop {
+            while let Some(&i) = order.get(next) {
+                if items[i].0.lo != point {
+                    break;
                 }
-                i += 1;
+                ends.push(Reverse((items[i].0.hi, i)));
+                *active.entry(&items[i].1).or_insert(0) += 1;
+                next += 1;
             }
-            if active.is_empty() {
-                continue;
-            }
-            let end = match events.get(i) {
-                Some(next) => next.0 - 1,
-                None => fam.max(),
-            };
-            let labels: Vec<L> = active.keys().map(|l| (*l).clone()).collect();
-            if let Some((last, last_labels)) = out.last_mut() {
-                if last.family == fam && last.hi.wrapping_add(1) == point && *last_labels == labels
-                {
-                    last.hi = end;
+            let next_start = order.get(next).map(|&i| items[i].0.lo);
+            let first_end = ends.peek().map(|Reverse((hi, _))| *hi);
+            // Every interval starting at `point` is active, so a next start lies beyond it.
+            let end = match (next_start, first_end) {
+                (Some(s), Some(h)) => h.min(s - 1),
+                (None, Some(h)) => h,
+                (Some(s), None) => {
+                    point = s;
                     continue;
                 }
+                (None, None) => break,
+            };
+            labels.clear();
+            labels.extend(active.keys().copied());
+            let piece = Range {
+                family: fam,
+                lo: point,
+                hi: end,
+            };
+            match &mut pending {
+                Some((last, last_labels)) if last.hi + 1 == point && *last_labels == labels => {
+                    last.hi = end;
+                }
+                _ => {
+                    let fresh = std::mem::take(&mut labels);
+                    if let Some((r, mut l)) = pending.replace((piece, fresh)) {
+                        f(r, &l);
+                        l.clear();
+                        labels = l;
+                    }
+                }
             }
-            out.push((
-                Range {
-                    family: fam,
-                    lo: point,
-                    hi: end,
-                },
-                labels,
-            ));
+            while let Some(&Reverse((hi, i))) = ends.peek() {
+                if hi != end {
+                    break;
+                }
+                ends.pop();
+                if let Some(n) = active.get_mut(&items[i].1) {
+                    *n -= 1;
+                    if *n == 0 {
+                        active.remove(&items[i].1);
+                    }
+                }
+            }
+            if end == fam.max() {
+                break;
+            }
+            point = end + 1;
+        }
+        if let Some((r, l)) = pending {
+            f(r, &l);
         }
     }
-    out
 }
 
 /// This host's addresses, read from its interfaces (getifaddrs), loopback excluded.
@@ -506,6 +539,37 @@ mod tests {
         );
     }
 
+    #[test]
+    fn partition_reaches_the_end_of_each_family() {
+        let all6 = Range {
+            family: Family::V6,
+            lo: 0,
+            hi: u128::MAX,
+        };
+        let top6 = Range {
+            family: Family::V6,
+            lo: u128::MAX - 1,
+            hi: u128::MAX,
+        };
+        let top4 = r4("255.255.255.0", "255.255.255.255");
+        let p = partition(&[(all6, "a"), (top6, "b"), (top4, "c")]);
+        assert_eq!(
+            p,
+            vec![
+                (top4, vec!["c"]),
+                (
+                    Range {
+                        family: Family::V6,
+                        lo: 0,
+                        hi: u128::MAX - 2
+                    },
+                    vec!["a"]
+                ),
+                (top6, vec!["a", "b"]),
+            ]
+        );
+    }
+
     proptest! {
         #[test]
         fn prefixes_cover_range_exactly(lo in 0u32..5000, len in 0u32..5000) {
@@ -521,11 +585,12 @@ mod tests {
         }
 
         #[test]
-        fn partition_is_disjoint_and_labels_correct(items in proptest::collection::vec((0u32..64, 0u32..16, 0u8..4), 1..8), probe in 0u32..80) {
+        fn partition_is_disjoint_and_labels_correct(items in proptest::collection::vec((0u32..64, 0u32..16, 0u8..4), 1..16), probe in 0u32..80) {
             let items: Vec<(Range, u8)> = items.iter().map(|(lo, len, l)| (Range { family: Family::V4, lo: *lo as u128, hi: (*lo + *len) as u128 }, *l)).collect();
             let parts = partition(&items);
             for w in parts.windows(2) {
                 prop_assert!(w[0].0.hi < w[1].0.lo);
+                prop_assert!(w[0].0.hi + 1 < w[1].0.lo || w[0].1 != w[1].1, "equal neighbours not joined: {:?}", w);
             }
             let mut expect: Vec<u8> = items.iter().filter(|(r, _)| r.lo <= probe as u128 && probe as u128 <= r.hi).map(|(_, l)| *l).collect();
             expect.sort();

@@ -476,7 +476,7 @@ fn arb_ruleset() -> impl Strategy<Value = Ruleset> {
             let mut sets = Vec::new();
             for (i, e) in s4.into_iter().enumerate() {
                 sets.push(AddrSet {
-                    name: format!("m4_s{i}"),
+                    name: format!("m4_s{i}").into(),
                     family: Family::V4,
                     elements: e,
                     purpose: SetPurpose::Members(format!("s{i}")),
@@ -484,7 +484,7 @@ fn arb_ruleset() -> impl Strategy<Value = Ruleset> {
             }
             for (i, e) in s6.into_iter().enumerate() {
                 sets.push(AddrSet {
-                    name: format!("m6_s{i}"),
+                    name: format!("m6_s{i}").into(),
                     family: Family::V6,
                     elements: e,
                     purpose: SetPurpose::Members(format!("s{i}")),
@@ -495,7 +495,7 @@ fn arb_ruleset() -> impl Strategy<Value = Ruleset> {
                 .into_iter()
                 .enumerate()
                 .map(|(ci, rules)| Chain {
-                    name: format!("g_c{ci}"),
+                    name: format!("g_c{ci}").into(),
                     kind: ChainKind::Group(format!("c{ci}")),
                     rules: rules
                         .into_iter()
@@ -509,7 +509,7 @@ fn arb_ruleset() -> impl Strategy<Value = Ruleset> {
                     .enumerate()
                     .map(|(i, range)| DispatchEntry {
                         range,
-                        chain: format!("g_c{}", i % n),
+                        chain: format!("g_c{}", i % n).into(),
                     })
                     .collect()
             };
@@ -563,9 +563,9 @@ fn arb_ruleset() -> impl Strategy<Value = Ruleset> {
 fn rule_of(r: RuleSpec, chain: usize, index: usize, chains: usize) -> Option<Rule> {
     let f = if r.v6 { Family::V6 } else { Family::V4 };
     let addrs = match (r.set, r.literal.is_empty()) {
-        (Some(i), _) => AddrMatch::Set(format!("m{}_s{i}", f.digit())),
+        (Some(i), _) => AddrMatch::Set(format!("m{}_s{i}", f.digit()).into()),
         (None, false) => AddrMatch::Literal(r.literal),
-        (None, true) => AddrMatch::Set(format!("m{}_s0", f.digit())),
+        (None, true) => AddrMatch::Set(format!("m{}_s0", f.digit()).into()),
     };
     let mut matches = vec![Match::Saddr {
         family: f,
@@ -590,7 +590,7 @@ fn rule_of(r: RuleSpec, chain: usize, index: usize, chains: usize) -> Option<Rul
     let verdict = match r.verdict {
         0 => Verdict::Accept,
         1 => Verdict::Drop,
-        2 if chain + 1 < chains => Verdict::Jump(format!("g_c{}", chain + 1)),
+        2 if chain + 1 < chains => Verdict::Jump(format!("g_c{}", chain + 1).into()),
         _ if r.log => Verdict::Continue,
         _ => Verdict::Accept,
     };

@@ -3,6 +3,7 @@
 //! the evaluator judges flows against it.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -19,6 +20,10 @@ pub const COUNTER_DROPPED: &str = "dropped";
 /// Name of the base chain.
 pub const INPUT_CHAIN: &str = "input";
 
+/// A chain, set or group name. Shared: the same name appears in thousands of dispatch entries,
+/// jumps, lookups and origins of a large estate, and each of them holds a pointer, not a copy.
+pub type Name = Arc<str>;
+
 /// What a named set is for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum SetPurpose {
@@ -34,7 +39,7 @@ pub enum SetPurpose {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AddrSet {
     /// Name (`m4_sg_0abc`, `managed6`, ...).
-    pub name: String,
+    pub name: Name,
     /// Family.
     pub family: Family,
     /// Elements.
@@ -47,7 +52,7 @@ pub struct AddrSet {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum AddrMatch {
     /// In a named set.
-    Set(String),
+    Set(Name),
     /// In these intervals (disjoint, sorted).
     Literal(Vec<Range>),
 }
@@ -126,7 +131,7 @@ pub enum Verdict {
     /// Go on with the next rule (a rule that only logs).
     Continue,
     /// Evaluate the chain, then come back.
-    Jump(String),
+    Jump(Name),
     /// Look the destination address up in the dispatch map of this family and jump to its
     /// chain; go on if absent.
     Dispatch(Family),
@@ -150,14 +155,14 @@ pub enum Origin {
     /// `groups[group].ingress[rule]` of the document, source `source`.
     GroupRule {
         /// Group id.
-        group: String,
+        group: Name,
         /// Index in the group's ingress list.
         rule: usize,
         /// Which source of the rule this is (`group sg-lb`, `cidrs`).
-        source: String,
+        source: Name,
     },
     /// A profile chain's jump to a group chain.
-    Profile(String),
+    Profile(Name),
 }
 
 /// One rule.
@@ -188,7 +193,7 @@ pub enum ChainKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Chain {
     /// Name (`g_sg_0abc`, `p_1a2b...`).
-    pub name: String,
+    pub name: Name,
     /// What it is for.
     pub kind: ChainKind,
     /// Rules, in order.
@@ -201,7 +206,7 @@ pub struct DispatchEntry {
     /// Destination interval.
     pub range: Range,
     /// Chain to jump to.
-    pub chain: String,
+    pub chain: Name,
 }
 
 /// Who the ruleset was compiled for.
@@ -248,12 +253,12 @@ pub struct Ruleset {
 impl Ruleset {
     /// A set by name.
     pub fn set(&self, name: &str) -> Option<&AddrSet> {
-        self.sets.iter().find(|s| s.name == name)
+        self.sets.iter().find(|s| &*s.name == name)
     }
 
     /// A chain by name.
     pub fn chain(&self, name: &str) -> Option<&Chain> {
-        self.chains.iter().find(|c| c.name == name)
+        self.chains.iter().find(|c| &*c.name == name)
     }
 
     /// The dispatch map of a family.

@@ -153,20 +153,52 @@ fn ranges_of(cidrs: &[Cidr], family: Family) -> Vec<Range> {
     )
 }
 
+/// The names one group gives the ruleset, made once and shared by every rule that uses them.
+struct GroupNames {
+    id: Name,
+    chain: Name,
+    members: [Name; 2],
+}
+
+impl GroupNames {
+    fn members(&self, family: Family) -> &Name {
+        match family {
+            Family::V4 => &self.members[0],
+            Family::V6 => &self.members[1],
+        }
+    }
+}
+
 /// Compile a verified document for a host.
 pub fn compile(doc: &Document, ctx: &HostContext) -> Result<Ruleset, CompileError> {
     let policy = &doc.policy;
-    let names = name_parts(policy);
-    let name_of = |id: &str| names.get(id).cloned().unwrap_or_else(|| sanitize(id));
+    let parts = name_parts(policy);
+    let names: Vec<GroupNames> = policy
+        .groups
+        .iter()
+        .map(|g| {
+            let part = parts
+                .get(g.id.as_str())
+                .cloned()
+                .unwrap_or_else(|| sanitize(&g.id));
+            GroupNames {
+                id: Name::from(g.id.as_str()),
+                chain: Name::from(format!("g_{part}")),
+                members: Family::BOTH.map(|f| Name::from(format!("m{}_{part}", f.digit()))),
+            }
+        })
+        .collect();
+    drop(parts);
 
-    // Destinations: which groups each local address (or member interval) belongs to.
-    let mut labelled: Vec<(Range, String)> = Vec::new();
+    // Destinations: which groups (by index, which is id order) each local address or member
+    // interval belongs to.
+    let mut labelled: Vec<(Range, usize)> = Vec::new();
     match &ctx.target {
         Target::Host(addrs) => {
             for a in addrs {
-                for g in &policy.groups {
+                for (gi, g) in policy.groups.iter().enumerate() {
                     if g.members.iter().any(|m| m.contains(a)) {
-                        labelled.push((Range::single(a), g.id.clone()));
+                        labelled.push((Range::single(a), gi));
                     }
                 }
             }
@@ -181,75 +213,77 @@ pub fn compile(doc: &Document, ctx: &HostContext) -> Result<Ruleset, CompileErro
             }
         }
         Target::AllGroups => {
-            for g in &policy.groups {
-                for m in &g.members {
-                    labelled.push((m.range(), g.id.clone()));
-                }
+            let members = policy.groups.iter().map(|g| g.members.len()).sum();
+            labelled.reserve_exact(members);
+            for (gi, g) in policy.groups.iter().enumerate() {
+                labelled.extend(g.members.iter().map(|m| (m.range(), gi)));
             }
         }
     }
-    let parts = net::partition(&labelled);
 
     // Group chains for every group that is a destination somewhere.
-    let dest_groups: BTreeSet<&str> = labelled.iter().map(|(_, g)| g.as_str()).collect();
+    let mut is_dest = vec![false; policy.groups.len()];
+    for (_, gi) in &labelled {
+        is_dest[*gi] = true;
+    }
     let mut chains: Vec<Chain> = Vec::new();
-    let mut member_sets: BTreeSet<(Family, &str)> = BTreeSet::new();
-    for gid in &dest_groups {
-        let Some(g) = policy.group(gid) else { continue };
+    let mut member_sets: BTreeSet<(Family, usize)> = BTreeSet::new();
+    for (gi, g) in policy.groups.iter().enumerate() {
+        if !is_dest[gi] {
+            continue;
+        }
         let mut rules = Vec::new();
         for (i, r) in g.ingress.iter().enumerate() {
-            rules.extend(group_rule(
-                policy,
-                &g.id,
-                i,
-                r,
-                ctx,
-                &name_of,
-                &mut member_sets,
-            ));
+            group_rule(policy, &names, gi, i, r, ctx, &mut member_sets, &mut rules);
         }
+        rules.shrink_to_fit();
         chains.push(Chain {
-            name: format!("g_{}", name_of(gid)),
+            name: names[gi].chain.clone(),
             kind: ChainKind::Group(g.id.clone()),
             rules,
         });
     }
 
     // Dispatch: one entry per disjoint destination interval; several groups -> a profile chain.
-    let mut profiles: BTreeMap<Vec<String>, String> = BTreeMap::new();
+    let mut profiles: BTreeMap<Vec<usize>, Name> = BTreeMap::new();
     let (mut dispatch4, mut dispatch6) = (Vec::new(), Vec::new());
-    for (range, groups) in &parts {
-        let chain = if groups.len() == 1 {
-            format!("g_{}", name_of(&groups[0]))
-        } else {
-            profiles
-                .entry(groups.clone())
-                .or_insert_with(|| format!("p_{}", short_hash(&groups.join(","))))
-                .clone()
+    net::partition_each(&labelled, |range, groups| {
+        let chain = match groups {
+            [one] => names[**one].chain.clone(),
+            many => {
+                let key: Vec<usize> = many.iter().map(|g| **g).collect();
+                profiles
+                    .entry(key)
+                    .or_insert_with(|| {
+                        let ids: Vec<&str> = many.iter().map(|g| &*names[**g].id).collect();
+                        Name::from(format!("p_{}", short_hash(&ids.join(","))))
+                    })
+                    .clone()
+            }
         };
-        let entry = DispatchEntry {
-            range: *range,
-            chain,
-        };
+        let entry = DispatchEntry { range, chain };
         match range.family {
             Family::V4 => dispatch4.push(entry),
             Family::V6 => dispatch6.push(entry),
         }
-    }
-    for (groups, name) in &profiles {
+    });
+    drop(labelled);
+    dispatch4.shrink_to_fit();
+    dispatch6.shrink_to_fit();
+    for (groups, name) in profiles {
         let rules = groups
             .iter()
             .map(|g| Rule {
                 matches: vec![],
                 log: None,
                 counter: None,
-                verdict: Verdict::Jump(format!("g_{}", name_of(g))),
-                origin: Origin::Profile(g.clone()),
+                verdict: Verdict::Jump(names[*g].chain.clone()),
+                origin: Origin::Profile(names[*g].id.clone()),
             })
             .collect();
         chains.push(Chain {
-            name: name.clone(),
-            kind: ChainKind::Profile(groups.clone()),
+            name,
+            kind: ChainKind::Profile(groups.iter().map(|g| names[*g].id.to_string()).collect()),
             rules,
         });
     }
@@ -257,15 +291,14 @@ pub fn compile(doc: &Document, ctx: &HostContext) -> Result<Ruleset, CompileErro
 
     // Sets: members of every referenced source group, then the scope sets.
     let mut sets = Vec::new();
-    for (family, gid) in &member_sets {
-        if let Some(g) = policy.group(gid) {
-            sets.push(AddrSet {
-                name: format!("m{}_{}", family.digit(), name_of(gid)),
-                family: *family,
-                elements: ranges_of(&g.members, *family),
-                purpose: SetPurpose::Members(g.id.clone()),
-            });
-        }
+    for (family, gi) in member_sets {
+        let g = &policy.groups[gi];
+        sets.push(AddrSet {
+            name: names[gi].members(family).clone(),
+            family,
+            elements: ranges_of(&g.members, family),
+            purpose: SetPurpose::Members(g.id.clone()),
+        });
     }
     if ctx.enforce == Enforce::Cidr {
         let local: Vec<Cidr> = match &ctx.local_cidrs {
@@ -274,13 +307,13 @@ pub fn compile(doc: &Document, ctx: &HostContext) -> Result<Ruleset, CompileErro
         };
         for family in Family::BOTH {
             sets.push(AddrSet {
-                name: format!("managed{}", family.digit()),
+                name: Name::from(format!("managed{}", family.digit())),
                 family,
                 elements: ranges_of(&ctx.managed_cidrs, family),
                 purpose: SetPurpose::Managed,
             });
             sets.push(AddrSet {
-                name: format!("local{}", family.digit()),
+                name: Name::from(format!("local{}", family.digit())),
                 family,
                 elements: ranges_of(&local, family),
                 purpose: SetPurpose::Local,
@@ -354,7 +387,7 @@ fn base_chain(ctx: &HostContext) -> Vec<Rule> {
                 r.push(base(
                     vec![Match::Saddr {
                         family: f,
-                        addrs: AddrMatch::Set(format!("managed{}", f.digit())),
+                        addrs: AddrMatch::Set(Name::from(format!("managed{}", f.digit()))),
                         negate: true,
                     }],
                     Verdict::Accept,
@@ -365,7 +398,7 @@ fn base_chain(ctx: &HostContext) -> Vec<Rule> {
                 r.push(base(
                     vec![Match::Saddr {
                         family: f,
-                        addrs: AddrMatch::Set(format!("local{}", f.digit())),
+                        addrs: AddrMatch::Set(Name::from(format!("local{}", f.digit()))),
                         negate: false,
                     }],
                     Verdict::Accept,
@@ -530,52 +563,63 @@ fn family_allowed(proto: Proto, family: Family) -> bool {
     }
 }
 
-/// The rules of one document rule: for each family, one rule per source group with members of
-/// that family, and one for the literal prefixes (cidrs and prefix-list entries, merged).
-fn group_rule<'p>(
-    policy: &'p Policy,
-    gid: &str,
+/// The rules of one document rule, appended to `out`: for each family, one rule per source
+/// group with members of that family, and one for the literal prefixes (cidrs and prefix-list
+/// entries, merged).
+#[allow(clippy::too_many_arguments)]
+fn group_rule(
+    policy: &Policy,
+    names: &[GroupNames],
+    gi: usize,
     index: usize,
-    r: &'p DocRule,
+    r: &DocRule,
     ctx: &HostContext,
-    name_of: &dyn Fn(&str) -> String,
-    member_sets: &mut BTreeSet<(Family, &'p str)>,
-) -> Vec<Rule> {
+    member_sets: &mut BTreeSet<(Family, usize)>,
+    out: &mut Vec<Rule>,
+) {
+    let gid = &names[gi].id;
     let proto = proto_matches(r.proto, r.ports, r.icmp_type, r.icmp_code);
     let log = ctx.log_accept.then(|| Log {
         prefix: log_prefix(gid, index),
     });
-    let mut out = Vec::new();
+    let mut push = |family: Family, addrs: AddrMatch, source: Name| {
+        let mut matches = Vec::with_capacity(1 + proto.len());
+        matches.push(Match::Saddr {
+            family,
+            addrs,
+            negate: false,
+        });
+        matches.extend(proto.iter().cloned());
+        out.push(Rule {
+            matches,
+            log: log.clone(),
+            counter: Some(COUNTER_ACCEPTED),
+            verdict: Verdict::Accept,
+            origin: Origin::GroupRule {
+                group: gid.clone(),
+                rule: index,
+                source,
+            },
+        });
+    };
     for family in Family::BOTH {
         if !family_allowed(r.proto, family) {
             continue;
         }
-        let mut push = |addrs: AddrMatch, source: String| {
-            let mut matches = vec![Match::Saddr {
-                family,
-                addrs,
-                negate: false,
-            }];
-            matches.extend(proto.iter().cloned());
-            out.push(Rule {
-                matches,
-                log: log.clone(),
-                counter: Some(COUNTER_ACCEPTED),
-                verdict: Verdict::Accept,
-                origin: Origin::GroupRule {
-                    group: gid.to_string(),
-                    rule: index,
-                    source,
-                },
-            });
-        };
         for src in &r.from.groups {
-            let Some(g) = policy.group(src) else { continue };
+            let Ok(si) = policy
+                .groups
+                .binary_search_by(|g| g.id.as_str().cmp(src.as_str()))
+            else {
+                continue;
+            };
+            let g = &policy.groups[si];
             if g.members.iter().any(|m| m.family() == family) {
-                member_sets.insert((family, g.id.as_str()));
+                member_sets.insert((family, si));
                 push(
-                    AddrMatch::Set(format!("m{}_{}", family.digit(), name_of(&g.id))),
-                    format!("group {}", g.id),
+                    family,
+                    AddrMatch::Set(names[si].members(family).clone()),
+                    Name::from(format!("group {}", g.id)),
                 );
             }
         }
@@ -605,10 +649,13 @@ fn group_rule<'p>(
             }
         }
         if !literal.is_empty() {
-            push(AddrMatch::Literal(net::merge(literal)), what.join(", "));
+            push(
+                family,
+                AddrMatch::Literal(net::merge(literal)),
+                Name::from(what.join(", ")),
+            );
         }
     }
-    out
 }
 
 fn log_prefix(gid: &str, index: usize) -> String {
@@ -701,7 +748,7 @@ hosts:
     fn colliding_sanitised_ids_stay_distinct() {
         let yaml = "groups:\n  - {id: sg-a}\n  - {id: sg_a}\nhosts:\n  - {id: h, addresses: [10.0.0.1], groups: [sg-a, sg_a]}\n";
         let rs = compile(&doc(yaml), &ctx(&["10.0.0.1"])).unwrap();
-        let names: BTreeSet<&str> = rs.chains.iter().map(|c| c.name.as_str()).collect();
+        let names: BTreeSet<&str> = rs.chains.iter().map(|c| &*c.name).collect();
         assert_eq!(names.len(), 3, "{names:?}");
     }
 

@@ -64,7 +64,7 @@ fn allows(rs: &Ruleset, f: &Flow) -> bool {
 
 fn group_rule(o: &Origin) -> Option<(&str, usize)> {
     match o {
-        Origin::GroupRule { group, rule, .. } => Some((group.as_str(), *rule)),
+        Origin::GroupRule { group, rule, .. } => Some((&**group, *rule)),
         _ => None,
     }
 }

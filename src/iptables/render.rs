@@ -673,7 +673,7 @@ impl<'a> Translator<'a> {
                     let bang = if *negate { "! " } else { "" };
                     match addrs {
                         AddrMatch::Set(name) => {
-                            let Some(set) = self.ir_sets.get(name) else {
+                            let Some(set) = self.ir_sets.get(&**name) else {
                                 return err(format!(
                                     "a rule matches set {name}, which the ruleset does not define"
                                 ));
@@ -1038,7 +1038,7 @@ impl<'a> Translator<'a> {
         };
         let mut by_chain: BTreeMap<&str, Vec<Range>> = BTreeMap::new();
         for e in self.rs.dispatch(self.fam) {
-            by_chain.entry(e.chain.as_str()).or_default().push(e.range);
+            by_chain.entry(&*e.chain).or_default().push(e.range);
         }
         let mut first = true;
         for (target_ir, ranges) in by_chain {
@@ -1110,7 +1110,7 @@ pub fn plan(rs: &Ruleset, opts: &Options) -> Result<Plan, RenderError> {
         if sets.contains_key(&name) {
             return err(format!("two sets would be named {name}"));
         }
-        ir_sets.insert(s.name.clone(), name.clone());
+        ir_sets.insert(s.name.to_string(), name.clone());
         sets.insert(
             name.clone(),
             IpSet::new(

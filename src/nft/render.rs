@@ -260,7 +260,7 @@ pub fn render(rs: &Ruleset) -> Result<String, RenderError> {
         .sets
         .iter()
         .map(|s| SetView {
-            name: s.name.clone(),
+            name: s.name.to_string(),
             ty: addr_type(s.family),
             elements: join_ranges(&s.elements),
         })
@@ -287,7 +287,7 @@ pub fn render(rs: &Ruleset) -> Result<String, RenderError> {
         rules: rs.input.iter().map(rule_text).collect(),
     }];
     chains.extend(rs.chains.iter().map(|c| ChainView {
-        name: c.name.clone(),
+        name: c.name.to_string(),
         hook: None,
         rules: c.rules.iter().map(rule_text).collect(),
     }));

@@ -246,7 +246,7 @@ impl Encoder<'_, '_> {
         for c in &self.rs.chains {
             let chain = Chain {
                 table: t,
-                name: c.name.clone(),
+                name: c.name.to_string(),
                 hook: None,
             };
             self.batch
@@ -272,7 +272,7 @@ impl Encoder<'_, '_> {
                     (
                         d.range.lo,
                         d.range.hi,
-                        Some(NlVerdict::Jump(d.chain.clone())),
+                        Some(NlVerdict::Jump(d.chain.to_string())),
                     )
                 }),
                 family_bytes(f),
@@ -394,7 +394,7 @@ impl Encoder<'_, '_> {
             })),
             Verdict::Continue => {}
             Verdict::Jump(c) => x.push(Expr::Immediate(Immediate {
-                verdict: NlVerdict::Jump(c.clone()),
+                verdict: NlVerdict::Jump(c.to_string()),
             })),
             Verdict::Dispatch(f) => {
                 x.need_family(*f);
@@ -474,8 +474,8 @@ impl Encoder<'_, '_> {
                     AddrMatch::Set(name) => {
                         x.push(payload(PayloadBase::Network, saddr_offset(f), width));
                         x.push(Expr::Lookup(Lookup {
-                            set: name.clone(),
-                            set_id: self.set_ids.get(name).copied(),
+                            set: name.to_string(),
+                            set_id: self.set_ids.get(&**name).copied(),
                             verdict_map: false,
                             invert: *negate,
                         }));

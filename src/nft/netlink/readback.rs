@@ -28,7 +28,7 @@ impl Outline {
         let mut o = Outline::default();
         o.chains.insert(INPUT_CHAIN.to_string(), rs.input.len());
         for c in &rs.chains {
-            o.chains.insert(c.name.clone(), c.rules.len());
+            o.chains.insert(c.name.to_string(), c.rules.len());
         }
         for s in &rs.sets {
             let n = set::interval_elements(
@@ -36,7 +36,7 @@ impl Outline {
                 family_len(s.family),
             )
             .len();
-            o.sets.insert(s.name.clone(), n);
+            o.sets.insert(s.name.to_string(), n);
         }
         for f in Family::BOTH {
             let n = set::interval_elements(
