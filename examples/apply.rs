@@ -126,7 +126,7 @@ fn main() -> ExitCode {
     drop(document);
     stats("compiled");
     let result = match transport.as_str() {
-        "netlink" => netlink_apply(&rs),
+        "netlink" => netlink_apply(rs),
         "cli" => reyes::nft::NftBackend::new()
             .apply(&rs)
             .map_err(|e| e.to_string()),
@@ -144,13 +144,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn netlink_apply(rs: &reyes::compile::Ruleset) -> Result<(), String> {
+fn netlink_apply(rs: reyes::compile::Ruleset) -> Result<(), String> {
     use reyes::nft::netlink;
-    let batch = netlink::encode(rs, &netlink::ifindex).map_err(|e| e.to_string())?;
+    // The ruleset is not needed afterwards: encode it part by part, dropping what is done.
+    let batch = netlink::encode_owned(rs, &netlink::ifindex).map_err(|e| e.to_string())?;
     stats(&format!(
         "encoded: {} messages, {} bytes",
         batch.len(),
-        batch.bytes().len()
+        batch.byte_len()
     ));
     if std::env::var_os("REYES_APPLY_STATS").is_some() {
         let mut by_type = std::collections::BTreeMap::<u16, (usize, usize)>::new();

@@ -158,6 +158,8 @@ struct GroupNames {
     id: Name,
     chain: Name,
     members: [Name; 2],
+    /// `group <id>`: the source part of the origin of rules that allow this group.
+    source: Name,
 }
 
 impl GroupNames {
@@ -185,6 +187,7 @@ pub fn compile(doc: &Document, ctx: &HostContext) -> Result<Ruleset, CompileErro
                 id: Name::from(g.id.as_str()),
                 chain: Name::from(format!("g_{part}")),
                 members: Family::BOTH.map(|f| Name::from(format!("m{}_{part}", f.digit()))),
+                source: Name::from(format!("group {}", g.id)),
             }
         })
         .collect();
@@ -228,13 +231,21 @@ pub fn compile(doc: &Document, ctx: &HostContext) -> Result<Ruleset, CompileErro
     }
     let mut chains: Vec<Chain> = Vec::new();
     let mut member_sets: BTreeSet<(Family, usize)> = BTreeSet::new();
+    let mut sources: BTreeMap<String, Name> = BTreeMap::new();
     for (gi, g) in policy.groups.iter().enumerate() {
         if !is_dest[gi] {
             continue;
         }
         let mut rules = Vec::new();
         for (i, r) in g.ingress.iter().enumerate() {
-            group_rule(policy, &names, gi, i, r, ctx, &mut member_sets, &mut rules);
+            let mut shared = Shared {
+                policy,
+                names: &names,
+                ctx,
+                member_sets: &mut member_sets,
+                sources: &mut sources,
+            };
+            group_rule(&mut shared, gi, i, r, &mut rules);
         }
         rules.shrink_to_fit();
         chains.push(Chain {
@@ -563,20 +574,29 @@ fn family_allowed(proto: Proto, family: Family) -> bool {
     }
 }
 
+/// What the rules of every group share while they are compiled: the document, the names made
+/// once per group, the member sets used as sources so far, and the literal-source descriptions
+/// (made once each, so that the rules of a large estate share them).
+struct Shared<'a> {
+    policy: &'a Policy,
+    names: &'a [GroupNames],
+    ctx: &'a HostContext,
+    member_sets: &'a mut BTreeSet<(Family, usize)>,
+    sources: &'a mut BTreeMap<String, Name>,
+}
+
 /// The rules of one document rule, appended to `out`: for each family, one rule per source
 /// group with members of that family, and one for the literal prefixes (cidrs and prefix-list
 /// entries, merged).
-#[allow(clippy::too_many_arguments)]
-fn group_rule(
-    policy: &Policy,
-    names: &[GroupNames],
-    gi: usize,
-    index: usize,
-    r: &DocRule,
-    ctx: &HostContext,
-    member_sets: &mut BTreeSet<(Family, usize)>,
-    out: &mut Vec<Rule>,
-) {
+fn group_rule(sh: &mut Shared<'_>, gi: usize, index: usize, r: &DocRule, out: &mut Vec<Rule>) {
+    let Shared {
+        policy,
+        names,
+        ctx,
+        member_sets,
+        sources,
+    } = sh;
+    let policy: &Policy = policy;
     let gid = &names[gi].id;
     let proto = proto_matches(r.proto, r.ports, r.icmp_type, r.icmp_code);
     let log = ctx.log_accept.then(|| Log {
@@ -619,7 +639,7 @@ fn group_rule(
                 push(
                     family,
                     AddrMatch::Set(names[si].members(family).clone()),
-                    Name::from(format!("group {}", g.id)),
+                    names[si].source.clone(),
                 );
             }
         }
@@ -649,11 +669,15 @@ fn group_rule(
             }
         }
         if !literal.is_empty() {
-            push(
-                family,
-                AddrMatch::Literal(net::merge(literal)),
-                Name::from(what.join(", ")),
-            );
+            let what = what.join(", ");
+            let source = match sources.get(&what) {
+                Some(n) => n.clone(),
+                None => sources
+                    .entry(what.clone())
+                    .or_insert_with(|| Name::from(what))
+                    .clone(),
+            };
+            push(family, AddrMatch::Literal(net::merge(literal)), source);
         }
     }
 }

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use super::batch::{Batch, BatchBuilder};
+use super::batch::{Batch, BatchBuilder, Label};
 use super::chain::{Chain, InputHook};
 use super::counter::Counter;
 use super::expr::{
@@ -17,9 +17,10 @@ use super::rule::Rule as NlRule;
 use super::set::{self, Element, Key, KeyKind, Set, SetElems, SetKind};
 use super::sys::*;
 use super::table::Table;
+use super::wire::Emit;
 use crate::compile::{
-    AddrMatch, CtState, Match, Origin, PortProto, Rule, Ruleset, Verdict, COUNTER_ACCEPTED,
-    COUNTER_DROPPED, INPUT_CHAIN,
+    AddrMatch, AddrSet, CtState, DispatchEntry, Match, Name, PortProto, Rule, Ruleset, Verdict,
+    COUNTER_ACCEPTED, COUNTER_DROPPED, INPUT_CHAIN,
 };
 use crate::net::{Family, Range};
 use crate::nft::render::map_name;
@@ -50,19 +51,7 @@ pub enum EncodeError {
     },
 }
 
-/// How an IR rule is described in errors.
-pub fn origin_text(o: &Origin) -> String {
-    match o {
-        Origin::Base(s) => s.clone(),
-        Origin::Failsafe(i) => format!("follower.failsafe[{i}]"),
-        Origin::GroupRule {
-            group,
-            rule,
-            source,
-        } => format!("group {group} ingress[{rule}], source {source}"),
-        Origin::Profile(s) => format!("profile {s}"),
-    }
-}
+pub use super::batch::origin_text;
 
 fn family_bytes(f: Family) -> usize {
     match f {
@@ -135,30 +124,33 @@ fn cmp(op: CmpOp, data: impl Into<Vec<u8>>) -> Expr {
 }
 
 /// Builds the batch.
-struct Encoder<'r, 'f> {
+struct Encoder<'f> {
     table: &'static Table,
     batch: BatchBuilder,
     next_set_id: u32,
-    set_ids: HashMap<String, u32>,
+    set_ids: HashMap<Name, u32>,
     ifindex: &'f dyn Fn(&str) -> Option<u32>,
-    rs: &'r Ruleset,
+    /// Elements of the set being sent, at most one message's worth.
+    pending: Vec<Element>,
+    /// Name index of the base chain; regular chain `i` follows at `input_name + 1 + i`.
+    input_name: u32,
 }
 
 /// Where a rule is, for messages.
 struct Place<'a> {
     chain: &'a str,
+    chain_index: u32,
     index: usize,
-    origin: &'a Origin,
+    origin: u32,
 }
 
 impl Place<'_> {
-    fn text(&self) -> String {
-        format!(
-            "chain {} rule {} ({})",
-            self.chain,
-            self.index,
-            origin_text(self.origin)
-        )
+    fn label(&self) -> Label {
+        Label::Rule {
+            chain: self.chain_index,
+            rule: self.index as u32,
+            origin: self.origin,
+        }
     }
 }
 
@@ -187,16 +179,79 @@ impl RuleExprs {
 /// NEWTABLE, DELTABLE, NEWTABLE, then chains, counters, sets with their elements, maps,
 /// and rules (each preceded by its anonymous sets). `ifindex` resolves `iif` names.
 pub fn encode(rs: &Ruleset, ifindex: &dyn Fn(&str) -> Option<u32>) -> Result<Batch, EncodeError> {
-    let mut e = Encoder {
-        table: &Table::REYES,
-        batch: BatchBuilder::new(first_seq()),
-        next_set_id: 1,
-        set_ids: HashMap::new(),
-        ifindex,
-        rs,
-    };
-    e.run()?;
+    let mut e = Encoder::new(ifindex);
+    e.reserve(rs);
+    e.head(rs.chains.iter().map(|c| &c.name));
+    for s in &rs.sets {
+        e.named_set(s);
+    }
+    for f in Family::BOTH {
+        e.map(f, rs.dispatch(f));
+    }
+    e.rules(None, INPUT_CHAIN, &rs.input)?;
+    for (i, c) in rs.chains.iter().enumerate() {
+        e.rules(Some(i), &c.name, &c.rules)?;
+    }
     Ok(e.batch.finish())
+}
+
+/// [`encode`], taking the ruleset and dropping each part of it once it is encoded: the same
+/// bytes, but the ruleset and the batch are never both whole in memory (at 100k addresses
+/// each is tens of MB). Only the chain names and rule origins stay, to name a failing message.
+pub fn encode_owned(
+    rs: Ruleset,
+    ifindex: &dyn Fn(&str) -> Option<u32>,
+) -> Result<Batch, EncodeError> {
+    // The caller's document and everything else freed before this call, likewise.
+    release_free_memory();
+    let mut e = Encoder::new(ifindex);
+    e.reserve(&rs);
+    let Ruleset {
+        sets,
+        dispatch4,
+        dispatch6,
+        chains,
+        input,
+        meta: _,
+    } = rs;
+    e.head(chains.iter().map(|c| &c.name));
+    for s in sets {
+        e.named_set(&s);
+    }
+    e.map(Family::V4, &dispatch4);
+    drop(dispatch4);
+    e.map(Family::V6, &dispatch6);
+    drop(dispatch6);
+    release_free_memory();
+    e.rules(None, INPUT_CHAIN, &input)?;
+    drop(input);
+    let mut trimmed_at = 0;
+    for (i, c) in chains.into_iter().enumerate() {
+        e.rules(Some(i), &c.name, &c.rules)?;
+        drop(c);
+        // The chains just encoded are free memory now; give whole free pages back, so that
+        // the growing batch takes the place of the shrinking ruleset instead of adding to it.
+        if e.batch.byte_len() - trimmed_at >= RELEASE_EVERY {
+            release_free_memory();
+            trimmed_at = e.batch.byte_len();
+        }
+    }
+    Ok(e.batch.finish())
+}
+
+/// How much batch growth between two [`release_free_memory`] calls while encoding chains.
+const RELEASE_EVERY: usize = 2 << 20;
+
+/// Return the allocator's free pages to the kernel (glibc keeps freed memory mapped; without
+/// this the encoded batch would be added to the freed ruleset's pages rather than take their
+/// place). A few milliseconds per call at 100k addresses; nothing on other C libraries.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only changes the allocator's own bookkeeping and mappings of free
+    // memory; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// A sequence number base that differs between runs (as nft's does), so a stale reply on a
@@ -228,8 +283,22 @@ pub fn probe_batch() -> Batch {
     b.finish_check_only()
 }
 
-impl Encoder<'_, '_> {
-    fn run(&mut self) -> Result<(), EncodeError> {
+impl<'f> Encoder<'f> {
+    fn new(ifindex: &'f dyn Fn(&str) -> Option<u32>) -> Encoder<'f> {
+        Encoder {
+            table: &Table::REYES,
+            batch: BatchBuilder::new(first_seq()),
+            next_set_id: 1,
+            set_ids: HashMap::new(),
+            ifindex,
+            pending: Vec::new(),
+            input_name: 0,
+        }
+    }
+
+    /// The table (created, deleted, created: works whether or not it exists), the base chain,
+    /// the regular chains and the counters.
+    fn head<'n>(&mut self, chains: impl Iterator<Item = &'n Name>) {
         let t = self.table;
         let tname = format!("table inet {}", t.name());
         self.batch.push(t.create(), tname.clone());
@@ -243,14 +312,15 @@ impl Encoder<'_, '_> {
         };
         self.batch
             .push(input.message(), format!("base chain {INPUT_CHAIN}"));
-        for c in &self.rs.chains {
+        self.input_name = self.batch.add_name(Name::from(INPUT_CHAIN));
+        for name in chains {
             let chain = Chain {
                 table: t,
-                name: c.name.to_string(),
+                name: name.to_string(),
                 hook: None,
             };
-            self.batch
-                .push(chain.message(), format!("chain {}", c.name));
+            let n = self.batch.add_name(name.clone());
+            self.batch.push_labelled(chain.message(), Label::Chain(n));
         }
         for name in [COUNTER_ACCEPTED, COUNTER_DROPPED] {
             let c = Counter {
@@ -259,34 +329,62 @@ impl Encoder<'_, '_> {
             };
             self.batch.push(c.message(), format!("counter {name}"));
         }
-        for s in &self.rs.sets {
-            let elements = set::interval_elements(
-                s.elements.iter().map(|r| (r.lo, r.hi, None)),
-                family_bytes(s.family),
-            );
-            self.named_set(&s.name, addr_key(s.family), SetKind::Named, &elements);
-        }
-        for f in Family::BOTH {
-            let elements = set::interval_elements(
-                self.rs.dispatch(f).iter().map(|d| {
-                    (
-                        d.range.lo,
-                        d.range.hi,
-                        Some(NlVerdict::Jump(d.chain.to_string())),
-                    )
-                }),
-                family_bytes(f),
-            );
-            self.named_set(map_name(f), addr_key(f), SetKind::VerdictMap, &elements);
-        }
-        let rs = self.rs;
-        for (i, r) in rs.input.iter().enumerate() {
-            self.rule(INPUT_CHAIN, i + 1, r)?;
-        }
-        for c in &rs.chains {
-            for (i, r) in c.rules.iter().enumerate() {
-                self.rule(&c.name, i + 1, r)?;
-            }
+    }
+
+    fn named_set(&mut self, s: &AddrSet) {
+        let elements = set::interval_elements(
+            s.elements.iter().map(|r| (r.lo, r.hi, None)),
+            family_bytes(s.family),
+        );
+        self.declare(&s.name, addr_key(s.family), SetKind::Named, elements);
+    }
+
+    fn map(&mut self, f: Family, entries: &[DispatchEntry]) {
+        let elements = set::interval_elements(
+            entries.iter().map(|d| {
+                (
+                    d.range.lo,
+                    d.range.hi,
+                    Some(NlVerdict::Jump(d.chain.clone())),
+                )
+            }),
+            family_bytes(f),
+        );
+        self.declare(
+            &Name::from(map_name(f)),
+            addr_key(f),
+            SetKind::VerdictMap,
+            elements,
+        );
+    }
+
+    /// Size the label tables once: a message per rule, chain and set, a few per map.
+    fn reserve(&mut self, rs: &Ruleset) {
+        let rules = rs.rule_count();
+        let messages = rules + rs.chains.len() + 2 * rs.sets.len() + 64;
+        self.batch.reserve(messages, rules);
+    }
+
+    /// The rules of the base chain (`None`) or of regular chain `Some(i)`.
+    fn rules(
+        &mut self,
+        which: Option<usize>,
+        chain: &str,
+        rules: &[Rule],
+    ) -> Result<(), EncodeError> {
+        let chain_index = match which {
+            None => self.input_name,
+            Some(i) => self.input_name + 1 + i as u32,
+        };
+        for (i, r) in rules.iter().enumerate() {
+            let origin = self.batch.add_origin(r.origin.clone());
+            let place = Place {
+                chain,
+                chain_index,
+                index: i + 1,
+                origin,
+            };
+            self.rule(&place, r)?;
         }
         Ok(())
     }
@@ -297,13 +395,16 @@ impl Encoder<'_, '_> {
         id
     }
 
-    fn named_set(&mut self, name: &str, key: KeyKind, kind: SetKind, elements: &[Element]) {
+    /// A named set or map and its elements.
+    fn declare(
+        &mut self,
+        name: &Name,
+        key: KeyKind,
+        kind: SetKind,
+        elements: impl Iterator<Item = Element>,
+    ) {
         let id = self.set_id();
-        self.set_ids.insert(name.to_string(), id);
-        let what = match kind {
-            SetKind::VerdictMap => "map",
-            _ => "set",
-        };
+        self.set_ids.insert(name.clone(), id);
         let s = Set {
             table: self.table,
             name: name.to_string(),
@@ -311,24 +412,55 @@ impl Encoder<'_, '_> {
             key,
             kind,
         };
-        self.batch.push(s.message(), format!("{what} {name}"));
-        self.elements(name, id, elements, &format!("{what} {name}"));
+        let label = Label::Set {
+            name: self.batch.add_name(name.clone()),
+            map: kind == SetKind::VerdictMap,
+        };
+        let at = self.batch.push_labelled(s.message(), label);
+        self.elements(name, id, at, elements);
     }
 
-    fn elements(&mut self, name: &str, id: u32, elements: &[Element], what: &str) {
-        let total = elements.len();
-        for r in set::chunks(elements) {
-            let m = SetElems {
-                table: self.table,
-                set: name,
-                set_id: id,
-                elements: &elements[r.clone()],
-            };
-            self.batch.push(
-                m.message(),
-                format!("{what} elements {}-{} of {total}", r.start + 1, r.end),
-            );
+    /// NEWSETELEM messages for `elements`, each as full as the attribute length allows,
+    /// holding at most one message's worth of elements at a time.
+    fn elements(
+        &mut self,
+        name: &str,
+        id: u32,
+        set_msg: u32,
+        elements: impl Iterator<Item = Element>,
+    ) {
+        let mut size = 0;
+        let mut sent = 0u32;
+        for e in elements {
+            let n = e.attr(1).buffer_len();
+            if size + n > set::MAX_ELEMENTS_PAYLOAD && !self.pending.is_empty() {
+                sent = self.flush_elements(name, id, set_msg, sent);
+                size = 0;
+            }
+            size += n;
+            self.pending.push(e);
         }
+        if !self.pending.is_empty() {
+            self.flush_elements(name, id, set_msg, sent);
+        }
+    }
+
+    fn flush_elements(&mut self, name: &str, id: u32, set_msg: u32, sent: u32) -> u32 {
+        let n = self.pending.len() as u32;
+        let m = SetElems {
+            table: self.table,
+            set: name,
+            set_id: id,
+            elements: &self.pending,
+        };
+        let label = Label::Elements {
+            set: set_msg,
+            first: sent + 1,
+            last: sent + n,
+        };
+        self.batch.push_labelled(m.message(), label);
+        self.pending.clear();
+        sent + n
     }
 
     /// An anonymous set for the rule at `place`; returns the lookup.
@@ -351,9 +483,13 @@ impl Encoder<'_, '_> {
                 size: elements.len() as u32,
             },
         };
-        let what = format!("anonymous set of {}", place.text());
-        self.batch.push(s.message(), what.clone());
-        self.elements(set::ANONYMOUS_NAME, id, &elements, &what);
+        let label = Label::Anonymous {
+            chain: place.chain_index,
+            rule: place.index as u32,
+            origin: place.origin,
+        };
+        let at = self.batch.push_labelled(s.message(), label);
+        self.elements(set::ANONYMOUS_NAME, id, at, elements.into_iter());
         Expr::Lookup(Lookup {
             set: set::ANONYMOUS_NAME.to_string(),
             set_id: Some(id),
@@ -362,18 +498,13 @@ impl Encoder<'_, '_> {
         })
     }
 
-    fn rule(&mut self, chain: &str, index: usize, r: &Rule) -> Result<(), EncodeError> {
-        let place = Place {
-            chain,
-            index,
-            origin: &r.origin,
-        };
+    fn rule(&mut self, place: &Place<'_>, r: &Rule) -> Result<(), EncodeError> {
         let mut x = RuleExprs {
             exprs: Vec::new(),
             family: None,
         };
         for m in &r.matches {
-            self.matcher(&place, m, &mut x)?;
+            self.matcher(place, m, &mut x)?;
         }
         if let Some(log) = &r.log {
             x.push(Expr::Log(Log {
@@ -394,7 +525,7 @@ impl Encoder<'_, '_> {
             })),
             Verdict::Continue => {}
             Verdict::Jump(c) => x.push(Expr::Immediate(Immediate {
-                verdict: NlVerdict::Jump(c.to_string()),
+                verdict: NlVerdict::Jump(c.clone()),
             })),
             Verdict::Dispatch(f) => {
                 x.need_family(*f);
@@ -414,10 +545,10 @@ impl Encoder<'_, '_> {
         }
         let rule = NlRule {
             table: self.table,
-            chain: chain.to_string(),
+            chain: place.chain.to_string(),
             exprs: x.exprs,
         };
-        self.batch.push(rule.message(), place.text());
+        self.batch.push_labelled(rule.message(), place.label());
         Ok(())
     }
 
@@ -475,7 +606,7 @@ impl Encoder<'_, '_> {
                         x.push(payload(PayloadBase::Network, saddr_offset(f), width));
                         x.push(Expr::Lookup(Lookup {
                             set: name.to_string(),
-                            set_id: self.set_ids.get(&**name).copied(),
+                            set_id: self.set_ids.get(name).copied(),
                             verdict_map: false,
                             invert: *negate,
                         }));
@@ -488,7 +619,8 @@ impl Encoder<'_, '_> {
                             let elements = set::interval_elements(
                                 many.iter().map(|r| (r.lo, r.hi, None)),
                                 width,
-                            );
+                            )
+                            .collect();
                             let l = self.anonymous(place, addr_key(f), true, elements, *negate);
                             x.push(l);
                         }
@@ -626,6 +758,7 @@ fn port_elements(ports: &[PortRange], interval: bool) -> Vec<Element> {
                 .map(|p| (u128::from(p.first), u128::from(p.last), None)),
             2,
         )
+        .collect()
     } else {
         ports
             .iter()
@@ -637,6 +770,49 @@ fn port_elements(ports: &[PortRange], interval: bool) -> Vec<Element> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_element_lists_are_split_under_the_attribute_limit() {
+        let no_interfaces = |_: &str| None;
+        let mut e = Encoder::new(&no_interfaces);
+        let ranges = (0..10_000u128).map(|i| (i * 4 + 1, i * 4 + 2, None));
+        e.declare(
+            &Name::from("s"),
+            KeyKind::Ipv6Addr,
+            SetKind::Named,
+            set::interval_elements(ranges, 16),
+        );
+        let batch = e.batch.finish();
+        let mut messages = 0;
+        let mut elements = 0;
+        for m in batch.messages() {
+            if u16::from_ne_bytes([m[4], m[5]]) & 0xff != NFT_MSG_NEWSETELEM {
+                continue;
+            }
+            messages += 1;
+            let list = super::super::socket::attrs(&m[NLMSG_HDRLEN + 4..])
+                .find(|(t, _)| *t == NFTA_SET_ELEM_LIST_ELEMENTS)
+                .map(|(_, p)| p)
+                .unwrap();
+            assert!(list.len() + 4 <= u16::MAX as usize, "{}", list.len());
+            elements += super::super::socket::attrs(list).count();
+        }
+        // A leading end element at zero, then a start and an end per interval.
+        assert_eq!(elements, 20_001);
+        assert!(messages > 1, "{messages} messages");
+        let last = batch.what(batch_last_seq(&batch)).unwrap();
+        assert!(
+            last.object.starts_with("set s elements ") && last.object.ends_with("-20001 of 20001"),
+            "{last}"
+        );
+    }
+
+    /// The sequence number of the last message before BATCH_END.
+    fn batch_last_seq(batch: &Batch) -> u32 {
+        let msgs: Vec<_> = batch.messages().collect();
+        let m = &msgs[msgs.len() - 2];
+        u32::from_ne_bytes(m[8..12].try_into().unwrap())
+    }
 
     #[test]
     fn prefix_masks() {

@@ -19,7 +19,7 @@ pub mod table;
 pub mod wire;
 
 pub use batch::{Batch, What};
-pub use encode::{encode, flush_batch, probe_batch, EncodeError};
+pub use encode::{encode, encode_owned, flush_batch, probe_batch, EncodeError};
 pub use socket::{NetlinkError, Refusal, Socket};
 
 /// Interface index by name in the current network namespace.
@@ -39,6 +39,14 @@ pub fn probe() -> Result<(), NetlinkError> {
 /// Encode and apply in one transaction.
 pub fn apply(rs: &crate::compile::Ruleset) -> Result<(), ApplyError> {
     let batch = encode(rs, &ifindex)?;
+    Socket::open()?.apply(&batch)?;
+    Ok(())
+}
+
+/// [`apply`], consuming the ruleset while it is encoded (see [`encode_owned`]): for callers that
+/// do not need it afterwards, and the lowest peak memory for a large ruleset.
+pub fn apply_owned(rs: crate::compile::Ruleset) -> Result<(), ApplyError> {
+    let batch = encode_owned(rs, &ifindex)?;
     Socket::open()?.apply(&batch)?;
     Ok(())
 }

@@ -35,7 +35,7 @@ impl Outline {
                 s.elements.iter().map(|r| (r.lo, r.hi, None)),
                 family_len(s.family),
             )
-            .len();
+            .count();
             o.sets.insert(s.name.to_string(), n);
         }
         for f in Family::BOTH {
@@ -45,7 +45,7 @@ impl Outline {
                     .map(|d| (d.range.lo, d.range.hi, None)),
                 family_len(f),
             )
-            .len();
+            .count();
             o.sets.insert(map_name(f).to_string(), n);
         }
         o

@@ -10,7 +10,7 @@
 use super::expr::Verdict;
 use super::sys::*;
 use super::table::Table;
-use super::wire::{Attr, Emit, Message, MsgType, Udata};
+use super::wire::{Attr, Message, MsgType, Udata};
 use crate::compile::PortProto;
 
 /// The name nft gives anonymous sets; the kernel replaces `%d` with a free number.
@@ -241,42 +241,36 @@ impl Element {
 }
 
 /// The elements of closed intervals `[lo, hi]` (sorted, disjoint) over keys of `len` bytes,
-/// each start optionally carrying a verdict.
+/// each start optionally carrying a verdict; produced one at a time.
 pub fn interval_elements(
     ranges: impl IntoIterator<Item = (u128, u128, Option<Verdict>)>,
     len: usize,
-) -> Vec<Element> {
+) -> impl Iterator<Item = Element> {
     let max = if len >= 16 {
         u128::MAX
     } else {
         (1u128 << (8 * len)) - 1
     };
-    let mut out = Vec::new();
-    for (i, (lo, hi, verdict)) in ranges.into_iter().enumerate() {
-        if i == 0 && lo != 0 {
-            out.push(Element {
-                key: Key::from_u128(0, len),
-                end: true,
-                open: false,
-                verdict: None,
-            });
-        }
-        out.push(Element {
-            key: Key::from_u128(lo, len),
-            end: false,
-            open: hi >= max,
-            verdict,
-        });
-        if hi < max {
-            out.push(Element {
-                key: Key::from_u128(hi + 1, len),
-                end: true,
-                open: false,
-                verdict: None,
-            });
-        }
-    }
-    out
+    let end = move |at: u128| Element {
+        key: Key::from_u128(at, len),
+        end: true,
+        open: false,
+        verdict: None,
+    };
+    ranges
+        .into_iter()
+        .enumerate()
+        .flat_map(move |(i, (lo, hi, verdict))| {
+            let lead = (i == 0 && lo != 0).then(|| end(0));
+            let start = Element {
+                key: Key::from_u128(lo, len),
+                end: false,
+                open: hi >= max,
+                verdict,
+            };
+            let close = (hi < max).then(|| end(hi + 1));
+            lead.into_iter().chain(Some(start)).chain(close)
+        })
 }
 
 /// One NEWSETELEM message: some elements of a set.
@@ -313,25 +307,6 @@ impl SetElems<'_, '_> {
     }
 }
 
-/// Split `elements` into runs whose encoded list fits one message.
-pub fn chunks(elements: &[Element]) -> Vec<std::ops::Range<usize>> {
-    let mut out = Vec::new();
-    let (mut start, mut size) = (0, 0);
-    for (i, e) in elements.iter().enumerate() {
-        let n = e.attr(1).buffer_len();
-        if size + n > MAX_ELEMENTS_PAYLOAD && i > start {
-            out.push(start..i);
-            start = i;
-            size = 0;
-        }
-        size += n;
-    }
-    if start < elements.len() {
-        out.push(start..elements.len());
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,7 +321,6 @@ mod tests {
             4,
         );
         let keys: Vec<(Vec<u8>, bool, bool)> = e
-            .iter()
             .map(|e| (e.key.as_slice().to_vec(), e.end, e.open))
             .collect();
         assert_eq!(
@@ -358,26 +332,5 @@ mod tests {
                 (vec![200, 0, 0, 0], false, true),
             ]
         );
-    }
-
-    #[test]
-    fn long_lists_are_split_under_the_attribute_limit() {
-        let ranges = (0..10_000u128).map(|i| (i * 4 + 1, i * 4 + 2, None));
-        let e = interval_elements(ranges, 16);
-        let parts = chunks(&e);
-        assert!(parts.len() > 1);
-        assert_eq!(parts.iter().map(|r| r.len()).sum::<usize>(), e.len());
-        let t = Table::REYES;
-        for r in parts {
-            let elems = SetElems {
-                table: &t,
-                set: "s",
-                set_id: 1,
-                elements: &e[r],
-            };
-            let m = elems.message();
-            let list = m.attrs.last().map(|a| a.buffer_len()).unwrap_or(0);
-            assert!(list <= u16::MAX as usize, "{list}");
-        }
     }
 }

@@ -16,11 +16,14 @@ const RCVBUF_PER_REPLY: usize = 1024;
 /// Floor and ceiling of the receive buffer we ask for.
 const RCVBUF_MIN: usize = 1 << 20;
 const RCVBUF_MAX: usize = 1 << 30;
+/// Most iovecs one sendmsg takes (UIO_MAXIOV).
+const MAX_IOVECS: usize = 1024;
 
 /// One message the kernel refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    /// The message (None: the batch as a whole, e.g. its commit).
+    /// The message (None: the batch as a whole, e.g. its commit, or a summary of further
+    /// refused messages).
     pub what: Option<What>,
     /// The errno (positive).
     pub errno: i32,
@@ -32,7 +35,7 @@ impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.what {
             Some(w) => write!(f, "{w}: ")?,
-            None => write!(f, "commit: ")?,
+            None => write!(f, "batch: ")?,
         }
         let text = io::Error::from_raw_os_error(self.errno).to_string();
         let text = text.split(" (os error").next().unwrap_or_default();
@@ -378,9 +381,11 @@ impl Socket {
         Ok(())
     }
 
-    /// Read every queued reply (the kernel answers a batch before sendmsg returns).
-    fn drain(&self, expected: usize) -> Result<Vec<Reply>, NetlinkError> {
-        let mut replies = Vec::with_capacity(expected);
+    /// Read every queued reply (the kernel answers a batch before sendmsg returns), one
+    /// datagram at a time, handing each to `each`; returns how many there were.
+    fn drain(&self, expected: usize, mut each: impl FnMut(Reply)) -> Result<usize, NetlinkError> {
+        let mut got = 0;
+        let mut replies = Vec::new();
         let mut buf: Vec<u8> = Vec::with_capacity(256 * 1024);
         loop {
             buf.clear();
@@ -388,63 +393,125 @@ impl Socket {
                 Ok(0) => break,
                 Ok(n) => {
                     let n = n.min(buf.len());
+                    replies.clear();
                     parse_replies(&buf[..n], &mut replies)?;
+                    got += replies.len();
+                    replies.drain(..).for_each(&mut each);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                    return Err(NetlinkError::Overflow {
-                        got: replies.len(),
-                        expected,
-                    })
+                    return Err(NetlinkError::Overflow { got, expected })
                 }
                 Err(e) => return Err(NetlinkError::Recv(e)),
             }
         }
-        Ok(replies)
+        Ok(got)
+    }
+
+    /// Send a batch's chunks in one `sendmsg` (one iovec per chunk): the kernel copies them
+    /// into one skb, which is one transaction.
+    fn send_batch(&self, batch: &Batch) -> Result<(), NetlinkError> {
+        let len = batch.byte_len();
+        let fail = |source: io::Error| NetlinkError::Send { len, source };
+        // More chunks than one sendmsg takes (only for batches of hundreds of MB): join them.
+        let joined;
+        let chunks: Vec<&[u8]> = if batch.chunks().len() > MAX_IOVECS {
+            joined = batch.to_bytes();
+            vec![joined.as_slice()]
+        } else {
+            batch.chunks().collect()
+        };
+        let mut iov: Vec<libc::iovec> = chunks
+            .iter()
+            .map(|c| libc::iovec {
+                iov_base: c.as_ptr() as *mut libc::c_void,
+                iov_len: c.len(),
+            })
+            .collect();
+        // SAFETY: all-zero is a valid sockaddr_nl; family set below, pid 0 and groups 0 = the
+        // kernel.
+        let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        // SAFETY: all-zero is a valid msghdr (no name, no iovecs, no control data).
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = (&mut kernel as *mut libc::sockaddr_nl).cast();
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = iov.len() as _;
+        loop {
+            // SAFETY: `msg` points at `kernel` and `iov`, whose entries point into `chunks`;
+            // all outlive the call, and the kernel only reads them.
+            let n = unsafe { libc::sendmsg(self.sock.as_raw_fd(), &msg, 0) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return Err(fail(e));
+            }
+            if n as usize != len {
+                return Err(fail(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    format!("sent {n} bytes"),
+                )));
+            }
+            return Ok(());
+        }
     }
 
     /// Send the batch in one sendmsg, read every reply, and fail with every refusal named.
     pub fn apply(&self, batch: &Batch) -> Result<(), NetlinkError> {
-        self.size_buffers(batch.bytes().len(), batch.len());
+        self.size_buffers(batch.byte_len(), batch.len());
         // Nothing stale may be mistaken for a reply to this batch.
-        let _ = self.drain(0);
-        self.send(batch.bytes())?;
-        let replies = self.drain(batch.len())?;
+        let _ = self.drain(0, |_| {});
+        self.send_batch(batch)?;
         let mut acked = 0;
         let mut refused = Vec::new();
-        for r in replies {
-            match r {
-                Reply::Ack { seq } => {
-                    if batch.what(seq).is_some() {
-                        acked += 1;
-                    }
+        // Past this many, refusals (e.g. EPERM on every message) are counted, not described.
+        const DESCRIBED: usize = 32;
+        let mut more: Option<(i32, usize)> = None;
+        self.drain(batch.len(), |r| match r {
+            Reply::Ack { seq } => {
+                if batch.contains(seq) {
+                    acked += 1;
                 }
-                Reply::Error {
-                    seq,
-                    errno,
-                    msg,
-                    offset,
-                } => {
-                    let what = batch.what(seq).cloned();
-                    let at = offset.and_then(|o| {
-                        let m = batch.messages().find(|m| u32_at(m, 8) == Some(seq))?;
-                        describe_offset(m, o)
-                    });
-                    let detail = match (msg, at) {
-                        (Some(m), Some(a)) => Some(format!("{m}; at {a}")),
-                        (Some(m), None) => Some(m),
-                        (None, Some(a)) => Some(format!("at {a}")),
-                        (None, None) => None,
-                    };
-                    refused.push(Refusal {
-                        what,
-                        errno,
-                        detail,
-                    });
-                }
-                Reply::Data { .. } => {}
             }
+            Reply::Error { errno, .. } if refused.len() >= DESCRIBED => {
+                let m = more.get_or_insert((errno, 0));
+                m.1 += 1;
+            }
+            Reply::Error {
+                seq,
+                errno,
+                msg,
+                offset,
+            } => {
+                let what = batch.what(seq);
+                let at = offset.and_then(|o| {
+                    let m = batch.message(seq)?;
+                    describe_offset(&m, o)
+                });
+                let detail = match (msg, at) {
+                    (Some(m), Some(a)) => Some(format!("{m}; at {a}")),
+                    (Some(m), None) => Some(m),
+                    (None, Some(a)) => Some(format!("at {a}")),
+                    (None, None) => None,
+                };
+                refused.push(Refusal {
+                    what,
+                    errno,
+                    detail,
+                });
+            }
+            Reply::Data { .. } => {}
+        })?;
+        if let Some((errno, n)) = more {
+            refused.push(Refusal {
+                what: None,
+                errno,
+                detail: Some(format!("and {n} more refused message(s), not described")),
+            });
         }
         if !refused.is_empty() {
             return Err(NetlinkError::Refused(refused));
@@ -465,7 +532,7 @@ impl Socket {
         seq: u32,
     ) -> Result<Vec<(u16, Vec<u8>)>, NetlinkError> {
         msg.seq = seq;
-        let _ = self.drain(0);
+        let _ = self.drain(0, |_| {});
         self.send(&msg.to_vec())?;
         let mut out = Vec::new();
         let mut buf: Vec<u8> = Vec::with_capacity(256 * 1024);
@@ -506,7 +573,7 @@ impl Socket {
     /// Send one GET request (not a dump) and return the data replies, or the errno.
     pub fn get(&self, mut msg: Message<'_>, seq: u32) -> Result<Vec<(u16, Vec<u8>)>, NetlinkError> {
         msg.seq = seq;
-        let _ = self.drain(0);
+        let _ = self.drain(0, |_| {});
         self.send(&msg.to_vec())?;
         let mut out = Vec::new();
         let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);

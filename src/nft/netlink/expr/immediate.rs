@@ -12,7 +12,7 @@ pub enum Verdict {
     /// NF_DROP.
     Drop,
     /// NFT_JUMP to a chain.
-    Jump(String),
+    Jump(crate::compile::Name),
 }
 
 impl Verdict {
