@@ -65,10 +65,12 @@ fn ruleset(doc: &Document, target: Target, enforce: Enforce, logs: bool) -> Rule
     compile::compile(doc, &ctx).unwrap()
 }
 
-/// Apply through netlink inside `ns`.
+/// Apply through netlink inside `ns`, with the encoder that consumes the ruleset (what
+/// `examples/apply` and the benchmark use; the borrowing one gives the same bytes, see the
+/// unit tests of `nft::netlink::encode`, and is what the follower's backend uses).
 fn nl_apply(ns: &Netns, rs: &Ruleset) -> Result<(), String> {
     let rs = rs.clone();
-    ns.enter(move || netlink::apply(&rs).map_err(|e| e.to_string()))
+    ns.enter(move || netlink::apply_owned(rs).map_err(|e| e.to_string()))
 }
 
 /// The oracle: netlink apply lists as rendered; `nft -f` of the render lists identically.

@@ -807,6 +807,40 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_consuming_encoder_gives_the_same_bytes_and_labels() {
+        use crate::compile::{self, tests::doc, tests::TWO, HostContext, Target};
+        let lo = |n: &str| (n == "lo").then_some(1);
+        for target in [
+            Target::AllGroups,
+            Target::Host(vec!["10.0.0.1".parse().unwrap()]),
+        ] {
+            let mut ctx = HostContext::new(target);
+            ctx.log_accept = true;
+            ctx.log_drop = true;
+            let rs = compile::compile(&doc(TWO), &ctx).unwrap();
+            let a = encode(&rs, &lo).unwrap();
+            let b = encode_owned(rs, &lo).unwrap();
+            assert_eq!(a.len(), b.len());
+            let strip = |m: &[u8]| {
+                let mut m = m.to_vec();
+                m[8..12].fill(0);
+                m
+            };
+            let ma: Vec<Vec<u8>> = a.messages().map(|m| strip(&m)).collect();
+            let mb: Vec<Vec<u8>> = b.messages().map(|m| strip(&m)).collect();
+            assert_eq!(ma, mb);
+            let seq = |b: &Batch, i: usize| {
+                u32::from_ne_bytes(b.messages().nth(i + 1).unwrap()[8..12].try_into().unwrap())
+            };
+            for i in 0..a.len() {
+                let (wa, wb) = (a.what(seq(&a, i)).unwrap(), b.what(seq(&b, i)).unwrap());
+                assert_eq!(wa, wb);
+                assert!(!wa.object.contains('?'), "{wa}");
+            }
+        }
+    }
+
     /// The sequence number of the last message before BATCH_END.
     fn batch_last_seq(batch: &Batch) -> u32 {
         let msgs: Vec<_> = batch.messages().collect();
