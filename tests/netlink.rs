@@ -143,6 +143,52 @@ fn netlink_read_back_notices_a_different_table() {
             .any(|l| l.contains(&format!("set (elements) {set}"))),
         "{diff:?}"
     );
+
+    // Same counts, other contents: one member moved, one destination dispatched elsewhere.
+    let mut moved = rs.clone();
+    let s = moved
+        .sets
+        .iter_mut()
+        .find(|s| s.family == Family::V4 && !s.elements.is_empty())
+        .unwrap();
+    let set = s.name.clone();
+    let last = s.elements.last_mut().unwrap();
+    let was = *last;
+    *last = Range {
+        family: Family::V4,
+        lo: 0xffff_ff01,
+        hi: 0xffff_ff01,
+    };
+    assert!(was.hi < 0xffff_ff00, "{was:?}");
+    let d = &mut moved.dispatch4[0];
+    let old_chain = d.chain.clone();
+    let new_chain = moved
+        .chains
+        .iter()
+        .find(|c| c.name != old_chain)
+        .unwrap()
+        .name
+        .clone();
+    moved.dispatch4[0].chain = new_chain.clone();
+    let diff = ns
+        .enter(move || netlink::readback::verify(&moved).map_err(|e| e.to_string()))
+        .unwrap();
+    let has = |needle: &str| diff.iter().any(|l| l.contains(needle));
+    assert!(
+        has(&format!("- set {set}: element 255.255.255.1 is not live")),
+        "{diff:?}"
+    );
+    assert!(
+        has(&format!(": jump {new_chain} is not live"))
+            && has(&format!(": jump {old_chain} is not in the ruleset")),
+        "{diff:?}"
+    );
+    assert!(
+        !diff
+            .iter()
+            .any(|l| l.contains("(elements)") || l.contains("(rules)")),
+        "counts agree: {diff:?}"
+    );
 }
 
 #[test]

@@ -123,8 +123,8 @@ impl Backend for NftBackend {
             Transport::Netlink => {
                 self.netlink_apply(rs)?;
                 if !self.nft_installed() {
-                    // Without nft, compare the table's outline (chains, rule counts, sets,
-                    // element counts) read back over netlink.
+                    // Without nft, compare what netlink dumps (chains, rule counts, every set
+                    // and map element) with the IR.
                     let diff = netlink::readback::verify(rs)
                         .map_err(|e| BackendError::Io(format!("netlink read-back: {e}")))?;
                     if diff.is_empty() {

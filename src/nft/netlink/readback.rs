@@ -1,9 +1,11 @@
-//! Read-back over netlink: dump our table's chains, sets (with element counts) and rules and
-//! compare their shape with the IR. Used after a netlink apply when `nft` is not installed
-//! (with `nft`, the full text comparison in the backend is stricter).
+//! Read-back over netlink: dump our table's chains, rules, sets and every set and map element,
+//! and compare them with the IR: rules are counted per chain, elements compared one by one
+//! (key, interval end, map target). Used after a netlink apply when `nft` is not installed
+//! (with `nft`, the full text comparison in the backend also covers each rule's expressions).
 
 use std::collections::BTreeMap;
 
+use super::expr::Verdict;
 use super::set;
 use super::socket::{attrs, NetlinkError, Socket};
 use super::sys::*;
@@ -13,13 +15,62 @@ use crate::compile::{Ruleset, INPUT_CHAIN};
 use crate::net::Family;
 use crate::nft::render::map_name;
 
+/// One element of a set or map, as sent and as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Elem {
+    /// Key bytes (network order).
+    pub key: Vec<u8>,
+    /// Ends an interval.
+    pub end: bool,
+    /// A verdict map's jump target.
+    pub jump: Option<String>,
+}
+
+impl From<set::Element> for Elem {
+    fn from(e: set::Element) -> Elem {
+        Elem {
+            key: e.key.as_slice().to_vec(),
+            end: e.end,
+            jump: match e.verdict {
+                Some(Verdict::Jump(c)) => Some(c.to_string()),
+                _ => None,
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Elem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.key.len() {
+            4 => {
+                let b: [u8; 4] = self.key[..].try_into().map_err(|_| std::fmt::Error)?;
+                write!(f, "{}", std::net::Ipv4Addr::from(b))?
+            }
+            16 => {
+                let b: [u8; 16] = self.key[..].try_into().map_err(|_| std::fmt::Error)?;
+                write!(f, "{}", std::net::Ipv6Addr::from(b))?
+            }
+            _ => {
+                for b in &self.key {
+                    write!(f, "{b:02x}")?;
+                }
+            }
+        }
+        write!(f, "{}", if self.end { " (interval end)" } else { "" })?;
+        if let Some(c) = &self.jump {
+            write!(f, " : jump {c}")?;
+        }
+        Ok(())
+    }
+}
+
 /// What the kernel holds in our table, in outline.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Outline {
     /// Rules per chain, by chain name.
     pub chains: BTreeMap<String, usize>,
-    /// Elements (as sent: interval starts and ends) per named set or map.
-    pub sets: BTreeMap<String, usize>,
+    /// Elements (as sent: interval starts and ends), sorted, per named set or map.
+    pub sets: BTreeMap<String, Vec<Elem>>,
 }
 
 impl Outline {
@@ -30,23 +81,26 @@ impl Outline {
         for c in &rs.chains {
             o.chains.insert(c.name.to_string(), c.rules.len());
         }
+        let sorted = |it: &mut dyn Iterator<Item = set::Element>| {
+            let mut v: Vec<Elem> = it.map(Elem::from).collect();
+            v.sort();
+            v
+        };
         for s in &rs.sets {
-            let n = set::interval_elements(
+            let mut it = set::interval_elements(
                 s.elements.iter().map(|r| (r.lo, r.hi, None)),
                 family_len(s.family),
-            )
-            .count();
-            o.sets.insert(s.name.to_string(), n);
+            );
+            o.sets.insert(s.name.to_string(), sorted(&mut it));
         }
         for f in Family::BOTH {
-            let n = set::interval_elements(
+            let mut it = set::interval_elements(
                 rs.dispatch(f)
                     .iter()
-                    .map(|d| (d.range.lo, d.range.hi, None)),
+                    .map(|d| (d.range.lo, d.range.hi, Some(Verdict::Jump(d.chain.clone())))),
                 family_len(f),
-            )
-            .count();
-            o.sets.insert(map_name(f).to_string(), n);
+            );
+            o.sets.insert(map_name(f).to_string(), sorted(&mut it));
         }
         o
     }
@@ -67,7 +121,50 @@ impl Outline {
             }
         };
         cmp("chain (rules)", &self.chains, &live.chains);
-        cmp("set (elements)", &self.sets, &live.sets);
+        let count = |m: &BTreeMap<String, Vec<Elem>>| -> BTreeMap<String, usize> {
+            m.iter().map(|(k, v)| (k.clone(), v.len())).collect()
+        };
+        cmp("set (elements)", &count(&self.sets), &count(&live.sets));
+        // Element by element, both lists sorted: the first few differences per set.
+        const SHOWN: usize = 5;
+        for (name, want) in &self.sets {
+            let Some(got) = live.sets.get(name) else {
+                continue;
+            };
+            let (mut i, mut j, mut shown, mut more) = (0, 0, 0, 0);
+            let mut note = |line: String| {
+                if shown < SHOWN {
+                    out.push(line);
+                    shown += 1;
+                } else {
+                    more += 1;
+                }
+            };
+            while i < want.len() || j < got.len() {
+                match (want.get(i), got.get(j)) {
+                    (Some(a), Some(b)) if a == b => {
+                        i += 1;
+                        j += 1;
+                    }
+                    (Some(a), Some(b)) if a < b => {
+                        note(format!("- set {name}: element {a} is not live"));
+                        i += 1;
+                    }
+                    (Some(a), None) => {
+                        note(format!("- set {name}: element {a} is not live"));
+                        i += 1;
+                    }
+                    (_, Some(b)) => {
+                        note(format!("+ set {name}: element {b} is not in the ruleset"));
+                        j += 1;
+                    }
+                    (None, None) => break,
+                }
+            }
+            if more > 0 {
+                out.push(format!("  set {name}: {more} more element difference(s)"));
+            }
+        }
         out
     }
 }
@@ -144,17 +241,52 @@ pub fn outline(sock: &Socket) -> Result<Outline, NetlinkError> {
                 Attr::Str(NFTA_SET_ELEM_LIST_SET, name.clone().into()),
             ],
         );
-        let mut n = 0;
+        let mut elements = Vec::new();
         for (_, body) in sock.dump(req, 5 + i as u32)? {
             for (ty, p) in body_attrs(&body) {
                 if ty == NFTA_SET_ELEM_LIST_ELEMENTS {
-                    n += attrs(p).count();
+                    elements.extend(attrs(p).map(|(_, e)| element(e)));
                 }
             }
         }
-        o.sets.insert(name, n);
+        elements.sort();
+        o.sets.insert(name, elements);
     }
     Ok(o)
+}
+
+/// One dumped `NFTA_LIST_ELEM`: its key, interval-end flag and verdict-map jump target.
+fn element(e: &[u8]) -> Elem {
+    let mut out = Elem {
+        key: Vec::new(),
+        end: false,
+        jump: None,
+    };
+    for (ty, p) in attrs(e) {
+        match ty {
+            NFTA_SET_ELEM_KEY => {
+                if let Some((_, v)) = attrs(p).find(|(t, _)| *t == NFTA_DATA_VALUE) {
+                    out.key = v.to_vec();
+                }
+            }
+            NFTA_SET_ELEM_FLAGS => {
+                let flags = p
+                    .get(..4)
+                    .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                out.end = flags & NFT_SET_ELEM_INTERVAL_END != 0;
+            }
+            NFTA_SET_ELEM_DATA => {
+                let verdict = attrs(p).find(|(t, _)| *t == NFTA_DATA_VERDICT);
+                if let Some((_, v)) = verdict {
+                    out.jump = attrs(v)
+                        .find(|(t, _)| *t == NFTA_VERDICT_CHAIN)
+                        .map(|(_, c)| string(c));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// Compare our live table's outline with the IR: empty when they agree.
