@@ -202,7 +202,7 @@ pub fn encode_owned(
     rs: Ruleset,
     ifindex: &dyn Fn(&str) -> Option<u32>,
 ) -> Result<Batch, EncodeError> {
-    // The caller's document and everything else freed before this call, likewise.
+    // Pages the caller freed before this call (the parsed document, say) go back first.
     release_free_memory();
     let mut e = Encoder::new(ifindex);
     e.reserve(&rs);
