@@ -250,11 +250,6 @@ impl BatchBuilder {
         (self.origins.len() - 1) as u32
     }
 
-    /// Number of messages so far (the index the next one gets).
-    pub fn messages(&self) -> u32 {
-        self.labels.len() as u32
-    }
-
     /// Bytes so far.
     pub fn byte_len(&self) -> usize {
         self.bytes.len

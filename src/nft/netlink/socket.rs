@@ -526,16 +526,25 @@ impl Socket {
     }
 
     /// Send a dump request and return every data message until NLMSG_DONE.
-    pub fn dump(
-        &self,
-        mut msg: Message<'_>,
-        seq: u32,
-    ) -> Result<Vec<(u16, Vec<u8>)>, NetlinkError> {
+    pub fn dump(&self, msg: Message<'_>, seq: u32) -> Result<Vec<(u16, Vec<u8>)>, NetlinkError> {
+        self.request(msg, seq)
+    }
+
+    /// Send one GET request (not a dump) and return the data replies, or the errno.
+    pub fn get(&self, msg: Message<'_>, seq: u32) -> Result<Vec<(u16, Vec<u8>)>, NetlinkError> {
+        self.request(msg, seq)
+    }
+
+    /// Send a request and collect the data replies with its sequence number until NLMSG_DONE
+    /// (a dump) or the ACK (a GET); an error reply for it is the result. Reads block (with the
+    /// socket's receive timeout), as the kernel answers synchronously.
+    fn request(&self, mut msg: Message<'_>, seq: u32) -> Result<Vec<(u16, Vec<u8>)>, NetlinkError> {
         msg.seq = seq;
         let _ = self.drain(0, |_| {});
         self.send(&msg.to_vec())?;
         let mut out = Vec::new();
         let mut buf: Vec<u8> = Vec::with_capacity(256 * 1024);
+        let mut replies = Vec::new();
         loop {
             buf.clear();
             let n = match self.sock.recv(&mut buf, 0) {
@@ -543,9 +552,9 @@ impl Socket {
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 Err(e) => return Err(NetlinkError::Recv(e)),
             };
-            let mut replies = Vec::new();
+            replies.clear();
             parse_replies(&buf[..n], &mut replies)?;
-            for r in replies {
+            for r in replies.drain(..) {
                 match r {
                     Reply::Data { ty, seq: s, .. } if s == seq && ty == NLMSG_DONE => {
                         return Ok(out)
@@ -564,45 +573,6 @@ impl Socket {
                         }]))
                     }
                     Reply::Ack { seq: s } if s == seq => return Ok(out),
-                    _ => {}
-                }
-            }
-        }
-    }
-
-    /// Send one GET request (not a dump) and return the data replies, or the errno.
-    pub fn get(&self, mut msg: Message<'_>, seq: u32) -> Result<Vec<(u16, Vec<u8>)>, NetlinkError> {
-        msg.seq = seq;
-        let _ = self.drain(0, |_| {});
-        self.send(&msg.to_vec())?;
-        let mut out = Vec::new();
-        let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
-        // A GET is answered synchronously too, but read blocking until its ACK arrives.
-        loop {
-            buf.clear();
-            let n = match self.sock.recv(&mut buf, 0) {
-                Ok(n) => n.min(buf.len()),
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) => return Err(NetlinkError::Recv(e)),
-            };
-            let mut replies = Vec::new();
-            parse_replies(&buf[..n], &mut replies)?;
-            for r in replies {
-                match r {
-                    Reply::Ack { seq: s } if s == seq => return Ok(out),
-                    Reply::Error {
-                        seq: s,
-                        errno,
-                        msg: m,
-                        ..
-                    } if s == seq => {
-                        return Err(NetlinkError::Refused(vec![Refusal {
-                            what: None,
-                            errno,
-                            detail: m,
-                        }]))
-                    }
-                    Reply::Data { ty, seq: s, body } if s == seq => out.push((ty, body)),
                     _ => {}
                 }
             }
