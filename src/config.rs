@@ -1,4 +1,4 @@
-//! The YAML configuration (SPEC "Config"), validated up front.
+//! The YAML configuration (every key: docs/config.md), validated up front.
 //!
 //! Unknown keys are errors, and every error names the file, line and column. Relative paths
 //! are taken relative to the directory of the config file.
@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::net::Cidr;
 use crate::proto::{PortRange, Proto};
@@ -43,7 +43,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Signed into every document; a follower refuses any other.
@@ -62,7 +62,7 @@ pub struct Config {
 }
 
 /// Exactly one store.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum StoreConfig {
     /// `rules.json` and `rules.json.sig` in this directory.
@@ -72,7 +72,7 @@ pub enum StoreConfig {
 }
 
 /// S3 store settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct S3Config {
     /// Bucket name.
@@ -88,7 +88,7 @@ pub struct S3Config {
 }
 
 /// Signing and verification keys.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SigningConfig {
     /// Leader: the OpenPGP secret key (exported by GnuPG or made by `reyes keygen`).
@@ -104,7 +104,11 @@ pub struct SigningConfig {
     #[serde(default, deserialize_with = "de_fingerprints")]
     pub trusted_fingerprints: Vec<String>,
     /// `not_after = issued_at + validity`.
-    #[serde(default = "default_validity", deserialize_with = "de_duration")]
+    #[serde(
+        default = "default_validity",
+        deserialize_with = "de_duration",
+        serialize_with = "ser_duration"
+    )]
     pub validity: Duration,
 }
 
@@ -125,11 +129,12 @@ fn default_validity() -> Duration {
 }
 
 /// One AWS CLI JSON file, optionally naming the prefix list its entries belong to.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct AwsJsonInput {
     /// The file.
     pub path: PathBuf,
     /// For `get-managed-prefix-list-entries` output, which has no id of its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub prefix_list: Option<String>,
 }
 
@@ -155,7 +160,7 @@ impl<'de> Deserialize<'de> for AwsJsonInput {
 }
 
 /// EC2 API source settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Ec2Config {
     /// Regions to read.
@@ -169,7 +174,8 @@ pub struct Ec2Config {
 }
 
 /// Exactly one inventory source.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum InventorySource {
     /// The static YAML inventory.
     File(PathBuf),
@@ -180,10 +186,11 @@ pub enum InventorySource {
 }
 
 /// The leader's inventory settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(try_from = "RawInventory")]
 pub struct InventoryConfig {
     /// Where the inventory comes from.
+    #[serde(flatten)]
     pub source: InventorySource,
     /// Groups left out entirely, by name.
     pub excluded_group_names: Vec<String>,
@@ -239,7 +246,7 @@ impl TryFrom<RawInventory> for InventoryConfig {
 }
 
 /// Which firewall a follower drives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
     /// nftables when usable, else iptables.
@@ -267,7 +274,7 @@ impl fmt::Display for Backend {
 /// places in the kernel (x_tables for legacy, an nf_tables table for nft); rules of one are
 /// invisible to the other's tools, so reyes refuses to put its chains in one variant while the
 /// host's filter table is in use through the other.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IptablesVariant {
     /// The variant whose filter table is in use; if neither is, the one `iptables -V` names.
@@ -290,7 +297,7 @@ impl fmt::Display for IptablesVariant {
 }
 
 /// How the nft backend reaches the kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NftTransport {
     /// Netlink when the kernel accepts a probe batch, else the `nft` binary.
@@ -323,6 +330,15 @@ pub enum AutoOr<T> {
     Auto,
     /// Exactly these.
     List(Vec<T>),
+}
+
+impl<T: Serialize> Serialize for AutoOr<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            AutoOr::Auto => s.serialize_str("auto"),
+            AutoOr::List(l) => l.serialize(s),
+        }
+    }
 }
 
 impl<'de, T: Deserialize<'de>> Deserialize<'de> for AutoOr<T> {
@@ -393,7 +409,7 @@ impl TryFrom<RawFailsafe> for Failsafe {
 }
 
 /// Follower settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, try_from = "RawFollower")]
 pub struct FollowerConfig {
     /// auto | nft | iptables.
@@ -517,6 +533,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("duration {s:?} must be greater than zero"));
     }
     Ok(d)
+}
+
+fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
 }
 
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

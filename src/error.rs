@@ -1,4 +1,5 @@
-//! Exit codes (SPEC "Exit codes") and the failure type the commands return.
+//! Exit codes (0 ok, 1 runtime, 2 usage/config, 3 document refused) and the failure type
+//! the commands return.
 //!
 //! Library modules have their own typed errors; the orchestration layer (leader, follower,
 //! commands) classifies each failure once, here, into the code a script sees.

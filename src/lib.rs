@@ -11,6 +11,7 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 
 pub mod backend;
+pub mod clidoc;
 pub mod commands;
 pub mod compile;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod document;
 pub mod error;
 pub mod eval;
 pub mod follower;
+pub mod graph;
 pub mod inventory;
 pub mod iptables;
 pub mod leader;

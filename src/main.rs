@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use reyes::commands::{self, RenderOptions};
 use reyes::config::{self, Backend, Config, Enforce};
@@ -200,7 +200,7 @@ enum Command {
         /// The document.
         #[arg(long)]
         document: PathBuf,
-        /// The expectations (SPEC "Flow tests").
+        /// The expectations (a YAML list of flows; see `reyes-test(1)`).
         flows: PathBuf,
         #[command(flatten)]
         scope: ScopeArgs,
@@ -215,6 +215,58 @@ enum Command {
         #[arg(long, value_enum, default_value_t = DiffFormat::Text)]
         format: DiffFormat,
     },
+    /// Check the config, or print the commented example the package ships.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// The estate's reachability as a graph: groups as nodes, an edge per (source, destination
+    /// group) labelled with protocols and ports.
+    Graph {
+        /// The document.
+        #[arg(long)]
+        document: PathBuf,
+        /// Output format (svg runs Graphviz's `dot`).
+        #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
+        format: GraphFormat,
+        /// Only this group's neighbourhood (id or name).
+        #[arg(long)]
+        group: Option<String>,
+        /// Highlight the edges a flow from this address...
+        #[arg(long, requires = "to")]
+        from: Option<IpAddr>,
+        /// ...to this address can take.
+        #[arg(long, requires = "from")]
+        to: Option<IpAddr>,
+    },
+    /// Print a shell completion script (bash, zsh, fish).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: reyes::clidoc::Shell,
+    },
+    /// Write the man pages (reyes.1, reyes-COMMAND.1) into a directory (package build).
+    #[command(hide = true)]
+    Manpages {
+        /// Where to write them.
+        output_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Validate the config (--config, default /etc/reyes/reyes.yaml) and print the effective
+    /// values, defaults filled in. Exit 2 with file:line:column on errors.
+    Check,
+    /// Print the commented default config (/etc/reyes/reyes.yaml in the package).
+    Example,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GraphFormat {
+    Dot,
+    Svg,
+    Json,
 }
 
 /// How `query` and `test` take a flow to arrive. By default it is in scope: over IPsec, in
@@ -466,7 +518,66 @@ fn run(cli: Cli) -> CmdResult<u8> {
             }
             Ok(0)
         }
+        Command::Config { action } => config_command(&cli.config, action),
+        Command::Graph {
+            document,
+            format,
+            group,
+            from,
+            to,
+        } => {
+            let doc = commands::load_document(&document)?;
+            let o = reyes::graph::GraphOptions { group, from, to };
+            let g = reyes::graph::build(&doc.policy, &o).map_err(Failure::usage)?;
+            match format {
+                GraphFormat::Dot => print!("{}", reyes::graph::dot(&g)),
+                GraphFormat::Json => print!("{}", reyes::graph::json(&g)),
+                GraphFormat::Svg => {
+                    let svg =
+                        reyes::graph::svg(&reyes::graph::dot(&g)).map_err(Failure::runtime)?;
+                    write_stdout(&svg)?;
+                }
+            }
+            Ok(0)
+        }
+        Command::Completions { shell } => {
+            write_stdout(&reyes::clidoc::completions(&mut Cli::command(), shell))?;
+            Ok(0)
+        }
+        Command::Manpages { output_dir } => {
+            let pages = reyes::clidoc::write_man_pages(Cli::command(), &output_dir)
+                .map_err(Failure::runtime)?;
+            for p in pages {
+                println!("{}", p.display());
+            }
+            Ok(0)
+        }
     }
+}
+
+fn config_command(cli: &Option<PathBuf>, action: ConfigAction) -> CmdResult<u8> {
+    match action {
+        ConfigAction::Check => {
+            let path = config_path(cli);
+            let cfg = load_config(&path)?;
+            let text = reyes::clidoc::effective_config(&cfg).map_err(Failure::runtime)?;
+            println!(
+                "# {}: OK; effective values, defaults filled in",
+                path.display()
+            );
+            print!("{text}");
+        }
+        ConfigAction::Example => print!("{}", reyes::clidoc::EXAMPLE_CONFIG),
+    }
+    Ok(0)
+}
+
+fn write_stdout(bytes: &[u8]) -> CmdResult<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)
+        .and_then(|()| out.flush())
+        .map_err(Failure::runtime)
 }
 
 fn main() -> ExitCode {

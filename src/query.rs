@@ -1,6 +1,6 @@
 //! `reyes query` and `reyes test`: judge flows against a document with the evaluator.
 //!
-//! Both judge the policy itself (SPEC "Flow tests"): each flow is compiled for its destination
+//! Both judge the policy itself (flow tests): each flow is compiled for its destination
 //! as the host, in ipsec mode, and marked as having arrived over IPsec, so it is in scope and
 //! the answer is the security-group verdict (plus what a follower always accepts: IKE, ESP/AH,
 //! ICMP errors, neighbour discovery). A config given with `--config` adds its follower context
@@ -57,7 +57,7 @@ pub struct QueryOptions {
     pub scope: ScopeOptions,
 }
 
-/// Every failure of `query` and `test` exits 2 (SPEC "Exit codes").
+/// Every failure of `query` and `test` exits 2 (a usage error).
 pub fn as_usage(f: Failure) -> Failure {
     Failure {
         kind: ExitKind::Usage,
@@ -289,7 +289,7 @@ impl Expect {
     }
 }
 
-/// One expectation of FLOWS.yaml (SPEC "Flow tests").
+/// One expectation of FLOWS.yaml.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FlowSpec {

@@ -1,4 +1,4 @@
-//! document + host context -> [`Ruleset`]. All security semantics live here (DESIGN
+//! document + host context -> [`Ruleset`]. All security semantics live here (docs/design.md,
 //! "Semantics"); backends only translate the result.
 //!
 //! For an inbound packet to a local address, in the base chain, in order:

@@ -483,14 +483,15 @@ fn flow_checks() {
     );
 }
 
-// ---- property: the IR walk agrees with a direct reading of DESIGN "Semantics" ----
+// ---- property: the IR walk agrees with a direct reading of the semantics (docs/design.md) ----
 
 /// Whether `src` is in the prefixes.
 fn within(cidrs: &[Cidr], a: &IpAddr) -> bool {
     cidrs.iter().any(|c| c.contains(a))
 }
 
-/// DESIGN "Semantics", read straight off the document and host context, for a concrete flow.
+/// The semantics of docs/design.md, read straight off the document and host context, for a
+/// concrete flow.
 /// Returns the (group, rule) pairs that allow it, or why it is accepted otherwise.
 fn reference(
     d: &Document,

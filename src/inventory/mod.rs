@@ -6,6 +6,7 @@
 
 pub mod aws;
 pub mod aws_json;
+#[cfg(feature = "aws")]
 pub mod ec2;
 pub mod static_file;
 
@@ -141,12 +142,19 @@ pub fn load(cfg: &InventoryConfig) -> Result<Inventory, InventoryError> {
     match &cfg.source {
         InventorySource::File(p) => static_file::load(p),
         InventorySource::AwsJson(files) => aws_json::load(files),
+        #[cfg(feature = "aws")]
         InventorySource::Ec2(e) => ec2::load(
             e,
             &ec2::ReadOptions {
                 subnets: !cfg.dynamic_subnets.is_empty(),
             },
         ),
+        #[cfg(not(feature = "aws"))]
+        InventorySource::Ec2(_) => Err(InventoryError::Unsupported(
+            "inventory.ec2: this reyes was built without the `aws` feature; \
+             use `file` or `aws_json`, or a build with EC2 support"
+                .into(),
+        )),
     }
 }
 

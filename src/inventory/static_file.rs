@@ -1,6 +1,6 @@
-//! The static YAML inventory (SPEC "Static inventory").
+//! The static YAML inventory (docs/config.md, "The static inventory").
 //!
-//! Beyond SPEC's `networks`, `groups` and `hosts`, a file may list `subnets` (for
+//! Beside `networks`, `groups` and `hosts`, a file may list `subnets` (for
 //! `dynamic_subnets`) and `prefix_lists`, and a host may name its `subnet`.
 
 use std::collections::BTreeSet;

@@ -1,6 +1,7 @@
 //! Where documents are published and fetched: `rules.json` and `rules.json.sig` side by side.
 
 pub mod directory;
+#[cfg(feature = "aws")]
 pub mod s3;
 
 use crate::config::StoreConfig;
@@ -66,6 +67,13 @@ pub trait Store {
 pub fn open(cfg: &StoreConfig) -> Result<Box<dyn Store>, StoreError> {
     match cfg {
         StoreConfig::Directory(d) => Ok(Box::new(directory::DirectoryStore::new(d.clone()))),
+        #[cfg(feature = "aws")]
         StoreConfig::S3(s) => Ok(Box::new(s3::S3Store::new(s)?)),
+        #[cfg(not(feature = "aws"))]
+        StoreConfig::S3(s) => Err(StoreError::Unsupported(format!(
+            "store.s3 (bucket {}): this reyes was built without the `aws` feature; \
+             use a directory store or a build with S3 support",
+            s.bucket
+        ))),
     }
 }
