@@ -90,7 +90,10 @@ fn config_check_resolves_relative_paths_and_names_the_error_location() {
         s.contains(&format!("directory: {}", store.display())),
         "{s}"
     );
-    assert!(s.contains("port: '22'") || s.contains("port: \"22\"") || s.contains("port: 22"), "{s}");
+    assert!(
+        s.contains("port: '22'") || s.contains("port: \"22\"") || s.contains("port: 22"),
+        "{s}"
+    );
 
     std::fs::write(
         &cfg,
@@ -157,7 +160,10 @@ fn bash_completion_loads_and_completes_subcommands() {
     let s = text(&out.stdout);
     let words: Vec<&str> = s.lines().collect();
     assert!(words.contains(&"follower"), "{s}");
-    assert!(words.contains(&"check") && words.contains(&"example"), "{s}");
+    assert!(
+        words.contains(&"check") && words.contains(&"example"),
+        "{s}"
+    );
 }
 
 #[test]
@@ -180,7 +186,9 @@ fn man_pages_for_every_command_render_with_man() {
     ] {
         assert!(pages.contains(&p.to_string()), "{p} not in {pages:?}");
     }
-    assert!(!pages.iter().any(|p| p.contains("manpages") || p.contains("help")));
+    assert!(!pages
+        .iter()
+        .any(|p| p.contains("manpages") || p.contains("help")));
     let Some(man) = tool("man", "man -l") else {
         return;
     };
@@ -198,7 +206,11 @@ fn man_pages_for_every_command_render_with_man() {
         assert!(s.contains("NAME") && s.contains("SYNOPSIS"), "{p}:\n{s}");
         let stem = p.trim_end_matches(".1");
         assert!(s.contains(stem), "{p} does not name {stem}");
-        assert!(!text(&out.stderr).contains("warning"), "{p}: {}", text(&out.stderr));
+        assert!(
+            !text(&out.stderr).contains("warning"),
+            "{p}: {}",
+            text(&out.stderr)
+        );
     }
 }
 
@@ -212,10 +224,12 @@ fn example_document(dir: &Path) -> PathBuf {
 fn graph_of_the_example_matches_the_golden_dot() {
     let dir = tempfile::tempdir().unwrap();
     let doc = example_document(dir.path());
-    let out = run(reyes()
-        .args(["graph", "--document"])
-        .arg(&doc)
-        .args(["--from", "10.1.0.5", "--to", "10.1.0.12"]));
+    let out = run(reyes().args(["graph", "--document"]).arg(&doc).args([
+        "--from",
+        "10.1.0.5",
+        "--to",
+        "10.1.0.12",
+    ]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let golden = repo().join("tests/golden/example-graph.dot");
     let want = std::fs::read_to_string(&golden).unwrap_or_default();
@@ -229,20 +243,37 @@ fn graph_of_the_example_matches_the_golden_dot() {
             golden.display()
         );
     }
-    // lb -> web is the path from 10.1.0.5 (lb) to 10.1.0.12 (web2), and only it.
+    // From 10.1.0.5 (lb1) to 10.1.0.12 (web2, in web and ops): lb -> web (tcp/443) and
+    // 10.0.0.0/8 -> web (icmp echo), and nothing else.
     let s = text(&out.stdout);
-    let red: Vec<&str> = s.lines().filter(|l| l.contains("-> ") && l.contains("color=red")).collect();
-    assert_eq!(red.len(), 1, "{s}");
-    assert!(red[0].starts_with("  \"sg-lb\" -> \"sg-web\""), "{s}");
+    let red: Vec<&str> = s
+        .lines()
+        .filter(|l| l.contains("-> ") && l.contains("color=red"))
+        .collect();
+    assert_eq!(red.len(), 2, "{s}");
+    assert!(
+        red[0].starts_with("  \"cidr:10.0.0.0/8\" -> \"sg-web\""),
+        "{s}"
+    );
+    assert!(red[1].starts_with("  \"sg-lb\" -> \"sg-web\""), "{s}");
 
-    let out = run(reyes().args(["graph", "--format", "json", "--group", "db", "--document"]).arg(&doc));
+    let out = run(reyes()
+        .args(["graph", "--format", "json", "--group", "db", "--document"])
+        .arg(&doc));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let edges = v["edges"].as_array().unwrap();
     assert!(!edges.is_empty());
-    assert!(edges.iter().all(|e| e["to"] == "sg-db" || e["from"] == "sg-db"), "{v}");
+    assert!(
+        edges
+            .iter()
+            .all(|e| e["to"] == "sg-db" || e["from"] == "sg-db"),
+        "{v}"
+    );
 
-    let out = run(reyes().args(["graph", "--group", "nope", "--document"]).arg(&doc));
+    let out = run(reyes()
+        .args(["graph", "--group", "nope", "--document"])
+        .arg(&doc));
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("--group nope"));
 }
@@ -257,7 +288,10 @@ fn graph_svg_without_graphviz_says_what_to_install() {
         .env("REYES_DOT", dir.path().join("no-such-dot")));
     assert_eq!(out.status.code(), Some(1));
     let e = text(&out.stderr);
-    assert!(e.contains("install graphviz") && e.contains("--format dot"), "{e}");
+    assert!(
+        e.contains("install graphviz") && e.contains("--format dot"),
+        "{e}"
+    );
 }
 
 /// Share of pixels that differ from the top-left pixel's colour, in a PNG decoded by
@@ -308,7 +342,9 @@ fn graph_svg_renders_to_a_non_blank_png_in_chromium() {
     };
     let dir = tempfile::tempdir().unwrap();
     let doc = example_document(dir.path());
-    let out = run(reyes().args(["graph", "--format", "svg", "--document"]).arg(&doc));
+    let out = run(reyes()
+        .args(["graph", "--format", "svg", "--document"])
+        .arg(&doc));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let svg = dir.path().join("estate.svg");
     std::fs::write(&svg, &out.stdout).unwrap();
@@ -321,9 +357,12 @@ fn graph_svg_renders_to_a_non_blank_png_in_chromium() {
             "--no-sandbox",
             "--disable-gpu",
             "--hide-scrollbars",
-            "--window-size=1200,900",
+            "--window-size=800,600",
         ])
-        .arg(format!("--user-data-dir={}", dir.path().join("profile").display()))
+        .arg(format!(
+            "--user-data-dir={}",
+            dir.path().join("profile").display()
+        ))
         .arg(format!("--screenshot={}", png.display()))
         .arg(format!("file://{}", svg.display()))
         .output()

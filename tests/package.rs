@@ -142,7 +142,10 @@ fn installed_binary_runs_version_and_render() {
         .unwrap();
     ok(&out, "installed reyes render");
     let s = text(&out.stdout);
-    assert!(s.contains("table inet reyes") && s.contains("g_sg_web"), "{s}");
+    assert!(
+        s.contains("table inet reyes") && s.contains("g_sg_web"),
+        "{s}"
+    );
     // The installed binary is stripped.
     let out = Command::new("file").arg(&bin).output();
     if let Ok(out) = out {
@@ -172,7 +175,10 @@ fn package_holds_conffile_units_man_pages_completions_and_docs() {
         .unwrap();
     ok(&out, "dpkg-deb -e");
     let conffiles = std::fs::read_to_string(ctl.path().join("conffiles")).unwrap();
-    assert!(conffiles.lines().any(|l| l == "/etc/reyes/reyes.yaml"), "{conffiles}");
+    assert!(
+        conffiles.lines().any(|l| l == "/etc/reyes/reyes.yaml"),
+        "{conffiles}"
+    );
     let postinst = std::fs::read_to_string(ctl.path().join("postinst")).unwrap();
     assert!(postinst.contains("reyes-restore.service"), "{postinst}");
     let shipped = std::fs::read_to_string(repo().join("packaging/reyes.yaml")).unwrap();
@@ -183,7 +189,10 @@ fn package_holds_conffile_units_man_pages_completions_and_docs() {
     let units = unit_dir(&p.root);
     for u in UNITS {
         let text = std::fs::read_to_string(units.join(u)).unwrap();
-        assert!(text.contains("ProtectSystem=strict") && text.contains("NoNewPrivileges=yes"), "{u}");
+        assert!(
+            text.contains("ProtectSystem=strict") && text.contains("NoNewPrivileges=yes"),
+            "{u}"
+        );
     }
     for f in [
         "usr/share/man/man1/reyes.1.gz",
@@ -240,7 +249,10 @@ fn systemd_analyze_verifies_every_unit() {
             .unwrap();
         ok(&out, &format!("systemd-analyze verify {u}"));
         let e = text(&out.stderr);
-        assert!(!e.contains(u) || !e.to_lowercase().contains("unknown"), "{u}: {e}");
+        assert!(
+            !e.contains(u) || !e.to_lowercase().contains("unknown"),
+            "{u}: {e}"
+        );
     }
     // The follower's exposure, for the record (the README and report quote it).
     let out = Command::new("systemd-analyze")
@@ -321,7 +333,10 @@ fn markdown_links_resolve_inside_the_repository() {
     assert_eq!(out.status.code(), Some(1));
     let s = text(&out.stdout);
     assert!(s.contains("missing.md: no such file"), "{s}");
-    assert!(s.contains("../outside.md: points outside the repository"), "{s}");
+    assert!(
+        s.contains("../outside.md: points outside the repository"),
+        "{s}"
+    );
     assert!(s.contains("#nope: no heading"), "{s}");
     assert!(!s.contains("#t:") && !s.contains("x.md"), "{s}");
 }
