@@ -349,7 +349,7 @@ fn graph_svg_renders_to_a_non_blank_png_in_chromium() {
     let svg = dir.path().join("estate.svg");
     std::fs::write(&svg, &out.stdout).unwrap();
     let s = text(&out.stdout);
-    assert!(s.contains("<svg") && s.contains("sg-web"), "{s}");
+    assert!(s.contains("<svg") && s.contains("sg&#45;web"), "{s}");
     let png = dir.path().join("estate.png");
     let out = Command::new(chromium)
         .args([
