@@ -34,6 +34,10 @@ pub struct Counters {
 pub trait Backend {
     /// `nft` or `iptables`.
     fn name(&self) -> &'static str;
+    /// How the kernel is reached: `netlink` or `cli` for nft, `-` where there is no choice.
+    fn transport(&self) -> &'static str {
+        "-"
+    }
     /// The exact text that would be applied.
     fn render(&self, rs: &Ruleset) -> Result<String, BackendError>;
     /// What is live now (our objects only), or `None` if nothing of ours is.

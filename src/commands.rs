@@ -10,6 +10,7 @@ use crate::config::{Backend as BackendChoice, Config, Enforce};
 use crate::document::{rfc3339, Document};
 use crate::error::{Classify, CmdResult, Failure};
 use crate::follower::{self, FollowerOptions, Outcome};
+use crate::hostrecord::{self, HostRecord};
 use crate::signing::{self, read_passphrase, SigningKey};
 use crate::state::StateDir;
 use crate::store::directory::{read_limited, write_atomic};
@@ -226,6 +227,12 @@ fn backend_failure(e: crate::backend::BackendError) -> Failure {
 /// `reyes restore`: re-apply last-good. The signature and environment are checked again; an
 /// expired document is still applied (with a warning), because at boot the last verified
 /// policy is better than none, and the follower replaces it as soon as it can fetch.
+///
+/// It never refuses for an unknown host: at boot (before `network-pre.target`) the interfaces
+/// have no addresses yet, so when discovery finds none, or finds addresses the document does
+/// not name, the host context recorded with the last apply is used (addresses, options, and
+/// the backend, unless `--backend` names one); without a record, the table is applied for no
+/// known address (in-scope traffic dropped, failsafe entries kept) rather than none.
 pub fn restore(cfg: &Config, opts: &FollowerOptions) -> CmdResult<Outcome> {
     let state = StateDir::open(&cfg.follower.state_dir).runtime()?;
     let _lock = state.lock().runtime()?;
@@ -242,9 +249,72 @@ pub fn restore(cfg: &Config, opts: &FollowerOptions) -> CmdResult<Outcome> {
     if v.document.not_after_time().is_ok_and(|t| t < now) {
         tracing::warn!(serial = v.document.serial, not_after = %v.document.not_after, "restoring an expired document (boot-time restore); the follower will replace it");
     }
-    let ctx = follower::host_context(cfg, opts)?;
-    let backend = follower::open_backend(cfg, opts.backend)?;
-    follower::apply_verified(&v, &ctx, backend.as_ref(), &state, now)
+    let recorded = hostrecord::load(&state).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "host record unusable; restoring with discovered addresses");
+        None
+    });
+    let (ctx, from_record) = restore_context(cfg, opts, &v.document, recorded.as_ref());
+    let choice = opts.backend.or_else(|| {
+        recorded
+            .as_ref()
+            .filter(|_| from_record)
+            .and_then(|r| match r.backend.as_str() {
+                "nft" => Some(BackendChoice::Nft),
+                "iptables" => Some(BackendChoice::Iptables),
+                _ => None,
+            })
+    });
+    let backend = follower::open_backend(cfg, choice)?;
+    follower::apply_verified(
+        &v,
+        &ctx,
+        backend.as_ref(),
+        &state,
+        now,
+        &mut crate::metrics::Report::default(),
+    )
+}
+
+/// The host context to restore with, and whether it is the recorded one.
+fn restore_context(
+    cfg: &Config,
+    opts: &FollowerOptions,
+    doc: &Document,
+    recorded: Option<&HostRecord>,
+) -> (HostContext, bool) {
+    let discovered = match follower::host_context(cfg, opts) {
+        Ok(ctx) => Some(ctx),
+        Err(f) => {
+            tracing::warn!(error = %f, "cannot discover this host's addresses");
+            None
+        }
+    };
+    let found_any = discovered
+        .as_ref()
+        .is_some_and(|c| !matches!(&c.target, Target::Host(a) if a.is_empty()));
+    if let Some(ctx) = discovered.as_ref().filter(|_| found_any) {
+        if follower::compile_for(doc, ctx).is_ok() {
+            return (ctx.clone(), false);
+        }
+    }
+    if let Some(r) = recorded {
+        let mut ctx = r.context.clone();
+        ctx.allow_unknown_host |= opts.allow_unknown_host;
+        tracing::warn!(
+            discovered = ?discovered.as_ref().map(|c| &c.target),
+            recorded = ?ctx.target,
+            "this host's discovered addresses are not in the document (or there are none yet, as at boot): restoring with the host context recorded at the last apply"
+        );
+        return (ctx, true);
+    }
+    let mut ctx = discovered.unwrap_or_else(|| {
+        HostContext::from_config(&cfg.follower, Target::Host(Vec::new()))
+    });
+    if follower::compile_for(doc, &ctx).is_err() {
+        tracing::warn!(target = ?ctx.target, "no host record and the document names none of the discovered addresses: restoring the table for no known address (in-scope traffic is dropped until the follower runs)");
+        ctx.allow_unknown_host = true;
+    }
+    (ctx, false)
 }
 
 /// `reyes status`: what is live. Fails (exit 1) when reyes' rules are not live.

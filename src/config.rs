@@ -59,6 +59,18 @@ pub struct Config {
     /// How a follower enforces the document.
     #[serde(default)]
     pub follower: FollowerConfig,
+    /// Leader settings besides the inventory and signing.
+    #[serde(default)]
+    pub leader: LeaderConfig,
+}
+
+/// Leader settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaderConfig {
+    /// Prometheus text file written after every run (node_exporter textfile collector).
+    #[serde(default)]
+    pub metrics_file: Option<PathBuf>,
 }
 
 /// Exactly one store.
@@ -438,6 +450,8 @@ pub struct FollowerConfig {
     pub state_dir: PathBuf,
     /// Apply even when the document names none of this host's addresses.
     pub allow_unknown_host: bool,
+    /// Prometheus text file written after every run (node_exporter textfile collector).
+    pub metrics_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -469,6 +483,8 @@ struct RawFollower {
     state_dir: PathBuf,
     #[serde(default)]
     allow_unknown_host: bool,
+    #[serde(default)]
+    metrics_file: Option<PathBuf>,
 }
 
 impl TryFrom<RawFollower> for FollowerConfig {
@@ -493,6 +509,7 @@ impl TryFrom<RawFollower> for FollowerConfig {
             disable_file: r.disable_file,
             state_dir: r.state_dir,
             allow_unknown_host: r.allow_unknown_host,
+            metrics_file: r.metrics_file,
         })
     }
 }
@@ -513,6 +530,7 @@ impl Default for FollowerConfig {
             disable_file: default_disable_file(),
             state_dir: default_state_dir(),
             allow_unknown_host: false,
+            metrics_file: None,
         }
     }
 }
@@ -623,6 +641,12 @@ impl Config {
         }
         fix(&mut self.follower.disable_file);
         fix(&mut self.follower.state_dir);
+        for p in [&mut self.follower.metrics_file, &mut self.leader.metrics_file]
+            .into_iter()
+            .flatten()
+        {
+            fix(p);
+        }
     }
 }
 

@@ -3,7 +3,8 @@
 //! as they were.
 
 use std::net::IpAddr;
-use std::time::{Duration, SystemTime};
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
 
@@ -12,6 +13,8 @@ use crate::compile::{self, CompileError, HostContext, Ruleset, Target};
 use crate::config::{AutoOr, Backend as BackendChoice, Config};
 use crate::document::{hex, rfc3339, Document};
 use crate::error::{Classify, CmdResult, Failure};
+use crate::hostrecord::{self, HostRecord};
+use crate::metrics::{self, AppliedFacts, FetchResult, FollowerMetrics, Report};
 use crate::signing::{SigningError, TrustRoot, VerifiedSigner};
 use crate::state::{Applied, StateDir, StoreVersion};
 use crate::store::{self, FetchOutcome, Fetched, Store, StoreError};
@@ -51,6 +54,27 @@ pub enum Outcome {
     },
     /// Dry run: printed only.
     DryRun,
+}
+
+/// A document refused for a reason that has no typed error of its own; `reason` is the
+/// `reason` label of the refusal metric.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Refusal {
+    /// `signature`, `environment`, `expired`, `serial`.
+    pub reason: &'static str,
+    message: String,
+}
+
+impl Refusal {
+    /// A refusal for `reason`.
+    pub fn new(reason: &'static str, message: String) -> Refusal {
+        Refusal { reason, message }
+    }
+}
+
+fn refuse(reason: &'static str, message: String) -> Failure {
+    Failure::refused(Refusal::new(reason, message))
 }
 
 /// A verified, parsed document and the bytes it came from.
@@ -96,27 +120,32 @@ pub fn verify_document(
     check_expiry: bool,
 ) -> CmdResult<Verified> {
     let signer = trust.verify(bytes, signature).map_err(|e| match e {
-        SigningError::Rejected(m) => Failure::refused(anyhow::anyhow!("signature refused: {m}")),
+        SigningError::Rejected(m) => refuse("signature", format!("signature refused: {m}")),
         other => Failure::usage(other),
     })?;
     let document = Document::parse(bytes).refused()?;
     if document.environment != environment {
-        return Err(Failure::refused(anyhow::anyhow!(
-            "document is for environment {:?}, this follower is {:?} (check `environment` in the config and the store it reads)",
-            document.environment,
-            environment
-        )));
+        return Err(refuse(
+            "environment",
+            format!(
+                "document is for environment {:?}, this follower is {:?} (check `environment` in the config and the store it reads)",
+                document.environment, environment
+            ),
+        ));
     }
     let not_after = document
         .not_after_time()
         .map_err(|e| Failure::refused(anyhow::anyhow!(e)))?;
     if check_expiry && now > not_after {
-        return Err(Failure::refused(anyhow::anyhow!(
-            "document serial {} expired at {} (now {}): is the leader running and publishing?",
-            document.serial,
-            document.not_after,
-            rfc3339(now)
-        )));
+        return Err(refuse(
+            "expired",
+            format!(
+                "document serial {} expired at {} (now {}): is the leader running and publishing?",
+                document.serial,
+                document.not_after,
+                rfc3339(now)
+            ),
+        ));
     }
     Ok(Verified {
         document,
@@ -254,7 +283,10 @@ pub fn apply_verified(
     backend: &dyn Backend,
     state: &StateDir,
     now: SystemTime,
+    report: &mut Report,
 ) -> CmdResult<Outcome> {
+    report.backend = Some(backend.name());
+    report.transport = Some(backend.transport());
     let applied = state.applied().runtime()?;
     let doc = &v.document;
     let rs = compile_for(doc, ctx)?;
@@ -293,12 +325,16 @@ pub fn apply_verified(
             } else {
                 tracing::info!(serial = doc.serial, "nothing to change");
             }
+            record_host(state, ctx, backend);
             return Ok(Outcome::Unchanged { serial: doc.serial });
         }
     }
+    let started = Instant::now();
     backend.apply(&rs).map_err(backend_failure)?;
+    report.apply_seconds = Some(started.elapsed().as_secs_f64());
     state.save_last_good(&v.bytes, &v.signature).runtime()?;
     state.record(&record).runtime()?;
+    record_host(state, ctx, backend);
     tracing::info!(
         serial = doc.serial,
         backend = backend.name(),
@@ -310,28 +346,56 @@ pub fn apply_verified(
     Ok(Outcome::Applied { serial: doc.serial })
 }
 
+/// Keep the host context beside last-good for `reyes restore` (a failure costs only the
+/// boot-time fallback, so it is a warning).
+fn record_host(state: &StateDir, ctx: &HostContext, backend: &dyn Backend) {
+    let r = HostRecord {
+        context: ctx.clone(),
+        backend: backend.name().to_string(),
+        transport: backend.transport().to_string(),
+    };
+    if let Err(e) = hostrecord::save(state, &r) {
+        tracing::warn!(error = %e, "cannot record the host context; `reyes restore` at boot falls back to discovered addresses");
+    }
+}
+
 /// Refuse a serial that does not move forward.
 pub fn check_serial(v: &Verified, applied: Option<&Applied>) -> CmdResult<()> {
     let Some(a) = applied else { return Ok(()) };
     let doc = &v.document;
     if doc.serial < a.serial {
-        return Err(Failure::refused(anyhow::anyhow!(
-            "document serial {} is older than the applied serial {} (replayed or rolled back); refusing",
-            doc.serial,
-            a.serial
-        )));
+        return Err(refuse(
+            "serial",
+            format!(
+                "document serial {} is older than the applied serial {} (replayed or rolled back); refusing",
+                doc.serial, a.serial
+            ),
+        ));
     }
     if doc.serial == a.serial && sha256(&v.bytes) != a.document_digest {
-        return Err(Failure::refused(anyhow::anyhow!(
-            "document serial {} was already applied with different contents; a serial must never be reused",
-            doc.serial
-        )));
+        return Err(refuse(
+            "serial",
+            format!(
+                "document serial {} was already applied with different contents; a serial must never be reused",
+                doc.serial
+            ),
+        ));
     }
     Ok(())
 }
 
 /// One follower run.
 pub fn run_once(cfg: &Config, opts: &FollowerOptions, now: SystemTime) -> CmdResult<Outcome> {
+    run_reported(cfg, opts, now, &mut Report::default())
+}
+
+/// One follower run, noting in `report` what it found on the way.
+pub fn run_reported(
+    cfg: &Config,
+    opts: &FollowerOptions,
+    now: SystemTime,
+    report: &mut Report,
+) -> CmdResult<Outcome> {
     if cfg.follower.disable_file.exists() {
         tracing::warn!(file = %cfg.follower.disable_file.display(), "disable file present: changing nothing");
         return Ok(Outcome::Disabled);
@@ -355,7 +419,15 @@ pub fn run_once(cfg: &Config, opts: &FollowerOptions, now: SystemTime) -> CmdRes
             backend.as_ref(),
         )
     };
-    let (v, version) = match fetch_verified(store.as_ref(), &trust, cfg, now, cond.as_deref())? {
+    report.backend = Some(backend.name());
+    report.transport = Some(backend.transport());
+    let found = fetch_verified(store.as_ref(), &trust, cfg, now, cond.as_deref());
+    report.fetch = Some(match &found {
+        Ok(Found::Verified(..)) => FetchResult::Changed,
+        Ok(Found::NotModified) => FetchResult::Unchanged,
+        Err(_) => FetchResult::Error,
+    });
+    let (v, version) = match found? {
         Found::Verified(v, version) => (*v, version),
         Found::NotModified => {
             // Nothing read, parsed, verified or applied. Still refuse to stay quiet about an
@@ -367,15 +439,21 @@ pub fn run_once(cfg: &Config, opts: &FollowerOptions, now: SystemTime) -> CmdRes
             };
             if let Ok(t) = crate::document::parse_time(&a.not_after) {
                 if now > t {
-                    return Err(Failure::refused(anyhow::anyhow!(
-                        "{} is not modified, and the applied document serial {} expired at {}: is the leader running and publishing?",
-                        store.describe(),
-                        a.serial,
-                        a.not_after
-                    )));
+                    return Err(refuse(
+                        "expired",
+                        format!(
+                            "{} is not modified, and the applied document serial {} expired at {}: is the leader running and publishing?",
+                            store.describe(),
+                            a.serial,
+                            a.not_after
+                        ),
+                    ));
                 }
             }
             tracing::info!(serial = a.serial, store = %store.describe(), "not modified");
+            if cfg.follower.metrics_file.is_some() {
+                report.counters = backend.counters().ok();
+            }
             return Ok(Outcome::NotModified);
         }
     };
@@ -396,7 +474,7 @@ pub fn run_once(cfg: &Config, opts: &FollowerOptions, now: SystemTime) -> CmdRes
         }
         return Ok(Outcome::DryRun);
     }
-    let outcome = apply_verified(&v, &ctx, backend.as_ref(), &state, now)?;
+    let outcome = apply_verified(&v, &ctx, backend.as_ref(), &state, now, report)?;
     let sv = version.map(|version| StoreVersion {
         store: store.describe(),
         version,
@@ -405,16 +483,59 @@ pub fn run_once(cfg: &Config, opts: &FollowerOptions, now: SystemTime) -> CmdRes
     if let Err(e) = state.record_store_version(sv.as_ref()) {
         tracing::warn!(error = %e, "cannot remember the store version; the next run fetches unconditionally");
     }
+    if cfg.follower.metrics_file.is_some() {
+        report.counters = backend.counters().ok();
+    }
     Ok(outcome)
 }
 
-/// Run forever, once per `interval`; failures are logged and retried next time.
-pub fn run_interval(cfg: &Config, opts: &FollowerOptions, interval: Duration) -> ! {
-    loop {
-        match run_once(cfg, opts, SystemTime::now()) {
-            Ok(o) => tracing::debug!(outcome = ?o, "follower run done"),
-            Err(f) => tracing::error!(exit = f.kind.code(), "{f}"),
+/// One run with metrics: the run, then (when `follower.metrics_file` is set) the metrics file
+/// rewritten with what it found.
+pub fn cycle(
+    cfg: &Config,
+    opts: &FollowerOptions,
+    metrics: &mut FollowerMetrics,
+) -> CmdResult<Outcome> {
+    let mut report = Report::default();
+    let result = run_reported(cfg, opts, SystemTime::now(), &mut report);
+    if let Some(path) = &cfg.follower.metrics_file {
+        metrics.environment = cfg.environment.clone();
+        let applied = StateDir::open(&cfg.follower.state_dir)
+            .ok()
+            .and_then(|s| s.applied().ok().flatten())
+            .map(|a| AppliedFacts {
+                serial: a.serial,
+                issued_at: crate::document::parse_time(&a.issued_at).map_or(0.0, metrics::unix),
+                not_after: crate::document::parse_time(&a.not_after).map_or(0.0, metrics::unix),
+            });
+        let r = result.as_ref().map(|_| ());
+        metrics.observe(&report, r, applied, SystemTime::now());
+        if let Err(e) = metrics::write(path, &metrics.render()) {
+            tracing::warn!(error = %e, "metrics not written");
         }
-        std::thread::sleep(interval);
     }
+    result
+}
+
+/// Run as a service, once per `interval` (see [`crate::daemon`]); failures are logged and
+/// retried with backoff. Returns on SIGTERM/SIGINT.
+pub fn run_interval(
+    path: &Path,
+    cfg: Config,
+    opts: &FollowerOptions,
+    interval: Duration,
+) -> CmdResult<()> {
+    let mut metrics = FollowerMetrics::default();
+    crate::daemon::run(path, cfg, interval, |cfg| {
+        match cycle(cfg, opts, &mut metrics) {
+            Ok(o) => {
+                tracing::debug!(outcome = ?o, "follower run done");
+                true
+            }
+            Err(f) => {
+                tracing::error!(exit = f.kind.code(), "{f}");
+                false
+            }
+        }
+    })
 }

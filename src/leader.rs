@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::document::{self, BuildOptions, Document};
 use crate::error::{Classify, CmdResult, Failure};
 use crate::inventory::{self, InventoryError};
+use crate::metrics::{LeaderMetrics, LeaderRun};
 use crate::signing::{SigningKey, TrustRoot};
 use crate::store::{self, FetchOutcome, StoreError};
 
@@ -170,13 +171,51 @@ pub fn run_once(cfg: &Config, opts: &LeaderOptions, now: SystemTime) -> CmdResul
     })
 }
 
-/// Run forever, once per `interval`.
-pub fn run_interval(cfg: &Config, opts: &LeaderOptions, interval: Duration) -> ! {
-    loop {
-        match run_once(cfg, opts, SystemTime::now()) {
-            Ok(o) => tracing::debug!(outcome = ?o, "leader run done"),
-            Err(f) => tracing::error!(exit = f.kind.code(), "{f}"),
+/// One run with metrics: the run, then (when `leader.metrics_file` is set) the metrics file
+/// rewritten.
+pub fn cycle(
+    cfg: &Config,
+    opts: &LeaderOptions,
+    metrics: &mut LeaderMetrics,
+) -> CmdResult<LeaderOutcome> {
+    let started = std::time::Instant::now();
+    let result = run_once(cfg, opts, SystemTime::now());
+    if let Some(path) = &cfg.leader.metrics_file {
+        metrics.environment = cfg.environment.clone();
+        let run = match &result {
+            Ok(LeaderOutcome::Published { serial, .. }) => Some(LeaderRun::Published(*serial)),
+            Ok(LeaderOutcome::Fresh { serial }) => Some(LeaderRun::Fresh(*serial)),
+            Ok(LeaderOutcome::DryRun) => None,
+            Err(_) => Some(LeaderRun::Failed),
+        };
+        if let Some(run) = run {
+            metrics.observe(run, started.elapsed().as_secs_f64(), SystemTime::now());
+            if let Err(e) = crate::metrics::write(path, &metrics.render()) {
+                tracing::warn!(error = %e, "metrics not written");
+            }
         }
-        std::thread::sleep(interval);
     }
+    result
+}
+
+/// Run as a service, once per `interval` (see [`crate::daemon`]). Returns on SIGTERM/SIGINT.
+pub fn run_interval(
+    path: &std::path::Path,
+    cfg: Config,
+    opts: &LeaderOptions,
+    interval: Duration,
+) -> CmdResult<()> {
+    let mut metrics = LeaderMetrics::default();
+    crate::daemon::run(path, cfg, interval, |cfg| {
+        match cycle(cfg, opts, &mut metrics) {
+            Ok(o) => {
+                tracing::debug!(outcome = ?o, "leader run done");
+                true
+            }
+            Err(f) => {
+                tracing::error!(exit = f.kind.code(), "{f}");
+                false
+            }
+        }
+    })
 }

@@ -85,6 +85,19 @@ enum Command {
         /// Apply even if the document names none of this host's addresses.
         #[arg(long)]
         allow_unknown_host: bool,
+        /// Commit-confirm: put the previous ruleset back after DUR unless `reyes confirm`
+        /// runs first (a detached process does it, so it happens even if this one is killed).
+        #[arg(long, value_parser = config::parse_duration, conflicts_with_all = ["dry_run", "interval"])]
+        confirm: Option<Duration>,
+    },
+    /// Keep the change applied by `follower --once --confirm` (cancel its revert).
+    Confirm,
+    /// Internal: the detached process that reverts an unconfirmed change.
+    #[command(hide = true)]
+    ConfirmRevert {
+        /// The pending change this process guards.
+        #[arg(long)]
+        token: String,
     },
     /// Print the exact ruleset a follower would apply.
     Render {
@@ -365,11 +378,15 @@ fn run(cli: Cli) -> CmdResult<u8> {
             dry_run,
             output,
         } => {
-            let cfg = load_config(&config_path(&cli.config))?;
+            let path = config_path(&cli.config);
+            let cfg = load_config(&path)?;
             let opts = LeaderOptions { dry_run, output };
             match interval {
-                Some(i) => leader::run_interval(&cfg, &opts, i),
-                None => leader::run_once(&cfg, &opts, now).map(|o| tracing::debug!(?o))?,
+                Some(i) => leader::run_interval(&path, cfg, &opts, i)?,
+                None => {
+                    let mut m = reyes::metrics::LeaderMetrics::default();
+                    leader::cycle(&cfg, &opts, &mut m).map(|o| tracing::debug!(?o))?
+                }
             }
             Ok(0)
         }
@@ -381,8 +398,10 @@ fn run(cli: Cli) -> CmdResult<u8> {
             log_accept,
             log_drop,
             allow_unknown_host,
+            confirm,
         } => {
-            let cfg = load_config(&config_path(&cli.config))?;
+            let path = config_path(&cli.config);
+            let cfg = load_config(&path)?;
             let opts = FollowerOptions {
                 dry_run,
                 backend,
@@ -390,11 +409,27 @@ fn run(cli: Cli) -> CmdResult<u8> {
                 log_drop,
                 allow_unknown_host,
             };
-            match interval {
-                Some(i) => follower::run_interval(&cfg, &opts, i),
-                None => follower::run_once(&cfg, &opts, now).map(|o| tracing::debug!(?o))?,
+            match (interval, confirm) {
+                (Some(i), _) => follower::run_interval(&path, cfg, &opts, i)?,
+                (None, Some(timeout)) => {
+                    reyes::confirm::apply_with_confirm(&path, &cfg, &opts, timeout, now)
+                        .map(|o| tracing::debug!(?o))?
+                }
+                (None, None) => {
+                    let mut m = reyes::metrics::FollowerMetrics::default();
+                    follower::cycle(&cfg, &opts, &mut m).map(|o| tracing::debug!(?o))?
+                }
             }
             Ok(0)
+        }
+        Command::Confirm => {
+            let cfg = load_config(&config_path(&cli.config))?;
+            println!("{}", reyes::confirm::confirm(&cfg)?);
+            Ok(0)
+        }
+        Command::ConfirmRevert { token } => {
+            let cfg = load_config(&config_path(&cli.config))?;
+            reyes::confirm::revert_when_due(&cfg, &token).map(|()| 0)
         }
         Command::Render {
             document,

@@ -50,6 +50,8 @@ const CHECKS: &[&str] = &[
     "esp_accepted",
     "log_drop_v4",
     "log_drop_v6",
+    "log_accept_v4",
+    "log_accept_v6",
     "log_no_plain",
     "status_counts",
 ];

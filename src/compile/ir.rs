@@ -210,7 +210,7 @@ pub struct DispatchEntry {
 }
 
 /// Who the ruleset was compiled for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub enum Target {
     /// A host with these addresses.
     Host(Vec<IpAddr>),

@@ -28,9 +28,11 @@ use crate::proto::{PortRange, Proto};
 
 /// Drop-log rate limit: packets per second, and burst.
 pub const LOG_DROP_RATE: (u32, u32) = (5, 10);
+/// Accept-log rate limit of each accepting rule: packets per second, and burst.
+pub const LOG_ACCEPT_RATE: (u32, u32) = (5, 10);
 
 /// The follower-side facts and settings the ruleset depends on besides the document.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct HostContext {
     /// This host's addresses, or every group.
     pub target: Target,
@@ -610,16 +612,33 @@ fn group_rule(sh: &mut Shared<'_>, gi: usize, index: usize, r: &DocRule, out: &m
             negate: false,
         });
         matches.extend(proto.iter().cloned());
+        let origin = Origin::GroupRule {
+            group: gid.clone(),
+            rule: index,
+            source: source.clone(),
+        };
+        if let Some(log) = &log {
+            // Logged by a rule of its own, rate-limited like drops: a limit on the accepting
+            // rule would stop it accepting once over the rate.
+            let mut limited = matches.clone();
+            limited.push(Match::Limit {
+                rate: LOG_ACCEPT_RATE.0,
+                burst: LOG_ACCEPT_RATE.1,
+            });
+            out.push(Rule {
+                matches: limited,
+                log: Some(log.clone()),
+                counter: None,
+                verdict: Verdict::Continue,
+                origin: origin.clone(),
+            });
+        }
         out.push(Rule {
             matches,
-            log: log.clone(),
+            log: None,
             counter: Some(COUNTER_ACCEPTED),
             verdict: Verdict::Accept,
-            origin: Origin::GroupRule {
-                group: gid.clone(),
-                rule: index,
-                source,
-            },
+            origin,
         });
     };
     for family in Family::BOTH {

@@ -1466,24 +1466,28 @@ hosts:
         )
         .unwrap();
         let g = specs(&p.v4, "REYES-G-sg_a");
-        // Five prefixes: a set; two: one rule each, each logged first.
+        // Five prefixes: a set; two: one rule each. Accepts are logged first, by rate-limited
+        // rules of their own (a limit on the accepting rule would stop it accepting).
         assert!(
             g[0].starts_with("-p tcp -m set --match-set reyes-l4_")
-                && g[0].ends_with("-j LOG --log-prefix \"reyes accept sg-a/0: \""),
+                && g[0].ends_with(
+                    "-m limit --limit 5/sec --limit-burst 10 -j LOG --log-prefix \"reyes accept sg-a/0: \""
+                ),
             "{g:?}"
         );
         assert!(g[1].ends_with("-g REYES-ACCEPTED"));
+        assert!(!g[1].contains("limit"), "{g:?}");
         assert_eq!(
             g[2],
-            "-s 10.1.0.0/24 -p udp -m udp --dport 53 -j LOG --log-prefix \"reyes accept sg-a/1: \""
+            "-s 10.1.0.0/24 -p udp -m udp --dport 53 -m limit --limit 5/sec --limit-burst 10 -j LOG --log-prefix \"reyes accept sg-a/1: \""
         );
         assert_eq!(
             g[3],
-            "-s 10.1.0.0/24 -p udp -m udp --dport 53 -g REYES-ACCEPTED"
+            "-s 10.3.0.0/24 -p udp -m udp --dport 53 -m limit --limit 5/sec --limit-burst 10 -j LOG --log-prefix \"reyes accept sg-a/1: \""
         );
         assert_eq!(
             g[4],
-            "-s 10.3.0.0/24 -p udp -m udp --dport 53 -j LOG --log-prefix \"reyes accept sg-a/1: \""
+            "-s 10.1.0.0/24 -p udp -m udp --dport 53 -g REYES-ACCEPTED"
         );
         let tail = specs(&p.v4, "REYES-INPUT-1");
         assert_eq!(

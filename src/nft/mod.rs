@@ -98,6 +98,13 @@ impl Backend for NftBackend {
         "nft"
     }
 
+    fn transport(&self) -> &'static str {
+        match self.transport {
+            Transport::Netlink => "netlink",
+            Transport::Cli => "cli",
+        }
+    }
+
     fn render(&self, rs: &Ruleset) -> Result<String, BackendError> {
         render::render(rs).map_err(|e| BackendError::Io(e.to_string()))
     }

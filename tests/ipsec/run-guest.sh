@@ -222,6 +222,7 @@ follower:
   nft_transport: $transport
   enforce: ipsec
   addresses: [10.1.0.10, "fd00:1::10"]
+  log_accept: true
   log_drop: true
   disable_file: /run/reyes/disabled
   state_dir: /run/reyes/state
