@@ -5,12 +5,10 @@
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
-use sha2::{Digest, Sha256};
-
-use crate::backend::{self, Backend, BackendError};
+use crate::backend::{Backend, BackendError};
 use crate::compile::{self, CompileError, HostContext, Ruleset, Target};
 use crate::config::{AutoOr, Backend as BackendChoice, Config};
-use crate::document::{hex, rfc3339, Document};
+use crate::document::{rfc3339, Document};
 use crate::error::{Classify, CmdResult, Failure};
 use crate::signing::{SigningError, TrustRoot, VerifiedSigner};
 use crate::state::{Applied, StateDir, StoreVersion};
@@ -233,7 +231,7 @@ fn backend_failure(e: BackendError) -> Failure {
 
 /// Open the configured (or overridden) backend.
 pub fn open_backend(cfg: &Config, choice: Option<BackendChoice>) -> CmdResult<Box<dyn Backend>> {
-    backend::select(
+    crate::probe::select(
         choice.unwrap_or(cfg.follower.backend),
         cfg.follower.nft_transport,
         cfg.follower.iptables_variant,
@@ -241,10 +239,7 @@ pub fn open_backend(cfg: &Config, choice: Option<BackendChoice>) -> CmdResult<Bo
     .map_err(backend_failure)
 }
 
-/// sha256 of bytes, prefixed.
-pub fn sha256(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex(&Sha256::digest(bytes)))
-}
+pub use crate::digest::sha256;
 
 /// Apply a verified document through a backend and record it. Skips the kernel when the
 /// policy and host context are what is live already.
@@ -296,7 +291,14 @@ pub fn apply_verified(
             return Ok(Outcome::Unchanged { serial: doc.serial });
         }
     }
-    backend.apply(&rs).map_err(backend_failure)?;
+    // The last good document, for a backend that cannot read the live rules back in full.
+    let previous = || {
+        let (bytes, _) = state.last_good().ok().flatten()?;
+        compile_for(&Document::parse(&bytes).ok()?, ctx).ok()
+    };
+    backend
+        .apply_replacing(&rs, &previous)
+        .map_err(backend_failure)?;
     state.save_last_good(&v.bytes, &v.signature).runtime()?;
     state.record(&record).runtime()?;
     tracing::info!(

@@ -252,7 +252,7 @@ enum DiffFormat {
     Json,
 }
 
-fn parse_proto(s: &str) -> Result<Proto, String> {
+fn parse_proto(s: &str) -> Result<Proto, reyes::proto::ProtoError> {
     s.parse()
 }
 
@@ -305,15 +305,30 @@ fn explicit_config(cli: &Option<PathBuf>) -> CmdResult<Option<Config>> {
 }
 
 fn run(cli: Cli) -> CmdResult<u8> {
-    let now = SystemTime::now();
     match cli.command {
+        c @ (Command::Leader { .. }
+        | Command::Follower { .. }
+        | Command::Restore { .. }
+        | Command::Status { .. }
+        | Command::Flush { .. }) => run_host(&cli.config, c),
+        c @ (Command::Query { .. } | Command::Test { .. } | Command::Diff { .. }) => {
+            run_eval(&cli.config, c)
+        }
+        c => run_documents(&cli.config, c),
+    }
+}
+
+/// The commands that run against this host or its store: leader, follower, restore, status, flush.
+fn run_host(config: &Option<PathBuf>, command: Command) -> CmdResult<u8> {
+    let now = SystemTime::now();
+    match command {
         Command::Leader {
             once: _,
             interval,
             dry_run,
             output,
         } => {
-            let cfg = load_config(&config_path(&cli.config))?;
+            let cfg = load_config(&config_path(config))?;
             let opts = LeaderOptions { dry_run, output };
             match interval {
                 Some(i) => leader::run_interval(&cfg, &opts, i),
@@ -330,7 +345,7 @@ fn run(cli: Cli) -> CmdResult<u8> {
             log_drop,
             allow_unknown_host,
         } => {
-            let cfg = load_config(&config_path(&cli.config))?;
+            let cfg = load_config(&config_path(config))?;
             let opts = FollowerOptions {
                 dry_run,
                 backend,
@@ -344,6 +359,36 @@ fn run(cli: Cli) -> CmdResult<u8> {
             }
             Ok(0)
         }
+        Command::Restore {
+            backend,
+            allow_unknown_host,
+        } => {
+            let cfg = load_config(&config_path(config))?;
+            let opts = FollowerOptions {
+                backend,
+                allow_unknown_host,
+                ..Default::default()
+            };
+            commands::restore(&cfg, &opts)
+                .map(|o| tracing::debug!(?o))
+                .map(|()| 0)
+        }
+        Command::Status { backend } => {
+            let cfg = load_config(&config_path(config))?;
+            print!("{}", commands::status(&cfg, backend)?);
+            Ok(0)
+        }
+        Command::Flush { backend } => {
+            let cfg = optional_config(config)?;
+            commands::flush(cfg.as_ref(), backend).map(|()| 0)
+        }
+        _ => unreachable!("run() dispatches only these commands here"),
+    }
+}
+
+/// The commands on document and key files: render, verify, sign, keygen.
+fn run_documents(config: &Option<PathBuf>, command: Command) -> CmdResult<u8> {
+    match command {
         Command::Render {
             document,
             signature,
@@ -355,7 +400,7 @@ fn run(cli: Cli) -> CmdResult<u8> {
             log_drop,
             allow_unknown_host,
         } => {
-            let cfg = optional_config(&cli.config)?;
+            let cfg = optional_config(config)?;
             let o = RenderOptions {
                 document,
                 signature,
@@ -375,12 +420,12 @@ fn run(cli: Cli) -> CmdResult<u8> {
             document,
             signature,
         } => {
-            let cfg = load_config(&config_path(&cli.config))?;
+            let cfg = load_config(&config_path(config))?;
             print!("{}", commands::verify(&cfg, &document, &signature)?);
             Ok(0)
         }
         Command::Sign { document, output } => {
-            let cfg = load_config(&config_path(&cli.config))?;
+            let cfg = load_config(&config_path(config))?;
             let out = commands::sign(&cfg, &document, output.as_deref())?;
             println!("{}", out.display());
             Ok(0)
@@ -394,29 +439,13 @@ fn run(cli: Cli) -> CmdResult<u8> {
             println!("{fp}");
             Ok(0)
         }
-        Command::Status { backend } => {
-            let cfg = load_config(&config_path(&cli.config))?;
-            print!("{}", commands::status(&cfg, backend)?);
-            Ok(0)
-        }
-        Command::Restore {
-            backend,
-            allow_unknown_host,
-        } => {
-            let cfg = load_config(&config_path(&cli.config))?;
-            let opts = FollowerOptions {
-                backend,
-                allow_unknown_host,
-                ..Default::default()
-            };
-            commands::restore(&cfg, &opts)
-                .map(|o| tracing::debug!(?o))
-                .map(|()| 0)
-        }
-        Command::Flush { backend } => {
-            let cfg = optional_config(&cli.config)?;
-            commands::flush(cfg.as_ref(), backend).map(|()| 0)
-        }
+        _ => unreachable!("run() dispatches only these commands here"),
+    }
+}
+
+/// The commands that evaluate documents: query, test, diff.
+fn run_eval(config: &Option<PathBuf>, command: Command) -> CmdResult<u8> {
+    match command {
         Command::Query {
             document,
             from,
@@ -427,7 +456,7 @@ fn run(cli: Cli) -> CmdResult<u8> {
             icmp_code,
             scope,
         } => {
-            let cfg = explicit_config(&cli.config).map_err(query::as_usage)?;
+            let cfg = explicit_config(config).map_err(query::as_usage)?;
             let o = QueryOptions {
                 document,
                 from,
@@ -450,7 +479,7 @@ fn run(cli: Cli) -> CmdResult<u8> {
             flows,
             scope,
         } => {
-            let cfg = explicit_config(&cli.config).map_err(query::as_usage)?;
+            let cfg = explicit_config(config).map_err(query::as_usage)?;
             let report = query::test(cfg.as_ref(), &document, &flows, &scope.options())?;
             print!("{}", report.text());
             Ok(if report.failures.is_empty() { 0 } else { 1 })
@@ -466,6 +495,7 @@ fn run(cli: Cli) -> CmdResult<u8> {
             }
             Ok(0)
         }
+        _ => unreachable!("run() dispatches only these commands here"),
     }
 }
 
