@@ -491,48 +491,43 @@ fn scope_rules(enforce: Enforce) -> Vec<Rule> {
 
 /// IKE, ESP and AH, and the ICMP and ICMPv6 messages a host needs, always accepted.
 fn ipsec_and_icmp_rules() -> Vec<Rule> {
-    let mut r = Vec::new();
-    r.push(base(
-        vec![Match::Dport {
-            proto: PortProto::Udp,
-            ports: vec![
-                PortRange {
-                    first: proto::IKE_PORT,
-                    last: proto::IKE_PORT,
-                },
-                PortRange {
-                    first: proto::IKE_NAT_T_PORT,
-                    last: proto::IKE_NAT_T_PORT,
-                },
-            ],
-        }],
-        Verdict::Accept,
-        "IKE",
-    ));
-    r.push(base(
-        vec![Match::L4Proto(vec![proto::ESP, proto::AH])],
-        Verdict::Accept,
-        "ESP and AH",
-    ));
-    r.push(base(
-        vec![Match::Icmp {
-            v6: false,
-            types: vec![3, 11, 12],
-            code: None,
-        }],
-        Verdict::Accept,
-        "ICMP errors (path MTU discovery)",
-    ));
-    r.push(base(
-        vec![Match::Icmp {
-            v6: true,
-            types: vec![1, 2, 3, 4, 133, 134, 135, 136],
-            code: None,
-        }],
-        Verdict::Accept,
-        "ICMPv6 errors and neighbour discovery",
-    ));
-    r
+    let ike = |port| PortRange {
+        first: port,
+        last: port,
+    };
+    vec![
+        base(
+            vec![Match::Dport {
+                proto: PortProto::Udp,
+                ports: vec![ike(proto::IKE_PORT), ike(proto::IKE_NAT_T_PORT)],
+            }],
+            Verdict::Accept,
+            "IKE",
+        ),
+        base(
+            vec![Match::L4Proto(vec![proto::ESP, proto::AH])],
+            Verdict::Accept,
+            "ESP and AH",
+        ),
+        base(
+            vec![Match::Icmp {
+                v6: false,
+                types: vec![3, 11, 12],
+                code: None,
+            }],
+            Verdict::Accept,
+            "ICMP errors (path MTU discovery)",
+        ),
+        base(
+            vec![Match::Icmp {
+                v6: true,
+                types: vec![1, 2, 3, 4, 133, 134, 135, 136],
+                code: None,
+            }],
+            Verdict::Accept,
+            "ICMPv6 errors and neighbour discovery",
+        ),
+    ]
 }
 
 fn failsafe_rules(f: &Failsafe) -> Vec<Rule> {

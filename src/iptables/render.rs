@@ -41,16 +41,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use minijinja::{context, Environment};
 
 use crate::compile::Ruleset;
-use crate::net::{Family, Range};
+use crate::net::Family;
 
 pub use super::matches::{cidr_text, BUILTIN_PROTOS};
 use super::matches::{purpose_text, set_members};
+use super::names::clean;
 pub use super::names::{
     chain_name, counter_chain, family_kw, log_prefix, set_name, shorten, BASE_CHAIN, CHAIN_PREFIX,
     HOOK_CHAIN, JUMP_SPEC, MAX_CHAIN_NAME, MAX_LOG_PREFIX, MAX_SET_NAME, MULTIPORT_SLOTS,
     SET_PREFIX,
 };
-use super::names::{clean, TEMP_SUFFIX};
 use super::plan::err;
 pub use super::plan::{DispatchLayout, Header, IpSet, Line, Options, Plan, RenderError, Table};
 
@@ -206,8 +206,10 @@ pub fn render_plan(plan: &Plan) -> Result<String, RenderError> {
 #[cfg(test)]
 mod tests {
     use super::super::matches::{limit_text, port_alternatives};
+    use super::super::names::TEMP_SUFFIX;
     use super::*;
     use crate::compile::{compile, PortProto, Target};
+    use crate::net::Range;
     use crate::proto::PortRange;
 
     use crate::compile::tests::{ctx, doc, TWO};
