@@ -10,10 +10,10 @@ use crate::config::{Backend as BackendChoice, Config, Enforce};
 use crate::document::{rfc3339, Document};
 use crate::error::{Classify, CmdResult, Failure};
 use crate::follower::{self, FollowerOptions, Outcome};
+use crate::fsutil::{read_limited, write_atomic, ReadError};
 use crate::hostrecord::{self, HostRecord};
 use crate::signing::{self, read_passphrase, SigningKey};
 use crate::state::StateDir;
-use crate::store::directory::{read_limited, write_atomic};
 
 /// `render` options.
 #[derive(Debug, Clone, Default)]
@@ -40,14 +40,14 @@ pub struct RenderOptions {
 
 fn read_document(path: &Path) -> CmdResult<Vec<u8>> {
     read_limited(path, crate::document::limits::MAX_DOCUMENT_BYTES).map_err(|e| match e {
-        crate::store::StoreError::TooLarge(_) => Failure::refused(e),
+        ReadError::TooLarge { .. } => Failure::refused(e),
         other => Failure::usage(other),
     })
 }
 
 fn read_signature(path: &Path) -> CmdResult<Vec<u8>> {
     read_limited(path, crate::document::limits::MAX_SIGNATURE_BYTES).map_err(|e| match e {
-        crate::store::StoreError::TooLarge(_) => Failure::refused(e),
+        ReadError::TooLarge { .. } => Failure::refused(e),
         other => Failure::usage(other),
     })
 }
@@ -112,7 +112,7 @@ pub fn render(cfg: Option<&Config>, o: &RenderOptions) -> CmdResult<String> {
         BackendChoice::Auto => BackendChoice::Nft,
         b => b,
     });
-    let backend = crate::backend::select(
+    let backend = crate::probe::select(
         choice,
         crate::config::NftTransport::Cli,
         fcfg.iptables_variant,
@@ -211,7 +211,7 @@ pub fn flush(cfg: Option<&Config>, backend: Option<BackendChoice>) -> CmdResult<
         .unwrap_or_default();
     let transport = cfg.map(|c| c.follower.nft_transport).unwrap_or_default();
     let variant = cfg.map(|c| c.follower.iptables_variant).unwrap_or_default();
-    let b = crate::backend::select(choice, transport, variant).usage()?;
+    let b = crate::probe::select(choice, transport, variant).usage()?;
     b.flush().map_err(backend_failure)
 }
 

@@ -237,16 +237,7 @@ impl<'de> Deserialize<'de> for Document {
     }
 }
 
-/// Lower-case hex.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
-}
+pub use crate::digest::hex;
 
 /// Format a time as RFC 3339 UTC to the second.
 pub fn rfc3339(t: SystemTime) -> String {

@@ -105,41 +105,60 @@ impl Flow {
 
     /// Whether the flow is one a packet can have: both addresses of one family, ports only for
     /// tcp/udp, ICMP type and code only for the ICMP of the family, a code only with a type.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), FlowError> {
         if Family::of(&self.src) != Family::of(&self.dst) {
-            return Err(format!(
-                "{} and {} are of different address families",
-                self.src, self.dst
-            ));
+            return Err(FlowError::MixedFamilies(self.src, self.dst));
         }
         if self.port.is_some() && !self.proto.has_ports() {
-            return Err(format!(
-                "a port only applies to tcp and udp, not {}",
-                self.proto
-            ));
+            return Err(FlowError::PortWithout(self.proto));
         }
         if (self.icmp_type.is_some() || self.icmp_code.is_some()) && !self.proto.is_icmp() {
-            return Err(format!(
-                "an ICMP type or code only applies to icmp and icmpv6, not {}",
-                self.proto
-            ));
+            return Err(FlowError::IcmpWithout(self.proto));
         }
         if self.icmp_code.is_some() && self.icmp_type.is_none() {
-            return Err("an ICMP code needs an ICMP type".into());
+            return Err(FlowError::CodeWithoutType);
         }
         match (self.proto, self.family()) {
-            (Proto::Icmp, Family::V6) => {
-                Err(format!("icmp is IPv4's; {} is IPv6 (use icmpv6)", self.src))
-            }
-            (Proto::Icmpv6, Family::V4) => {
-                Err(format!("icmpv6 is IPv6's; {} is IPv4 (use icmp)", self.src))
+            (Proto::Icmp, Family::V6) | (Proto::Icmpv6, Family::V4) => {
+                Err(FlowError::IcmpFamily(self.proto, self.src))
             }
             // nftables' `meta l4proto` skips these to the header after them (as the kernel does).
-            (Proto::Number(n @ (0 | 43 | 44 | 51 | 60)), Family::V6) => Err(format!(
-                "protocol {n} is an IPv6 extension header: the firewall judges the protocol after it; ask about that one"
-            )),
+            (Proto::Number(n @ (0 | 43 | 44 | 51 | 60)), Family::V6) => {
+                Err(FlowError::ExtensionHeader(n))
+            }
             _ => Ok(()),
         }
+    }
+}
+
+/// A flow no packet can have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FlowError {
+    /// Source and destination of different families.
+    #[error("{0} and {1} are of different address families")]
+    MixedFamilies(IpAddr, IpAddr),
+    /// A port for a protocol without ports.
+    #[error("a port only applies to tcp and udp, not {0}")]
+    PortWithout(Proto),
+    /// An ICMP type or code for another protocol.
+    #[error("an ICMP type or code only applies to icmp and icmpv6, not {0}")]
+    IcmpWithout(Proto),
+    /// A code without a type.
+    #[error("an ICMP code needs an ICMP type")]
+    CodeWithoutType,
+    /// icmp with IPv6 addresses, or icmpv6 with IPv4 ones.
+    #[error("{}", icmp_family_text(*.0, .1))]
+    IcmpFamily(Proto, IpAddr),
+    /// An IPv6 extension header as the protocol.
+    #[error("protocol {0} is an IPv6 extension header: the firewall judges the protocol after it; ask about that one")]
+    ExtensionHeader(u8),
+}
+
+fn icmp_family_text(proto: Proto, src: &IpAddr) -> String {
+    if proto == Proto::Icmp {
+        format!("icmp is IPv4's; {src} is IPv6 (use icmpv6)")
+    } else {
+        format!("icmpv6 is IPv6's; {src} is IPv4 (use icmp)")
     }
 }
 
@@ -489,20 +508,6 @@ fn cover_of_values(n: usize, total: usize) -> Cover {
         Cover::All
     } else {
         Cover::Part
-    }
-}
-
-/// A short text for an origin, without the document (`query` adds the rule text).
-pub fn origin_text(o: &Origin) -> String {
-    match o {
-        Origin::Base(why) => why.clone(),
-        Origin::Failsafe(i) => format!("follower.failsafe[{i}]"),
-        Origin::GroupRule {
-            group,
-            rule,
-            source,
-        } => format!("{group} ingress[{rule}] (source {source})"),
-        Origin::Profile(g) => format!("profile jump to {g}"),
     }
 }
 

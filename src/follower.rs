@@ -6,12 +6,10 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
-use sha2::{Digest, Sha256};
-
-use crate::backend::{self, Backend, BackendError};
+use crate::backend::{Backend, BackendError};
 use crate::compile::{self, CompileError, HostContext, Ruleset, Target};
 use crate::config::{AutoOr, Backend as BackendChoice, Config};
-use crate::document::{hex, rfc3339, Document};
+use crate::document::{rfc3339, Document};
 use crate::error::{Classify, CmdResult, Failure};
 use crate::hostrecord::{self, HostRecord};
 use crate::metrics::{self, AppliedFacts, FetchResult, FollowerMetrics, Report};
@@ -262,7 +260,7 @@ fn backend_failure(e: BackendError) -> Failure {
 
 /// Open the configured (or overridden) backend.
 pub fn open_backend(cfg: &Config, choice: Option<BackendChoice>) -> CmdResult<Box<dyn Backend>> {
-    backend::select(
+    crate::probe::select(
         choice.unwrap_or(cfg.follower.backend),
         cfg.follower.nft_transport,
         cfg.follower.iptables_variant,
@@ -270,10 +268,7 @@ pub fn open_backend(cfg: &Config, choice: Option<BackendChoice>) -> CmdResult<Bo
     .map_err(backend_failure)
 }
 
-/// sha256 of bytes, prefixed.
-pub fn sha256(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex(&Sha256::digest(bytes)))
-}
+pub use crate::digest::sha256;
 
 /// Apply a verified document through a backend and record it. Skips the kernel when the
 /// policy and host context are what is live already.
@@ -329,8 +324,15 @@ pub fn apply_verified(
             return Ok(Outcome::Unchanged { serial: doc.serial });
         }
     }
+    // The last good document, for a backend that cannot read the live rules back in full.
+    let previous = || {
+        let (bytes, _) = state.last_good().ok().flatten()?;
+        compile_for(&Document::parse(&bytes).ok()?, ctx).ok()
+    };
     let started = Instant::now();
-    backend.apply(&rs).map_err(backend_failure)?;
+    backend
+        .apply_replacing(&rs, &previous)
+        .map_err(backend_failure)?;
     report.apply_seconds = Some(started.elapsed().as_secs_f64());
     state.save_last_good(&v.bytes, &v.signature).runtime()?;
     state.record(&record).runtime()?;

@@ -317,7 +317,7 @@ enum DiffFormat {
     Json,
 }
 
-fn parse_proto(s: &str) -> Result<Proto, String> {
+fn parse_proto(s: &str) -> Result<Proto, reyes::proto::ProtoError> {
     s.parse()
 }
 
@@ -370,15 +370,36 @@ fn explicit_config(cli: &Option<PathBuf>) -> CmdResult<Option<Config>> {
 }
 
 fn run(cli: Cli) -> CmdResult<u8> {
-    let now = SystemTime::now();
     match cli.command {
+        c @ (Command::Leader { .. }
+        | Command::Follower { .. }
+        | Command::Restore { .. }
+        | Command::Status { .. }
+        | Command::Flush { .. }
+        | Command::Confirm
+        | Command::ConfirmRevert { .. }) => run_host(&cli.config, c),
+        c @ (Command::Config { .. }
+        | Command::Graph { .. }
+        | Command::Completions { .. }
+        | Command::Manpages { .. }) => run_tools(&cli.config, c),
+        c @ (Command::Query { .. } | Command::Test { .. } | Command::Diff { .. }) => {
+            run_eval(&cli.config, c)
+        }
+        c => run_documents(&cli.config, c),
+    }
+}
+
+/// The commands that run against this host or its store: leader, follower, restore, status, flush.
+fn run_host(config: &Option<PathBuf>, command: Command) -> CmdResult<u8> {
+    let now = SystemTime::now();
+    match command {
         Command::Leader {
             once: _,
             interval,
             dry_run,
             output,
         } => {
-            let path = config_path(&cli.config);
+            let path = config_path(config);
             let cfg = load_config(&path)?;
             let opts = LeaderOptions { dry_run, output };
             match interval {
@@ -400,7 +421,7 @@ fn run(cli: Cli) -> CmdResult<u8> {
             allow_unknown_host,
             confirm,
         } => {
-            let path = config_path(&cli.config);
+            let path = config_path(config);
             let cfg = load_config(&path)?;
             let opts = FollowerOptions {
                 dry_run,
@@ -423,14 +444,44 @@ fn run(cli: Cli) -> CmdResult<u8> {
             Ok(0)
         }
         Command::Confirm => {
-            let cfg = load_config(&config_path(&cli.config))?;
+            let cfg = load_config(&config_path(config))?;
             println!("{}", reyes::confirm::confirm(&cfg)?);
             Ok(0)
         }
         Command::ConfirmRevert { token } => {
-            let cfg = load_config(&config_path(&cli.config))?;
+            let cfg = load_config(&config_path(config))?;
             reyes::confirm::revert_when_due(&cfg, &token).map(|()| 0)
         }
+        Command::Restore {
+            backend,
+            allow_unknown_host,
+        } => {
+            let cfg = load_config(&config_path(config))?;
+            let opts = FollowerOptions {
+                backend,
+                allow_unknown_host,
+                ..Default::default()
+            };
+            commands::restore(&cfg, &opts)
+                .map(|o| tracing::debug!(?o))
+                .map(|()| 0)
+        }
+        Command::Status { backend } => {
+            let cfg = load_config(&config_path(config))?;
+            print!("{}", commands::status(&cfg, backend)?);
+            Ok(0)
+        }
+        Command::Flush { backend } => {
+            let cfg = optional_config(config)?;
+            commands::flush(cfg.as_ref(), backend).map(|()| 0)
+        }
+        _ => unreachable!("run() dispatches only these commands here"),
+    }
+}
+
+/// The commands on document and key files: render, verify, sign, keygen.
+fn run_documents(config: &Option<PathBuf>, command: Command) -> CmdResult<u8> {
+    match command {
         Command::Render {
             document,
             signature,
@@ -442,7 +493,7 @@ fn run(cli: Cli) -> CmdResult<u8> {
             log_drop,
             allow_unknown_host,
         } => {
-            let cfg = optional_config(&cli.config)?;
+            let cfg = optional_config(config)?;
             let o = RenderOptions {
                 document,
                 signature,
@@ -462,12 +513,12 @@ fn run(cli: Cli) -> CmdResult<u8> {
             document,
             signature,
         } => {
-            let cfg = load_config(&config_path(&cli.config))?;
+            let cfg = load_config(&config_path(config))?;
             print!("{}", commands::verify(&cfg, &document, &signature)?);
             Ok(0)
         }
         Command::Sign { document, output } => {
-            let cfg = load_config(&config_path(&cli.config))?;
+            let cfg = load_config(&config_path(config))?;
             let out = commands::sign(&cfg, &document, output.as_deref())?;
             println!("{}", out.display());
             Ok(0)
@@ -481,29 +532,13 @@ fn run(cli: Cli) -> CmdResult<u8> {
             println!("{fp}");
             Ok(0)
         }
-        Command::Status { backend } => {
-            let cfg = load_config(&config_path(&cli.config))?;
-            print!("{}", commands::status(&cfg, backend)?);
-            Ok(0)
-        }
-        Command::Restore {
-            backend,
-            allow_unknown_host,
-        } => {
-            let cfg = load_config(&config_path(&cli.config))?;
-            let opts = FollowerOptions {
-                backend,
-                allow_unknown_host,
-                ..Default::default()
-            };
-            commands::restore(&cfg, &opts)
-                .map(|o| tracing::debug!(?o))
-                .map(|()| 0)
-        }
-        Command::Flush { backend } => {
-            let cfg = optional_config(&cli.config)?;
-            commands::flush(cfg.as_ref(), backend).map(|()| 0)
-        }
+        _ => unreachable!("run() dispatches only these commands here"),
+    }
+}
+
+/// The commands that evaluate documents: query, test, diff.
+fn run_eval(config: &Option<PathBuf>, command: Command) -> CmdResult<u8> {
+    match command {
         Command::Query {
             document,
             from,
@@ -514,7 +549,7 @@ fn run(cli: Cli) -> CmdResult<u8> {
             icmp_code,
             scope,
         } => {
-            let cfg = explicit_config(&cli.config).map_err(query::as_usage)?;
+            let cfg = explicit_config(config).map_err(query::as_usage)?;
             let o = QueryOptions {
                 document,
                 from,
@@ -537,7 +572,7 @@ fn run(cli: Cli) -> CmdResult<u8> {
             flows,
             scope,
         } => {
-            let cfg = explicit_config(&cli.config).map_err(query::as_usage)?;
+            let cfg = explicit_config(config).map_err(query::as_usage)?;
             let report = query::test(cfg.as_ref(), &document, &flows, &scope.options())?;
             print!("{}", report.text());
             Ok(if report.failures.is_empty() { 0 } else { 1 })
@@ -553,7 +588,14 @@ fn run(cli: Cli) -> CmdResult<u8> {
             }
             Ok(0)
         }
-        Command::Config { action } => config_command(&cli.config, action),
+        _ => unreachable!("run() dispatches only these commands here"),
+    }
+}
+
+/// The commands about reyes itself: config, graph, completions, man pages.
+fn run_tools(config: &Option<PathBuf>, command: Command) -> CmdResult<u8> {
+    match command {
+        Command::Config { action } => config_command(config, action),
         Command::Graph {
             document,
             format,
@@ -587,6 +629,7 @@ fn run(cli: Cli) -> CmdResult<u8> {
             }
             Ok(0)
         }
+        _ => unreachable!("run() dispatches only these commands here"),
     }
 }
 

@@ -106,32 +106,57 @@ impl Cidr {
     }
 
     /// Parse strictly: the text must already be canonical (host bits clear).
-    pub fn parse_canonical(s: &str) -> Result<Cidr, String> {
+    pub fn parse_canonical(s: &str) -> Result<Cidr, CidrError> {
         let c: Cidr = s.parse()?;
         if c.to_string() != s {
-            return Err(format!("{s:?} is not in canonical form (expected {c})"));
+            return Err(CidrError::NotCanonical {
+                text: s.to_string(),
+                canonical: c,
+            });
         }
         Ok(c)
     }
 }
 
+/// Text that is not an address or prefix reyes accepts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    /// Neither an address nor a prefix.
+    #[error("{0:?} is not an IP address or CIDR prefix")]
+    Invalid(String),
+    /// A prefix with host bits set.
+    #[error("{text:?} has host bits set; did you mean {network}?")]
+    HostBits {
+        /// The text.
+        text: String,
+        /// The prefix without them.
+        network: IpNet,
+    },
+    /// Valid, but not written the one canonical way.
+    #[error("{text:?} is not in canonical form (expected {canonical})")]
+    NotCanonical {
+        /// The text.
+        text: String,
+        /// How it is written canonically.
+        canonical: Cidr,
+    },
+}
+
 impl FromStr for Cidr {
-    type Err = String;
+    type Err = CidrError;
     /// Accepts `ADDR` or `ADDR/LEN`; host bits must be clear (`10.0.0.1/8` is refused, since it
     /// is more often a typo than an intent).
-    fn from_str(s: &str) -> Result<Cidr, String> {
+    fn from_str(s: &str) -> Result<Cidr, CidrError> {
         let s = s.trim();
         if let Ok(addr) = s.parse::<IpAddr>() {
             return Ok(Cidr::host(addr));
         }
-        let net: IpNet = s
-            .parse()
-            .map_err(|_| format!("{s:?} is not an IP address or CIDR prefix"))?;
+        let net: IpNet = s.parse().map_err(|_| CidrError::Invalid(s.to_string()))?;
         if net.trunc() != net {
-            return Err(format!(
-                "{s:?} has host bits set; did you mean {}?",
-                net.trunc()
-            ));
+            return Err(CidrError::HostBits {
+                text: s.to_string(),
+                network: net.trunc(),
+            });
         }
         Ok(Cidr(net))
     }

@@ -5,6 +5,23 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// IP protocol number of ICMP.
+pub const ICMP: u8 = 1;
+/// IP protocol number of TCP.
+pub const TCP: u8 = 6;
+/// IP protocol number of UDP.
+pub const UDP: u8 = 17;
+/// IP protocol number of ESP (IPsec).
+pub const ESP: u8 = 50;
+/// IP protocol number of AH (IPsec).
+pub const AH: u8 = 51;
+/// IP protocol number of ICMPv6.
+pub const ICMPV6: u8 = 58;
+/// UDP port of IKE.
+pub const IKE_PORT: u16 = 500;
+/// UDP port of IKE with NAT traversal.
+pub const IKE_NAT_T_PORT: u16 = 4500;
+
 /// An IP protocol as a rule names it. Numbers with a name (6, 17, 1, 58) and AWS's `-1` are
 /// normalised to the named variant, so one protocol has one spelling everywhere.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -37,10 +54,10 @@ impl Proto {
     /// The IP protocol number, if the protocol is a single one.
     pub fn number(self) -> Option<u8> {
         match self {
-            Proto::Tcp => Some(6),
-            Proto::Udp => Some(17),
-            Proto::Icmp => Some(1),
-            Proto::Icmpv6 => Some(58),
+            Proto::Tcp => Some(TCP),
+            Proto::Udp => Some(UDP),
+            Proto::Icmp => Some(ICMP),
+            Proto::Icmpv6 => Some(ICMPV6),
             Proto::All => None,
             Proto::Number(n) => Some(n),
         }
@@ -49,29 +66,49 @@ impl Proto {
     /// From an IP protocol number.
     pub fn from_number(n: u8) -> Proto {
         match n {
-            6 => Proto::Tcp,
-            17 => Proto::Udp,
-            1 => Proto::Icmp,
-            58 => Proto::Icmpv6,
+            TCP => Proto::Tcp,
+            UDP => Proto::Udp,
+            ICMP => Proto::Icmp,
+            ICMPV6 => Proto::Icmpv6,
             n => Proto::Number(n),
         }
     }
 }
 
+/// Text that is not a protocol.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown protocol {0:?}: expected tcp, udp, icmp, icmpv6, all, or a number 0-255")]
+pub struct ProtoError(pub String);
+
+/// A port or port range that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PortError {
+    /// Not `N` or `N-M`.
+    #[error("bad port {0:?}: expected N or \"N-M\" with 0 <= N <= M <= 65535")]
+    Invalid(String),
+    /// `first > last`.
+    #[error("port range {first}-{last} is backwards")]
+    Backwards {
+        /// The first port.
+        first: u16,
+        /// The last port.
+        last: u16,
+    },
+}
+
 impl FromStr for Proto {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Proto, String> {
+    type Err = ProtoError;
+    fn from_str(s: &str) -> Result<Proto, ProtoError> {
         match s.trim().to_ascii_lowercase().as_str() {
             "tcp" => Ok(Proto::Tcp),
             "udp" => Ok(Proto::Udp),
             "icmp" => Ok(Proto::Icmp),
             "icmpv6" | "ipv6-icmp" => Ok(Proto::Icmpv6),
             "all" | "-1" | "any" => Ok(Proto::All),
-            other => other.parse::<u8>().map(Proto::from_number).map_err(|_| {
-                format!(
-                    "unknown protocol {s:?}: expected tcp, udp, icmp, icmpv6, all, or a number 0-255"
-                )
-            }),
+            other => other
+                .parse::<u8>()
+                .map(Proto::from_number)
+                .map_err(|_| ProtoError(s.to_string())),
         }
     }
 }
@@ -119,9 +156,9 @@ impl PortRange {
     };
 
     /// A range, refusing `first > last`.
-    pub fn new(first: u16, last: u16) -> Result<PortRange, String> {
+    pub fn new(first: u16, last: u16) -> Result<PortRange, PortError> {
         if first > last {
-            return Err(format!("port range {first}-{last} is backwards"));
+            return Err(PortError::Backwards { first, last });
         }
         Ok(PortRange { first, last })
     }
@@ -133,10 +170,10 @@ impl PortRange {
 }
 
 impl FromStr for PortRange {
-    type Err = String;
-    fn from_str(s: &str) -> Result<PortRange, String> {
+    type Err = PortError;
+    fn from_str(s: &str) -> Result<PortRange, PortError> {
         let s = s.trim();
-        let bad = || format!("bad port {s:?}: expected N or \"N-M\" with 0 <= N <= M <= 65535");
+        let bad = || PortError::Invalid(s.to_string());
         match s.split_once('-') {
             Some((a, b)) => {
                 let a = a.trim().parse::<u16>().map_err(|_| bad())?;

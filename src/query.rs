@@ -163,7 +163,7 @@ pub fn explain(doc: &Document, cfg: Option<&Config>, e: &Evaluation) -> Vec<Stri
                 .unwrap_or_default();
             format!("follower.failsafe[{i}]: {what}")
         }
-        other => eval::origin_text(other),
+        other => other.to_string(),
     };
     match e.decision {
         Decision::Allow if !e.matched.is_empty() => e.matched.iter().map(rule).collect(),

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::directory::{read_limited, write_atomic, DOCUMENT, SIGNATURE};
+use crate::fsutil::{read_limited, write_atomic};
+use crate::store::directory::{DOCUMENT, SIGNATURE};
 
 /// A state-directory operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -122,7 +122,7 @@ fn moto() -> Option<(u16, MutexGuard<'static, ()>)> {
         if std::env::var("REYES_REQUIRE_MOTO").as_deref() == Ok("1") {
             panic!("moto_server not found (REYES_REQUIRE_MOTO=1): run scripts/setup, or set REYES_MOTO_SERVER");
         }
-        eprintln!("skipping: moto_server not found (run scripts/setup, or set REYES_MOTO_SERVER)");
+        common::skipped("moto_server not found (run scripts/setup, or set REYES_MOTO_SERVER)");
         return None;
     };
     assert_eq!(http(m.port, "POST", "/moto-api/reset").unwrap(), 200);

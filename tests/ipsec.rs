@@ -182,8 +182,8 @@ fn run_guest(backend: &str, transport: &str) -> Option<Report> {
         if std::env::var("REYES_REQUIRE_QEMU").as_deref() == Ok("1") {
             panic!("IPsec guest test ({what}) skipped, but REYES_REQUIRE_QEMU=1:\n{log}");
         }
-        note(&format!(
-            "skipping: IPsec guest test ({what}): qemu or the guest kernel is not available"
+        common::skipped(&format!(
+            "IPsec guest test ({what}): qemu or the guest kernel is not available"
         ));
         done();
         return None;
@@ -196,7 +196,7 @@ fn run_guest(backend: &str, transport: &str) -> Option<Report> {
             reason.contains("exited 2") && reason.contains("not supported yet"),
             "run-guest.sh exited {SKIP_BACKEND} (backend not supported) without the follower saying so: {reason:?}\n{log}"
         );
-        note(&format!("skipping: IPsec guest test ({what}): {reason}"));
+        common::skipped(&format!("IPsec guest test ({what}): {reason}"));
         done();
         return None;
     }

@@ -25,7 +25,7 @@ fn tools_available() -> bool {
         if std::env::var("REYES_REQUIRE_NETNS").as_deref() == Ok("1") {
             panic!("iptables-legacy and ipset are required (REYES_REQUIRE_NETNS=1)");
         }
-        eprintln!("skipping: iptables-legacy or ipset not installed");
+        common::skipped("iptables-legacy or ipset not installed");
     }
     ok
 }

@@ -113,7 +113,7 @@ fn tools_available(v: Variant) -> bool {
                 v.name()
             );
         }
-        eprintln!("skipping: {} or ipset not installed", v.name());
+        common::skipped(&format!("{} or ipset not installed", v.name()));
     }
     ok
 }
@@ -737,7 +737,7 @@ fn nft_probe_commits_nothing() {
         .output()
         .is_ok_and(|o| o.status.success());
     let ns = Netns::new("probe");
-    let usable = in_ns(&ns, reyes::backend::nft_usable);
+    let usable = in_ns(&ns, reyes::probe::nft_usable);
     assert_eq!(usable, has_nft);
     if has_nft {
         assert_eq!(ns.nft_ruleset().trim(), "");

@@ -604,6 +604,7 @@ fn arb_ruleset() -> impl Strategy<Value = Ruleset> {
                 dispatch6: dispatch(d6),
                 chains,
                 input,
+                base: reyes::compile::BaseChain::reyes(),
             }
         })
 }

@@ -165,6 +165,22 @@ pub enum Origin {
     Profile(Name),
 }
 
+/// One wording for every backend's comments and errors and for `query`.
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Base(why) => f.write_str(why),
+            Origin::Failsafe(i) => write!(f, "failsafe[{i}]"),
+            Origin::GroupRule {
+                group,
+                rule,
+                source,
+            } => write!(f, "{group} ingress[{rule}] from {source}"),
+            Origin::Profile(g) => write!(f, "the rules of {g}"),
+        }
+    }
+}
+
 /// One rule.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Rule {
@@ -233,6 +249,87 @@ pub struct Meta {
     pub target: Target,
 }
 
+/// The netfilter hook reyes' base chain is attached to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Hook {
+    /// Packets addressed to this host (`input`; `INPUT` in iptables).
+    Input,
+}
+
+impl Hook {
+    /// nftables' name of the hook.
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Input => "input",
+        }
+    }
+}
+
+/// What the base chain does with a packet its rules leave undecided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ChainPolicy {
+    /// Let it through (to the other tables, or the host's own rules after reyes' jump).
+    Accept,
+    /// Drop it.
+    Drop,
+}
+
+impl ChainPolicy {
+    /// nftables' name of the policy.
+    pub fn name(self) -> &'static str {
+        match self {
+            ChainPolicy::Accept => "accept",
+            ChainPolicy::Drop => "drop",
+        }
+    }
+}
+
+/// The priority of nftables' `filter` (0).
+pub const PRIORITY_FILTER: i32 = 0;
+
+/// Where and how the base chain hooks in, and the named counters the ruleset keeps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BaseChain {
+    /// The hook.
+    pub hook: Hook,
+    /// Its priority among the hook's chains ([`PRIORITY_FILTER`]).
+    pub priority: i32,
+    /// What happens to a packet no rule decided.
+    pub policy: ChainPolicy,
+    /// The named counters rules count into (read by `reyes status`), in order.
+    pub counters: Vec<NamedCounter>,
+}
+
+/// A named counter, and the verdict of the rules that count into it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NamedCounter {
+    /// Its name ([`COUNTER_ACCEPTED`], [`COUNTER_DROPPED`]).
+    pub name: &'static str,
+    /// What the rules counting into it do with the packet.
+    pub verdict: Verdict,
+}
+
+impl BaseChain {
+    /// reyes' base chain: input, priority filter, policy accept, counting accepted and dropped.
+    pub fn reyes() -> BaseChain {
+        BaseChain {
+            hook: Hook::Input,
+            priority: PRIORITY_FILTER,
+            policy: ChainPolicy::Accept,
+            counters: vec![
+                NamedCounter {
+                    name: COUNTER_ACCEPTED,
+                    verdict: Verdict::Accept,
+                },
+                NamedCounter {
+                    name: COUNTER_DROPPED,
+                    verdict: Verdict::Drop,
+                },
+            ],
+        }
+    }
+}
+
 /// The whole compiled ruleset.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Ruleset {
@@ -246,8 +343,10 @@ pub struct Ruleset {
     pub dispatch6: Vec<DispatchEntry>,
     /// Group and profile chains, sorted by name.
     pub chains: Vec<Chain>,
-    /// The base chain (hooked at input, priority filter, policy accept), in order.
+    /// The base chain's rules, in order (hooked as [`Ruleset::base`] says).
     pub input: Vec<Rule>,
+    /// The base chain's hook, priority, policy and named counters.
+    pub base: BaseChain,
 }
 
 impl Ruleset {

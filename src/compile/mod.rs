@@ -24,7 +24,7 @@ pub use ir::*;
 use crate::config::{AutoOr, Enforce, Failsafe, FollowerConfig};
 use crate::document::{DocRule, Document, Policy};
 use crate::net::{self, Cidr, Family, Range};
-use crate::proto::{PortRange, Proto};
+use crate::proto::{self, PortRange, Proto};
 
 /// Drop-log rate limit: packets per second, and burst.
 pub const LOG_DROP_RATE: (u32, u32) = (5, 10);
@@ -87,7 +87,7 @@ impl HostContext {
     /// A digest of everything here, to tell whether a re-apply is needed.
     pub fn digest(&self) -> String {
         let bytes = serde_json::to_vec(self).unwrap_or_default();
-        format!("sha256:{}", crate::document::hex(&Sha256::digest(bytes)))
+        format!("sha256:{}", crate::digest::hex(&Sha256::digest(bytes)))
     }
 }
 
@@ -120,7 +120,7 @@ fn sanitize(id: &str) -> String {
 }
 
 fn short_hash(s: &str) -> String {
-    crate::document::hex(&Sha256::digest(s.as_bytes())[..6])
+    crate::digest::short_sha256(s.as_bytes(), 6)
 }
 
 /// Name parts for every group id, unique even when sanitising makes two ids equal.
@@ -176,55 +176,9 @@ impl GroupNames {
 /// Compile a verified document for a host.
 pub fn compile(doc: &Document, ctx: &HostContext) -> Result<Ruleset, CompileError> {
     let policy = &doc.policy;
-    let parts = name_parts(policy);
-    let names: Vec<GroupNames> = policy
-        .groups
-        .iter()
-        .map(|g| {
-            let part = parts
-                .get(g.id.as_str())
-                .cloned()
-                .unwrap_or_else(|| sanitize(&g.id));
-            GroupNames {
-                id: Name::from(g.id.as_str()),
-                chain: Name::from(format!("g_{part}")),
-                members: Family::BOTH.map(|f| Name::from(format!("m{}_{part}", f.digit()))),
-                source: Name::from(format!("group {}", g.id)),
-            }
-        })
-        .collect();
-    drop(parts);
+    let names = group_names(policy);
 
-    // Destinations: which groups (by index, which is id order) each local address or member
-    // interval belongs to.
-    let mut labelled: Vec<(Range, usize)> = Vec::new();
-    match &ctx.target {
-        Target::Host(addrs) => {
-            for a in addrs {
-                for (gi, g) in policy.groups.iter().enumerate() {
-                    if g.members.iter().any(|m| m.contains(a)) {
-                        labelled.push((Range::single(a), gi));
-                    }
-                }
-            }
-            if labelled.is_empty() && !ctx.allow_unknown_host {
-                let list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
-                let list = if list.is_empty() {
-                    "none found".to_string()
-                } else {
-                    list.join(", ")
-                };
-                return Err(CompileError::UnknownHost(list));
-            }
-        }
-        Target::AllGroups => {
-            let members = policy.groups.iter().map(|g| g.members.len()).sum();
-            labelled.reserve_exact(members);
-            for (gi, g) in policy.groups.iter().enumerate() {
-                labelled.extend(g.members.iter().map(|m| (m.range(), gi)));
-            }
-        }
-    }
+    let labelled = destinations(policy, ctx)?;
 
     // Group chains for every group that is a destination somewhere.
     let mut is_dest = vec![false; policy.groups.len()];
@@ -302,7 +256,88 @@ pub fn compile(doc: &Document, ctx: &HostContext) -> Result<Ruleset, CompileErro
     }
     chains.sort_by(|a, b| a.name.cmp(&b.name));
 
-    // Sets: members of every referenced source group, then the scope sets.
+    let sets = sets(policy, ctx, &names, member_sets);
+
+    Ok(Ruleset {
+        meta: Meta {
+            environment: doc.environment.clone(),
+            serial: doc.serial,
+            policy_digest: doc.policy_digest.clone(),
+            enforce: ctx.enforce,
+            target: ctx.target.clone(),
+        },
+        sets,
+        dispatch4,
+        dispatch6,
+        chains,
+        input: base_chain(ctx),
+        base: BaseChain::reyes(),
+    })
+}
+
+/// The names of each group's chain, member sets and source label, in group order.
+fn group_names(policy: &Policy) -> Vec<GroupNames> {
+    let parts = name_parts(policy);
+    policy
+        .groups
+        .iter()
+        .map(|g| {
+            let part = parts
+                .get(g.id.as_str())
+                .cloned()
+                .unwrap_or_else(|| sanitize(&g.id));
+            GroupNames {
+                id: Name::from(g.id.as_str()),
+                chain: Name::from(format!("g_{part}")),
+                members: Family::BOTH.map(|f| Name::from(format!("m{}_{part}", f.digit()))),
+                source: Name::from(format!("group {}", g.id)),
+            }
+        })
+        .collect()
+}
+
+/// Which groups (by index, which is id order) each local address or member interval belongs
+/// to: the host's addresses, or every member of every group.
+fn destinations(policy: &Policy, ctx: &HostContext) -> Result<Vec<(Range, usize)>, CompileError> {
+    let mut labelled: Vec<(Range, usize)> = Vec::new();
+    match &ctx.target {
+        Target::Host(addrs) => {
+            for a in addrs {
+                for (gi, g) in policy.groups.iter().enumerate() {
+                    if g.members.iter().any(|m| m.contains(a)) {
+                        labelled.push((Range::single(a), gi));
+                    }
+                }
+            }
+            if labelled.is_empty() && !ctx.allow_unknown_host {
+                let list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+                let list = if list.is_empty() {
+                    "none found".to_string()
+                } else {
+                    list.join(", ")
+                };
+                return Err(CompileError::UnknownHost(list));
+            }
+        }
+        Target::AllGroups => {
+            let members = policy.groups.iter().map(|g| g.members.len()).sum();
+            labelled.reserve_exact(members);
+            for (gi, g) in policy.groups.iter().enumerate() {
+                labelled.extend(g.members.iter().map(|m| (m.range(), gi)));
+            }
+        }
+    }
+
+    Ok(labelled)
+}
+
+/// The member sets of every referenced source group, then the scope sets, by name.
+fn sets(
+    policy: &Policy,
+    ctx: &HostContext,
+    names: &[GroupNames],
+    member_sets: BTreeSet<(Family, usize)>,
+) -> Vec<AddrSet> {
     let mut sets = Vec::new();
     for (family, gi) in member_sets {
         let g = &policy.groups[gi];
@@ -334,21 +369,7 @@ pub fn compile(doc: &Document, ctx: &HostContext) -> Result<Ruleset, CompileErro
         }
     }
     sets.sort_by(|a, b| a.name.cmp(&b.name));
-
-    Ok(Ruleset {
-        meta: Meta {
-            environment: doc.environment.clone(),
-            serial: doc.serial,
-            policy_digest: doc.policy_digest.clone(),
-            enforce: ctx.enforce,
-            target: ctx.target.clone(),
-        },
-        sets,
-        dispatch4,
-        dispatch6,
-        chains,
-        input: base_chain(ctx),
-    })
+    sets
 }
 
 /// `local_cidrs: auto`: the blocks of every network that holds one of the host's addresses
@@ -389,77 +410,8 @@ fn base_chain(ctx: &HostContext) -> Vec<Rule> {
             "established or related connection",
         ),
     ];
-    match ctx.enforce {
-        Enforce::Ipsec => r.push(base(
-            vec![Match::Ipsec(false)],
-            Verdict::Accept,
-            "out of scope: not over IPsec",
-        )),
-        Enforce::Cidr => {
-            for f in Family::BOTH {
-                r.push(base(
-                    vec![Match::Saddr {
-                        family: f,
-                        addrs: AddrMatch::Set(Name::from(format!("managed{}", f.digit()))),
-                        negate: true,
-                    }],
-                    Verdict::Accept,
-                    "out of scope: source not in managed_cidrs",
-                ));
-            }
-            for f in Family::BOTH {
-                r.push(base(
-                    vec![Match::Saddr {
-                        family: f,
-                        addrs: AddrMatch::Set(Name::from(format!("local{}", f.digit()))),
-                        negate: false,
-                    }],
-                    Verdict::Accept,
-                    "out of scope: source in local_cidrs",
-                ));
-            }
-        }
-    }
-    r.push(base(
-        vec![Match::Dport {
-            proto: PortProto::Udp,
-            ports: vec![
-                PortRange {
-                    first: 500,
-                    last: 500,
-                },
-                PortRange {
-                    first: 4500,
-                    last: 4500,
-                },
-            ],
-        }],
-        Verdict::Accept,
-        "IKE",
-    ));
-    r.push(base(
-        vec![Match::L4Proto(vec![50, 51])],
-        Verdict::Accept,
-        "ESP and AH",
-    ));
-    r.push(base(
-        vec![Match::Icmp {
-            v6: false,
-            types: vec![3, 11, 12],
-            code: None,
-        }],
-        Verdict::Accept,
-        "ICMP errors (path MTU discovery)",
-    ));
-    r.push(base(
-        vec![Match::Icmp {
-            v6: true,
-            types: vec![1, 2, 3, 4, 133, 134, 135, 136],
-            code: None,
-        }],
-        Verdict::Accept,
-        "ICMPv6 errors and neighbour discovery",
-    ));
+    r.extend(scope_rules(ctx.enforce));
+    r.extend(ipsec_and_icmp_rules());
     for (i, f) in ctx.failsafe.iter().enumerate() {
         for rule in failsafe_rules(f) {
             r.push(Rule {
@@ -500,6 +452,84 @@ fn base_chain(ctx: &HostContext) -> Vec<Rule> {
         origin: Origin::Base("no rule of the destination's groups allows it".into()),
     });
     r
+}
+
+/// What `enforce` leaves out of scope, accepted before any group rule.
+fn scope_rules(enforce: Enforce) -> Vec<Rule> {
+    let mut r = Vec::new();
+    match enforce {
+        Enforce::Ipsec => r.push(base(
+            vec![Match::Ipsec(false)],
+            Verdict::Accept,
+            "out of scope: not over IPsec",
+        )),
+        Enforce::Cidr => {
+            for f in Family::BOTH {
+                r.push(base(
+                    vec![Match::Saddr {
+                        family: f,
+                        addrs: AddrMatch::Set(Name::from(format!("managed{}", f.digit()))),
+                        negate: true,
+                    }],
+                    Verdict::Accept,
+                    "out of scope: source not in managed_cidrs",
+                ));
+            }
+            for f in Family::BOTH {
+                r.push(base(
+                    vec![Match::Saddr {
+                        family: f,
+                        addrs: AddrMatch::Set(Name::from(format!("local{}", f.digit()))),
+                        negate: false,
+                    }],
+                    Verdict::Accept,
+                    "out of scope: source in local_cidrs",
+                ));
+            }
+        }
+    }
+    r
+}
+
+/// IKE, ESP and AH, and the ICMP and ICMPv6 messages a host needs, always accepted.
+fn ipsec_and_icmp_rules() -> Vec<Rule> {
+    let ike = |port| PortRange {
+        first: port,
+        last: port,
+    };
+    vec![
+        base(
+            vec![Match::Dport {
+                proto: PortProto::Udp,
+                ports: vec![ike(proto::IKE_PORT), ike(proto::IKE_NAT_T_PORT)],
+            }],
+            Verdict::Accept,
+            "IKE",
+        ),
+        base(
+            vec![Match::L4Proto(vec![proto::ESP, proto::AH])],
+            Verdict::Accept,
+            "ESP and AH",
+        ),
+        base(
+            vec![Match::Icmp {
+                v6: false,
+                types: vec![3, 11, 12],
+                code: None,
+            }],
+            Verdict::Accept,
+            "ICMP errors (path MTU discovery)",
+        ),
+        base(
+            vec![Match::Icmp {
+                v6: true,
+                types: vec![1, 2, 3, 4, 133, 134, 135, 136],
+                code: None,
+            }],
+            Verdict::Accept,
+            "ICMPv6 errors and neighbour discovery",
+        ),
+    ]
 }
 
 fn failsafe_rules(f: &Failsafe) -> Vec<Rule> {
@@ -543,7 +573,11 @@ fn proto_matches(
             } else {
                 PortProto::Udp
             };
-            let num = if proto == Proto::Tcp { 6 } else { 17 };
+            let num = if proto == Proto::Tcp {
+                proto::TCP
+            } else {
+                proto::UDP
+            };
             match ports {
                 Some(r) if r != PortRange::ALL => vec![Match::Dport {
                     proto: p,
@@ -560,7 +594,11 @@ fn proto_matches(
                     types: vec![t],
                     code: icmp_code,
                 }],
-                None => vec![Match::L4Proto(vec![if v6 { 58 } else { 1 }])],
+                None => vec![Match::L4Proto(vec![if v6 {
+                    proto::ICMPV6
+                } else {
+                    proto::ICMP
+                }])],
             }
         }
         Proto::All => vec![],
@@ -711,106 +749,4 @@ fn log_prefix(gid: &str, index: usize) -> String {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-    use crate::document::{build, BuildOptions};
-    use crate::inventory::static_file;
-    use std::time::{Duration, SystemTime};
-
-    pub(crate) fn doc(yaml: &str) -> Document {
-        let inv = static_file::parse(yaml, "t").unwrap();
-        build(
-            &inv,
-            &BuildOptions::new(
-                "test",
-                1,
-                SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
-                Duration::from_secs(3600),
-            ),
-        )
-        .unwrap()
-        .document
-    }
-
-    pub(crate) fn ctx(addrs: &[&str]) -> HostContext {
-        HostContext::new(Target::Host(
-            addrs.iter().map(|a| a.parse().unwrap()).collect(),
-        ))
-    }
-
-    pub(crate) const TWO: &str = r#"
-groups:
-  - id: sg-a
-    ingress: [{proto: tcp, ports: 22, from: {groups: [sg-b], cidrs: [10.9.0.0/24, 10.9.0.5]}}]
-  - id: sg-b
-    ingress: [{proto: all, from: {cidrs: ["fd00::/8"]}}]
-hosts:
-  - {id: h1, addresses: [10.0.0.1], groups: [sg-a, sg-b]}
-  - {id: h2, addresses: [10.0.0.2, "fd00::2"], groups: [sg-b]}
-"#;
-
-    #[test]
-    fn unknown_host_refused_unless_allowed() {
-        let d = doc(TWO);
-        assert!(matches!(
-            compile(&d, &ctx(&["192.0.2.1"])),
-            Err(CompileError::UnknownHost(_))
-        ));
-        let mut c = ctx(&["192.0.2.1"]);
-        c.allow_unknown_host = true;
-        let rs = compile(&d, &c).unwrap();
-        assert!(rs.dispatch4.is_empty() && rs.chains.is_empty());
-    }
-
-    #[test]
-    fn address_in_two_groups_gets_a_profile_chain() {
-        let rs = compile(&doc(TWO), &ctx(&["10.0.0.1"])).unwrap();
-        assert_eq!(rs.dispatch4.len(), 1);
-        let p = rs.chain(&rs.dispatch4[0].chain).unwrap();
-        assert_eq!(
-            p.kind,
-            ChainKind::Profile(vec!["sg-a".into(), "sg-b".into()])
-        );
-        let a = rs.chain("g_sg_a").unwrap();
-        // v4: one rule for the group source, one for the merged literals; v6: the group source.
-        assert_eq!(a.rules.len(), 3);
-        assert_eq!(
-            a.rules[1].matches[0],
-            Match::Saddr {
-                family: Family::V4,
-                addrs: AddrMatch::Literal(vec!["10.9.0.0/24".parse::<Cidr>().unwrap().range()]),
-                negate: false
-            }
-        );
-        assert!(rs.set("m4_sg_b").is_some());
-        assert_eq!(rs.set("m6_sg_b").unwrap().elements.len(), 1);
-        assert!(rs.set("m4_sg_a").is_none(), "sg-a is never a source");
-    }
-
-    #[test]
-    fn colliding_sanitised_ids_stay_distinct() {
-        let yaml = "groups:\n  - {id: sg-a}\n  - {id: sg_a}\nhosts:\n  - {id: h, addresses: [10.0.0.1], groups: [sg-a, sg_a]}\n";
-        let rs = compile(&doc(yaml), &ctx(&["10.0.0.1"])).unwrap();
-        let names: BTreeSet<&str> = rs.chains.iter().map(|c| &*c.name).collect();
-        assert_eq!(names.len(), 3, "{names:?}");
-    }
-
-    #[test]
-    fn failsafe_and_cidr_scope() {
-        let mut c = ctx(&["10.0.0.2"]);
-        c.enforce = Enforce::Cidr;
-        c.managed_cidrs = vec!["10.0.0.0/8".parse().unwrap()];
-        c.failsafe = vec![Failsafe {
-            proto: Proto::Tcp,
-            port: Some(PortRange {
-                first: 22,
-                last: 22,
-            }),
-            from: None,
-        }];
-        let rs = compile(&doc(TWO), &c).unwrap();
-        assert_eq!(rs.set("managed4").unwrap().elements.len(), 1);
-        assert!(rs.set("managed6").unwrap().elements.is_empty());
-        assert!(rs.input.iter().any(|r| r.origin == Origin::Failsafe(0)));
-    }
-}
+pub(crate) mod tests;

@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::{Group, Host, Inventory, Network, PrefixList, Rule, Sources, Subnet};
 use crate::net::Cidr;
-use crate::proto::{PortRange, Proto};
+use crate::proto::{PortError, PortRange, Proto, ProtoError};
 
 /// `describe-security-groups` -> `SecurityGroups[]`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -273,7 +273,54 @@ pub struct AwsInventory {
     pub prefix_lists: Vec<(String, Vec<PrefixListEntry>)>,
 }
 
-fn cidr(s: &str, what: &str) -> Result<Cidr, String> {
+/// An AWS shape that cannot be converted, and where it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{place}: {problem}")]
+pub struct ConvertError {
+    /// Which object (and field).
+    pub place: String,
+    /// What is wrong with it.
+    pub problem: Problem,
+}
+
+/// What is wrong with an AWS field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    /// Not an address or prefix.
+    #[error("{0:?} is not an IP address or prefix")]
+    Address(String),
+    /// Not a protocol.
+    #[error("IpProtocol: {0}")]
+    Protocol(ProtoError),
+    /// A port outside 0-65535.
+    #[error("{field} {value} is out of range")]
+    Port {
+        /// `FromPort` or `ToPort`.
+        field: &'static str,
+        /// The value.
+        value: i64,
+    },
+    /// A backwards port range.
+    #[error("{0}")]
+    Ports(PortError),
+    /// An ICMP type or code outside 0-255.
+    #[error("ICMP {field} {value} is out of range 0-255")]
+    Icmp {
+        /// `type` or `code`.
+        field: &'static str,
+        /// The value.
+        value: i64,
+    },
+}
+
+fn problem(place: &str, problem: Problem) -> ConvertError {
+    ConvertError {
+        place: place.to_string(),
+        problem,
+    }
+}
+
+fn cidr(s: &str, what: &str) -> Result<Cidr, ConvertError> {
     // AWS prints canonical prefixes; tolerate host bits rather than refuse a whole estate.
     let s = s.trim();
     if let Ok(a) = s.parse::<std::net::IpAddr>() {
@@ -281,20 +328,20 @@ fn cidr(s: &str, what: &str) -> Result<Cidr, String> {
     }
     s.parse::<ipnet::IpNet>()
         .map(Cidr::new)
-        .map_err(|_| format!("{what}: {s:?} is not an IP address or prefix"))
+        .map_err(|_| problem(what, Problem::Address(s.to_string())))
 }
 
 /// Convert one permission (AWS semantics) into a rule.
-pub fn convert_permission(p: &IpPermission, ctx: &str) -> Result<Rule, String> {
+pub fn convert_permission(p: &IpPermission, ctx: &str) -> Result<Rule, ConvertError> {
     let proto: Proto = p
         .ip_protocol
         .parse()
-        .map_err(|e| format!("{ctx}: IpProtocol: {e}"))?;
-    let port = |v: Option<i64>, name: &str| -> Result<Option<i64>, String> {
+        .map_err(|e| problem(ctx, Problem::Protocol(e)))?;
+    let port = |v: Option<i64>, field: &'static str| -> Result<Option<i64>, ConvertError> {
         match v {
             None | Some(-1) => Ok(None),
             Some(n) if (0..=65535).contains(&n) => Ok(Some(n)),
-            Some(n) => Err(format!("{ctx}: {name} {n} is out of range")),
+            Some(value) => Err(problem(ctx, Problem::Port { field, value })),
         }
     };
     let (from, to) = (port(p.from_port, "FromPort")?, port(p.to_port, "ToPort")?);
@@ -302,18 +349,16 @@ pub fn convert_permission(p: &IpPermission, ctx: &str) -> Result<Rule, String> {
     match proto {
         Proto::Tcp | Proto::Udp => {
             ports = Some(match (from, to) {
-                (Some(a), Some(b)) => {
-                    PortRange::new(a as u16, b as u16).map_err(|e| format!("{ctx}: {e}"))?
-                }
-                (Some(a), None) => {
-                    PortRange::new(a as u16, a as u16).map_err(|e| format!("{ctx}: {e}"))?
-                }
+                (Some(a), Some(b)) => PortRange::new(a as u16, b as u16)
+                    .map_err(|e| problem(ctx, Problem::Ports(e)))?,
+                (Some(a), None) => PortRange::new(a as u16, a as u16)
+                    .map_err(|e| problem(ctx, Problem::Ports(e)))?,
                 _ => PortRange::ALL,
             })
         }
         Proto::Icmp | Proto::Icmpv6 => {
-            let byte = |v: i64, name: &str| {
-                u8::try_from(v).map_err(|_| format!("{ctx}: ICMP {name} {v} is out of range 0-255"))
+            let byte = |value: i64, field: &'static str| {
+                u8::try_from(value).map_err(|_| problem(ctx, Problem::Icmp { field, value }))
             };
             icmp_type = from.map(|t| byte(t, "type")).transpose()?;
             icmp_code = if icmp_type.is_some() {
@@ -348,9 +393,38 @@ pub fn convert_permission(p: &IpPermission, ctx: &str) -> Result<Rule, String> {
     })
 }
 
+/// One network interface as a host: its addresses and prefixes, deduplicated.
+fn host(eni: &NetworkInterface) -> Result<Host, ConvertError> {
+    let ctx = format!("network interface {}", eni.network_interface_id);
+    let mut addresses = Vec::new();
+    if let Some(a) = &eni.private_ip_address {
+        addresses.push(cidr(a, &ctx)?);
+    }
+    for a in &eni.private_ip_addresses {
+        addresses.push(cidr(&a.private_ip_address, &ctx)?);
+    }
+    for a in &eni.ipv6_addresses {
+        addresses.push(cidr(&a.ipv6_address, &ctx)?);
+    }
+    for p in &eni.ipv4_prefixes {
+        addresses.push(cidr(&p.ipv4_prefix, &ctx)?);
+    }
+    for p in &eni.ipv6_prefixes {
+        addresses.push(cidr(&p.ipv6_prefix, &ctx)?);
+    }
+    addresses.sort();
+    addresses.dedup();
+    Ok(Host {
+        id: eni.network_interface_id.clone(),
+        addresses,
+        groups: eni.groups.iter().map(|g| g.group_id.clone()).collect(),
+        subnet: eni.subnet_id.clone(),
+    })
+}
+
 impl AwsInventory {
     /// The one conversion of AWS shapes into an [`Inventory`].
-    pub fn into_inventory(self) -> Result<Inventory, String> {
+    pub fn into_inventory(self) -> Result<Inventory, ConvertError> {
         let mut inv = Inventory::default();
         for vpc in &self.vpcs {
             let ctx = format!("VPC {}", vpc.vpc_id);
@@ -427,31 +501,7 @@ impl AwsInventory {
             });
         }
         for eni in &self.interfaces {
-            let ctx = format!("network interface {}", eni.network_interface_id);
-            let mut addresses = Vec::new();
-            if let Some(a) = &eni.private_ip_address {
-                addresses.push(cidr(a, &ctx)?);
-            }
-            for a in &eni.private_ip_addresses {
-                addresses.push(cidr(&a.private_ip_address, &ctx)?);
-            }
-            for a in &eni.ipv6_addresses {
-                addresses.push(cidr(&a.ipv6_address, &ctx)?);
-            }
-            for p in &eni.ipv4_prefixes {
-                addresses.push(cidr(&p.ipv4_prefix, &ctx)?);
-            }
-            for p in &eni.ipv6_prefixes {
-                addresses.push(cidr(&p.ipv6_prefix, &ctx)?);
-            }
-            addresses.sort();
-            addresses.dedup();
-            inv.hosts.push(Host {
-                id: eni.network_interface_id.clone(),
-                addresses,
-                groups: eni.groups.iter().map(|g| g.group_id.clone()).collect(),
-                subnet: eni.subnet_id.clone(),
-            });
+            inv.hosts.push(host(eni)?);
         }
         for (id, entries) in &self.prefix_lists {
             let ctx = format!("prefix list {id}");
@@ -508,6 +558,7 @@ mod tests {
         let p: IpPermission =
             serde_json::from_str(r#"{"IpProtocol":"tcp","FromPort":90000,"ToPort":1}"#).unwrap();
         let e = convert_permission(&p, "security group sg-1 IpPermissions[2]").unwrap_err();
+        let e = e.to_string();
         assert!(e.contains("sg-1") && e.contains("90000"), "{e}");
     }
 }

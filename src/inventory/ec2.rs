@@ -129,7 +129,8 @@ pub fn load(cfg: &Ec2Config, opts: &ReadOptions) -> Result<Inventory, InventoryE
         api_requests = counter.get(),
         "read the EC2 inventory"
     );
-    aws.into_inventory().map_err(InventoryError::Invalid)
+    aws.into_inventory()
+        .map_err(|e| InventoryError::Invalid(e.to_string()))
 }
 
 /// Read every configured region into AWS shapes, counting requests.

@@ -89,32 +89,43 @@ struct RuleFields {
     description: Option<String>,
 }
 
+/// A rule whose fields do not fit together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    /// tcp/udp without `ports`.
+    #[error("rule: `ports` is required for {0} (use \"0-65535\" for every port)")]
+    PortsRequired(Proto),
+    /// `ports` for another protocol.
+    #[error("rule: `ports` only applies to tcp and udp, not {0}")]
+    PortsNotApplicable(Proto),
+    /// ICMP fields for another protocol.
+    #[error("rule: icmp_type/icmp_code only apply to icmp and icmpv6, not {0}")]
+    IcmpNotApplicable(Proto),
+    /// A code without a type.
+    #[error("rule: icmp_code needs icmp_type")]
+    CodeWithoutType,
+    /// No source at all.
+    #[error("rule: `from` lists no groups, cidrs or prefix_lists")]
+    NoSource,
+}
+
 impl TryFrom<RuleFields> for RawRule {
-    type Error = String;
-    fn try_from(f: RuleFields) -> Result<Self, String> {
+    type Error = RuleError;
+    fn try_from(f: RuleFields) -> Result<Self, RuleError> {
         if f.proto.has_ports() && f.ports.is_none() {
-            return Err(format!(
-                "rule: `ports` is required for {} (use \"0-65535\" for every port)",
-                f.proto
-            ));
+            return Err(RuleError::PortsRequired(f.proto));
         }
         if !f.proto.has_ports() && f.ports.is_some() {
-            return Err(format!(
-                "rule: `ports` only applies to tcp and udp, not {}",
-                f.proto
-            ));
+            return Err(RuleError::PortsNotApplicable(f.proto));
         }
         if !f.proto.is_icmp() && (f.icmp_type.is_some() || f.icmp_code.is_some()) {
-            return Err(format!(
-                "rule: icmp_type/icmp_code only apply to icmp and icmpv6, not {}",
-                f.proto
-            ));
+            return Err(RuleError::IcmpNotApplicable(f.proto));
         }
         if f.icmp_code.is_some() && f.icmp_type.is_none() {
-            return Err("rule: icmp_code needs icmp_type".into());
+            return Err(RuleError::CodeWithoutType);
         }
         if f.from.groups.is_empty() && f.from.cidrs.is_empty() && f.from.prefix_lists.is_empty() {
-            return Err("rule: `from` lists no groups, cidrs or prefix_lists".into());
+            return Err(RuleError::NoSource);
         }
         Ok(RawRule(Rule {
             proto: f.proto,

@@ -21,13 +21,24 @@
 //! while the host's filter table is in use through the other ([`detect`]).
 
 pub mod apply;
+pub mod compare;
+#[cfg(test)]
+mod fake_host;
+pub mod matches;
+pub mod names;
+pub mod plan;
 pub mod render;
+#[cfg(test)]
+mod rollback_tests;
+pub mod save;
+mod translate;
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
-use crate::backend::{Backend, BackendError, Counters};
+use crate::backend::{Backend, BackendError, Counters, Unsupported};
 use crate::compile::{Ruleset, COUNTER_ACCEPTED, COUNTER_DROPPED};
 use crate::config::IptablesVariant;
+use crate::exec::{Output, Runner, ToolFailure};
 use crate::net::Family;
 
 pub use render::{DispatchLayout, Options, Plan};
@@ -65,8 +76,8 @@ impl Variant {
     }
 }
 
-/// The binaries of one variant, and ipset.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The binaries of one variant, and ipset, and how they are run.
+#[derive(Debug, Clone)]
 pub struct Tools {
     /// Which variant.
     pub variant: Variant,
@@ -80,6 +91,8 @@ pub struct Tools {
     pub restore6: String,
     /// `ipset`.
     pub ipset: String,
+    /// Runs them.
+    pub runner: Arc<dyn Runner>,
 }
 
 impl Tools {
@@ -101,13 +114,13 @@ impl Tools {
 
     /// The binaries of a variant: `iptables-legacy-save` etc., or the plain names when
     /// `iptables -V` says they are that variant (older distributions have no suffixed names).
-    pub fn find(v: Variant) -> Result<Tools, String> {
+    pub fn find(v: Variant) -> Result<Tools, Unsupported> {
         let (s4, r4, s6, r6) = binaries(v)?;
         if !in_path("ipset") {
-            return Err(
-                "ipset is not installed (the iptables backend needs it): install the ipset package"
-                    .into(),
-            );
+            return Err(Unsupported::new(
+                "ipset is not installed (the iptables backend needs it)",
+                "install the ipset package",
+            ));
         }
         Ok(Tools {
             variant: v,
@@ -116,11 +129,56 @@ impl Tools {
             save6: s6,
             restore6: r6,
             ipset: "ipset".into(),
+            runner: crate::exec::system(),
         })
+    }
+
+    /// The plain tool names of a variant, run by `runner` (tests drive a fake host this way).
+    pub fn with_runner(variant: Variant, runner: Arc<dyn Runner>) -> Tools {
+        Tools {
+            variant,
+            save4: "iptables-save".into(),
+            restore4: "iptables-restore".into(),
+            save6: "ip6tables-save".into(),
+            restore6: "ip6tables-restore".into(),
+            ipset: "ipset".into(),
+            runner,
+        }
+    }
+
+    /// Run one of the tools.
+    pub fn run(
+        &self,
+        bin: &str,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> Result<Output, BackendError> {
+        self.runner
+            .run(bin, args, stdin)
+            .map_err(|e| BackendError::io("the iptables backend", e))
+    }
+
+    /// Run one of the tools; its failure (or that it would not run) as a [`ToolFailure`].
+    pub fn run_checked(
+        &self,
+        bin: &str,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> Result<(), ToolFailure> {
+        match self.runner.run(bin, args, stdin) {
+            Ok(out) if out.ok => Ok(()),
+            Ok(out) => Err(ToolFailure::new(bin, args, &out)),
+            Err(e) => Err(ToolFailure {
+                tool: bin.to_string(),
+                args: args.iter().map(|a| a.to_string()).collect(),
+                code: None,
+                stderr: e.to_string(),
+            }),
+        }
     }
 }
 
-fn binaries(v: Variant) -> Result<(String, String, String, String), String> {
+fn binaries(v: Variant) -> Result<(String, String, String, String), Unsupported> {
     let names = |sfx: &str| {
         (
             format!("iptables{sfx}-save"),
@@ -140,11 +198,14 @@ fn binaries(v: Variant) -> Result<(String, String, String, String), String> {
     if default_variant() == Some(v) && all(&plain) {
         return Ok(plain);
     }
-    Err(format!(
-        "{} is not installed (no {} and {} in PATH): install the iptables package",
-        v.name(),
-        suffixed.1,
-        suffixed.3
+    Err(Unsupported::new(
+        format!(
+            "{} is not installed (no {} and {} in PATH)",
+            v.name(),
+            suffixed.1,
+            suffixed.3
+        ),
+        "install the iptables package",
     ))
 }
 
@@ -163,7 +224,7 @@ fn in_path(bin: &str) -> bool {
 /// The variant `iptables -V` names ("(legacy)" or "(nf_tables)"; neither: an old legacy-only
 /// iptables), or `None` without an `iptables` binary.
 pub fn default_variant() -> Option<Variant> {
-    let out = apply::run("iptables", &["-V"], None).ok()?;
+    let out = crate::exec::System.run("iptables", &["-V"], None).ok()?;
     if !out.ok {
         return None;
     }
@@ -183,7 +244,7 @@ pub fn usage(v: Variant) -> Result<Vec<String>, BackendError> {
             Family::V4 => "iptables",
             Family::V6 => "ip6tables",
         };
-        if v == Variant::Legacy && !apply::legacy_loaded(fam) {
+        if v == Variant::Legacy && !save::legacy_loaded(fam) {
             continue;
         }
         let Ok((s4, _, s6, _)) = binaries(v) else {
@@ -201,8 +262,9 @@ pub fn usage(v: Variant) -> Result<Vec<String>, BackendError> {
             save6: s6,
             restore6: String::new(),
             ipset: String::new(),
+            runner: crate::exec::system(),
         };
-        if let Some(text) = apply::save_text(&tools, fam, false)? {
+        if let Some(text) = save::save_text(&tools, fam, save::Counters::Without)? {
             out.extend(describe(&text, tool));
         }
     }
@@ -219,7 +281,7 @@ fn describe(text: &str, tool: &str) -> Vec<String> {
         if let Some(decl) = line.strip_prefix(':') {
             let mut w = decl.split_whitespace();
             let (name, policy) = (w.next().unwrap_or_default(), w.next().unwrap_or_default());
-            if name.starts_with(render::CHAIN_PREFIX) {
+            if name.starts_with(names::CHAIN_PREFIX) {
                 ours += 1;
             } else if policy == "-" {
                 chains.push(name.to_string());
@@ -229,7 +291,7 @@ fn describe(text: &str, tool: &str) -> Vec<String> {
         } else if let Some(rule) = line.strip_prefix("-A ") {
             let (chain, spec) = rule.split_once(' ').unwrap_or((rule, ""));
             let mine = chain.starts_with(render::CHAIN_PREFIX)
-                || (chain == render::HOOK_CHAIN && spec == render::JUMP_SPEC);
+                || (chain == names::HOOK_CHAIN && spec == names::JUMP_SPEC);
             if !mine {
                 rules += 1;
             }
@@ -275,36 +337,42 @@ pub fn detect(choice: IptablesVariant) -> Result<Tools, BackendError> {
                 chosen.name()
             )
         };
-        BackendError::Unsupported(format!(
-            "follower.iptables_variant is {}, but this host's filter table is in use through {} ({}). \
-             The two keep separate rule sets that cannot see each other, so reyes' chains would not be \
-             ordered with the host's rules: {advice}",
-            chosen.key(),
-            other.name(),
-            what.join("; "),
-        ))
+        Unsupported::new(
+            format!(
+                "follower.iptables_variant is {}, but this host's filter table is in use through {} ({}). \
+                 The two keep separate rule sets that cannot see each other, so reyes' chains would not be \
+                 ordered with the host's rules",
+                chosen.key(),
+                other.name(),
+                what.join("; "),
+            ),
+            advice,
+        )
     };
     let v = match choice {
-        IptablesVariant::Legacy if !nft.is_empty() => return Err(refuse(Variant::Legacy)),
-        IptablesVariant::Nft if !legacy.is_empty() => return Err(refuse(Variant::Nft)),
+        IptablesVariant::Legacy if !nft.is_empty() => return Err(refuse(Variant::Legacy).into()),
+        IptablesVariant::Nft if !legacy.is_empty() => return Err(refuse(Variant::Nft).into()),
         IptablesVariant::Legacy => Variant::Legacy,
         IptablesVariant::Nft => Variant::Nft,
         IptablesVariant::Auto => match (legacy.is_empty(), nft.is_empty()) {
             (false, false) => {
-                return Err(BackendError::Unsupported(format!(
-                    "this host's filter table is in use through both iptables-legacy ({}) and iptables-nft ({}); \
-                     reyes will not add its chains to either while it cannot tell how the two are ordered: \
-                     remove the rules of one of them first",
-                    legacy.join("; "),
-                    nft.join("; ")
-                )))
+                return Err(Unsupported::new(
+                    format!(
+                        "this host's filter table is in use through both iptables-legacy ({}) and iptables-nft ({}); \
+                         reyes will not add its chains to either while it cannot tell how the two are ordered",
+                        legacy.join("; "),
+                        nft.join("; ")
+                    ),
+                    "remove the rules of one of them first",
+                )
+                .into())
             }
             (false, true) => Variant::Legacy,
             (true, false) => Variant::Nft,
             (true, true) => default_variant().unwrap_or(if binaries(Variant::Nft).is_ok() { Variant::Nft } else { Variant::Legacy }),
         },
     };
-    Tools::find(v).map_err(BackendError::Unsupported)
+    Ok(Tools::find(v)?)
 }
 
 /// ipset + iptables-restore in reyes' own chains.
@@ -312,7 +380,7 @@ pub fn detect(choice: IptablesVariant) -> Result<Tools, BackendError> {
 pub struct IptablesBackend {
     choice: IptablesVariant,
     opts: Options,
-    tools: OnceLock<Result<Tools, (bool, String)>>,
+    tools: OnceLock<Tools>,
 }
 
 impl IptablesBackend {
@@ -331,24 +399,32 @@ impl IptablesBackend {
         }
     }
 
-    /// The tools of the detected variant.
-    pub fn tools(&self) -> Result<&Tools, BackendError> {
-        let r = self.tools.get_or_init(|| {
-            detect(self.choice).map_err(|e| match e {
-                BackendError::Unsupported(m) => (true, m),
-                other => (false, other.to_string()),
-            })
-        });
-        match r {
-            Ok(t) => Ok(t),
-            Err((true, m)) => Err(BackendError::Unsupported(m.clone())),
-            Err((false, m)) => Err(BackendError::Io(m.clone())),
+    /// A backend using these tools (no detection), e.g. a fake host's.
+    pub fn with_tools(tools: Tools, opts: Options) -> IptablesBackend {
+        let choice = match tools.variant {
+            Variant::Legacy => IptablesVariant::Legacy,
+            Variant::Nft => IptablesVariant::Nft,
+        };
+        IptablesBackend {
+            choice,
+            opts,
+            tools: OnceLock::from(tools),
         }
+    }
+
+    /// The tools of the detected variant (detected once; a failed detection is tried again).
+    pub fn tools(&self) -> Result<&Tools, BackendError> {
+        if let Some(t) = self.tools.get() {
+            return Ok(t);
+        }
+        let t = detect(self.choice)?;
+        Ok(self.tools.get_or_init(|| t))
     }
 
     /// The plan for a ruleset.
     pub fn plan(&self, rs: &Ruleset) -> Result<Plan, BackendError> {
-        render::plan(rs, &self.opts).map_err(|e| BackendError::Io(e.to_string()))
+        render::plan(rs, &self.opts)
+            .map_err(|e| BackendError::io("translating the ruleset for iptables failed", e))
     }
 
     /// Install a plan (see [`apply::apply`]).
@@ -366,15 +442,16 @@ impl Backend for IptablesBackend {
     }
 
     fn render(&self, rs: &Ruleset) -> Result<String, BackendError> {
-        render::render(rs, &self.opts).map_err(|e| BackendError::Io(e.to_string()))
+        render::render(rs, &self.opts)
+            .map_err(|e| BackendError::io("rendering the iptables scripts failed", e))
     }
 
     fn live(&self) -> Result<Option<String>, BackendError> {
-        apply::live_text(self.tools()?)
+        compare::live_text(self.tools()?)
     }
 
     fn present(&self) -> Result<bool, BackendError> {
-        apply::present(self.tools()?)
+        compare::present(self.tools()?)
     }
 
     fn apply(&self, rs: &Ruleset) -> Result<(), BackendError> {
@@ -387,20 +464,21 @@ impl Backend for IptablesBackend {
     fn flush(&self) -> Result<(), BackendError> {
         let tools = match self.choice {
             IptablesVariant::Legacy => {
-                vec![Tools::find(Variant::Legacy).map_err(BackendError::Unsupported)?]
+                vec![Tools::find(Variant::Legacy)?]
             }
             IptablesVariant::Nft => {
-                vec![Tools::find(Variant::Nft).map_err(BackendError::Unsupported)?]
+                vec![Tools::find(Variant::Nft)?]
             }
             IptablesVariant::Auto => {
-                let found: Vec<Tools> = [Variant::Legacy, Variant::Nft]
+                let (found, missing): (Vec<_>, Vec<_>) = [Variant::Legacy, Variant::Nft]
                     .into_iter()
-                    .filter_map(|v| Tools::find(v).ok())
-                    .collect();
+                    .map(Tools::find)
+                    .partition(Result::is_ok);
+                let found: Vec<Tools> = found.into_iter().flatten().collect();
                 if found.is_empty() {
-                    return Err(BackendError::Unsupported(
-                        Tools::find(Variant::Nft).unwrap_err(),
-                    ));
+                    if let Some(Err(e)) = missing.into_iter().last() {
+                        return Err(e.into());
+                    }
                 }
                 found
             }
@@ -411,19 +489,19 @@ impl Backend for IptablesBackend {
     fn counters(&self) -> Result<Counters, BackendError> {
         let tools = self.tools()?;
         let tables = [
-            apply::read_table(tools, Family::V4, true)?,
-            apply::read_table(tools, Family::V6, true)?,
+            save::read_table(tools, Family::V4, save::Counters::With)?,
+            save::read_table(tools, Family::V6, save::Counters::With)?,
         ];
         Ok(Counters {
-            accepted: apply::counter(&tables, &render::counter_chain(COUNTER_ACCEPTED)),
-            dropped: apply::counter(&tables, &render::counter_chain(COUNTER_DROPPED)),
+            accepted: compare::counter(&tables, &names::counter_chain(COUNTER_ACCEPTED)),
+            dropped: compare::counter(&tables, &names::counter_chain(COUNTER_DROPPED)),
         })
     }
 
     fn diff(&self, rs: &Ruleset) -> Result<Vec<String>, BackendError> {
         let plan = self.plan(rs)?;
-        let live = apply::live_lines(self.tools()?)?;
-        Ok(apply::diff(&live, &apply::planned_lines(&plan)))
+        let live = compare::live_lines(self.tools()?)?;
+        Ok(compare::diff(&live, &compare::planned_lines(&plan)))
     }
 }
 

@@ -1,10 +1,10 @@
 //! The `nft` binary as a transport: pipe the rendered script to `nft -f -` (one transaction),
 //! read our table back with `nft -s -p list table inet reyes`.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::sync::Arc;
 
 use crate::compile::TABLE;
+use crate::exec::{Runner, ToolFailure};
 
 /// `nft` failed.
 #[derive(Debug, thiserror::Error)]
@@ -21,101 +21,93 @@ pub enum NftError {
         source: std::io::Error,
     },
     /// The kernel or nft refused the script; nothing was changed.
-    #[error("nft refused the ruleset (nothing was changed): {stderr}")]
-    Refused {
-        /// What nft said.
-        stderr: String,
-    },
+    #[error("nft refused the ruleset (nothing was changed): {}", .0.stderr)]
+    Refused(ToolFailure),
     /// Read-back failed.
-    #[error("nft list failed: {0}")]
-    List(String),
+    #[error("nft list failed: {}", .0.stderr)]
+    List(ToolFailure),
 }
 
 /// Runs the `nft` binary.
 #[derive(Debug, Clone)]
 pub struct NftCli {
     bin: String,
+    runner: Arc<dyn Runner>,
 }
 
 impl Default for NftCli {
     fn default() -> Self {
-        NftCli {
-            bin: std::env::var("REYES_NFT").unwrap_or_else(|_| "nft".to_string()),
-        }
+        NftCli::with_binary(std::env::var("REYES_NFT").unwrap_or_else(|_| "nft".to_string()))
     }
 }
 
 impl NftCli {
     /// Use this `nft` binary (or wrapper).
     pub fn with_binary(bin: impl Into<String>) -> NftCli {
-        NftCli { bin: bin.into() }
+        NftCli {
+            bin: bin.into(),
+            runner: crate::exec::system(),
+        }
     }
 
-    fn run(&self, args: &[&str], stdin: Option<&str>) -> Result<(bool, String, String), NftError> {
-        let mut child = Command::new(&self.bin)
-            .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| NftError::Spawn {
-                bin: self.bin.clone(),
-                source,
+    /// The same binary, run by `runner` (tests use a fake).
+    pub fn with_runner(self, runner: Arc<dyn Runner>) -> NftCli {
+        NftCli { runner, ..self }
+    }
+
+    /// Run nft: whether it succeeded, its output, and its failure (for the error, if it failed).
+    fn run(
+        &self,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> Result<(bool, String, ToolFailure), NftError> {
+        let out = self
+            .runner
+            .run(&self.bin, args, stdin)
+            .map_err(|e| NftError::Spawn {
+                bin: e.bin,
+                source: e.source,
             })?;
-        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            // A write error (nft exited early) shows up in its exit status and stderr.
-            let _ = pipe.write_all(text.as_bytes());
-        }
-        let out = child.wait_with_output().map_err(|source| NftError::Spawn {
-            bin: self.bin.clone(),
-            source,
-        })?;
-        Ok((
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ))
+        let failure = ToolFailure::new(&self.bin, args, &out);
+        Ok((out.ok, out.stdout, failure))
     }
 
     /// Apply a script in one transaction.
     pub fn apply(&self, script: &str) -> Result<(), NftError> {
-        let (ok, _, stderr) = self.run(&["-f", "-"], Some(script))?;
+        let (ok, _, failure) = self.run(&["-f", "-"], Some(script))?;
         if ok {
             Ok(())
         } else {
-            Err(NftError::Refused { stderr })
+            Err(NftError::Refused(failure))
         }
     }
 
     /// Check a script without applying it (`nft -c -f -`).
     pub fn check(&self, script: &str) -> Result<(), NftError> {
-        let (ok, _, stderr) = self.run(&["-c", "-f", "-"], Some(script))?;
+        let (ok, _, failure) = self.run(&["-c", "-f", "-"], Some(script))?;
         if ok {
             Ok(())
         } else {
-            Err(NftError::Refused { stderr })
+            Err(NftError::Refused(failure))
         }
     }
 
     /// Our table as nft prints it (stateless, numeric protocols), or `None` if absent.
     pub fn list_table(&self) -> Result<Option<String>, NftError> {
-        let (ok, stdout, stderr) = self.run(&["-s", "-p", "list", "table", "inet", TABLE], None)?;
+        let (ok, stdout, failure) =
+            self.run(&["-s", "-p", "list", "table", "inet", TABLE], None)?;
         if ok {
             Ok(Some(stdout))
-        } else if stderr.contains("No such file or directory") {
+        } else if failure.stderr.contains("No such file or directory") {
             Ok(None)
         } else {
-            Err(NftError::List(stderr))
+            Err(NftError::List(failure))
         }
     }
 
     /// Whether our base chain exists (cheap presence check).
     pub fn table_present(&self) -> Result<bool, NftError> {
-        let (ok, _, stderr) = self.run(
+        let (ok, _, failure) = self.run(
             &[
                 "-s",
                 "list",
@@ -128,10 +120,10 @@ impl NftCli {
         )?;
         if ok {
             Ok(true)
-        } else if stderr.contains("No such file or directory") {
+        } else if failure.stderr.contains("No such file or directory") {
             Ok(false)
         } else {
-            Err(NftError::List(stderr))
+            Err(NftError::List(failure))
         }
     }
 

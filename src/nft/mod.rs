@@ -1,12 +1,23 @@
 //! The nftables backend: one table, `inet reyes`, replaced in one transaction, sent either
 //! through our own netlink encoder ([`netlink`]) or as a script to `nft -f -` ([`cli`]).
+//!
+//! [`NftBackend::plan`] is pure (the script, and the netlink batch); the apply does all I/O
+//! through two seams, `nft` through an [`crate::exec::Runner`] and nf_tables through a
+//! [`kernel::Kernel`], so every rollback path runs against fakes in tests.
 
 pub mod cli;
+pub mod kernel;
 pub mod netlink;
 pub mod render;
+#[cfg(test)]
+mod rollback_tests;
 
-use crate::backend::{Backend, BackendError, Counters};
+use std::sync::Arc;
+
+use crate::backend::{Backend, BackendError, Counters, Mismatch, Undo};
 use crate::compile::{Ruleset, COUNTER_ACCEPTED, COUNTER_DROPPED};
+
+use kernel::Kernel;
 
 /// How rulesets reach the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -18,11 +29,39 @@ pub enum Transport {
     Netlink,
 }
 
+/// What an apply sends: the script, and the batch when the transport is netlink.
+#[derive(Debug)]
+pub struct Plan {
+    /// The `nft -f` script (also what the read-back through `nft` is compared with).
+    pub script: String,
+    /// The netlink batch.
+    pub batch: Option<netlink::Batch>,
+}
+
 /// nftables through netlink or the `nft` binary.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct NftBackend {
     cli: cli::NftCli,
     transport: Transport,
+    kernel: Arc<dyn Kernel>,
+}
+
+impl Default for NftBackend {
+    fn default() -> Self {
+        NftBackend {
+            cli: cli::NftCli::default(),
+            transport: Transport::Cli,
+            kernel: Arc::new(kernel::Netlink),
+        }
+    }
+}
+
+/// What was live before an apply, to put back after a failed read-back.
+enum Previous {
+    /// `nft list` of our table (`None`: there was none).
+    Listed(Option<String>),
+    /// Without `nft`: whether our table existed.
+    Present(bool),
 }
 
 impl NftBackend {
@@ -43,7 +82,7 @@ impl NftBackend {
     pub fn with_nft(bin: impl Into<String>) -> NftBackend {
         NftBackend {
             cli: cli::NftCli::with_binary(bin),
-            transport: Transport::Cli,
+            ..NftBackend::default()
         }
     }
 
@@ -52,18 +91,43 @@ impl NftBackend {
         NftBackend { transport, ..self }
     }
 
+    /// The same backend with other seams: `nft` run by `runner`, nf_tables reached through
+    /// `kernel` (tests pass fakes).
+    pub fn with_seams(
+        self,
+        runner: Arc<dyn crate::exec::Runner>,
+        kernel: Arc<dyn Kernel>,
+    ) -> NftBackend {
+        NftBackend {
+            cli: self.cli.with_runner(runner),
+            kernel,
+            ..self
+        }
+    }
+
     /// The transport in use.
     pub fn transport(&self) -> Transport {
         self.transport
     }
 
-    fn netlink_apply(&self, rs: &Ruleset) -> Result<(), BackendError> {
-        netlink::apply(rs).map_err(|e| match e {
-            netlink::ApplyError::Encode(_) => BackendError::Refused(e.to_string()),
-            netlink::ApplyError::Netlink(netlink::NetlinkError::Refused(_)) => {
-                BackendError::Refused(e.to_string())
-            }
-            other => BackendError::Io(other.to_string()),
+    /// What an apply of `rs` sends (no I/O but interface-index look-ups).
+    pub fn plan(&self, rs: &Ruleset) -> Result<Plan, BackendError> {
+        let script = render::render(rs)
+            .map_err(|e| BackendError::io("rendering the nft script failed", e))?;
+        let batch = match self.transport {
+            Transport::Cli => None,
+            Transport::Netlink => Some(
+                netlink::encode(rs, &netlink::ifindex)
+                    .map_err(|e| BackendError::refused("encoding the ruleset failed", e))?,
+            ),
+        };
+        Ok(Plan { script, batch })
+    }
+
+    fn send(&self, batch: &netlink::Batch) -> Result<(), BackendError> {
+        self.kernel.apply(batch).map_err(|e| match e {
+            netlink::NetlinkError::Refused(_) => BackendError::refused("nf_tables", e),
+            other => BackendError::io("nf_tables", other),
         })
     }
 
@@ -79,73 +143,71 @@ impl NftBackend {
     fn nft_installed(&self) -> bool {
         !matches!(self.cli.table_present(), Err(cli::NftError::Spawn { .. }))
     }
-}
 
-/// Whether the kernel takes our netlink batches, and why not.
-pub fn probe_netlink() -> Result<(), String> {
-    netlink::probe().map_err(|e| e.to_string())
-}
-
-fn err(e: cli::NftError) -> BackendError {
-    match e {
-        cli::NftError::Refused { .. } => BackendError::Refused(e.to_string()),
-        other => BackendError::Io(other.to_string()),
-    }
-}
-
-impl Backend for NftBackend {
-    fn name(&self) -> &'static str {
-        "nft"
-    }
-
-    fn transport(&self) -> &'static str {
-        match self.transport {
-            Transport::Netlink => "netlink",
-            Transport::Cli => "cli",
+    /// After a netlink apply without `nft`: compare what netlink dumps (chains, rule counts,
+    /// every set and map element) with the IR; on a difference put `previous` back through
+    /// netlink, or remove our table again when there was none before.
+    fn verify_netlink(
+        &self,
+        rs: &Ruleset,
+        had_table: bool,
+        previous: &dyn Fn() -> Option<Ruleset>,
+    ) -> Result<(), BackendError> {
+        let live = self
+            .kernel
+            .outline()
+            .map_err(|e| BackendError::io("netlink read-back", e))?;
+        let diff = netlink::readback::Outline::of(rs).diff(&live);
+        if diff.is_empty() {
+            return Ok(());
         }
-    }
-
-    fn render(&self, rs: &Ruleset) -> Result<String, BackendError> {
-        render::render(rs).map_err(|e| BackendError::Io(e.to_string()))
-    }
-
-    fn live(&self) -> Result<Option<String>, BackendError> {
-        self.cli.list_table().map_err(err)
-    }
-
-    fn present(&self) -> Result<bool, BackendError> {
-        if self.transport == Transport::Netlink {
-            return netlink::table_present().map_err(|e| BackendError::Io(e.to_string()));
-        }
-        self.cli.table_present().map_err(err)
-    }
-
-    /// Apply, read back, compare with the render; on a mismatch put the previous table back
-    /// (or remove ours if there was none) and fail.
-    fn apply(&self, rs: &Ruleset) -> Result<(), BackendError> {
-        let script = self.render(rs)?;
-        let previous = self.list_for_readback()?;
-        match self.transport {
-            Transport::Cli => self.cli.apply(&script).map_err(err)?,
-            Transport::Netlink => {
-                self.netlink_apply(rs)?;
-                if !self.nft_installed() {
-                    // Without nft, compare what netlink dumps (chains, rule counts, every set
-                    // and map element) with the IR.
-                    let diff = netlink::readback::verify(rs)
-                        .map_err(|e| BackendError::Io(format!("netlink read-back: {e}")))?;
-                    if diff.is_empty() {
-                        return Ok(());
-                    }
-                    return Err(BackendError::Mismatch(format!(
-                        "the kernel's table differs from the ruleset (nft is not installed, so the previous table cannot be put back):\n  {}",
-                        diff.join("\n  ")
-                    )));
-                }
+        let previous = if had_table { previous() } else { None };
+        let undo = if had_table && previous.is_none() {
+            Undo {
+                done: "",
+                failures: vec![
+                    "nft is not installed and the previous table was replaced, so it cannot be put back: \
+                     apply the last good document again (reyes restore)"
+                        .into(),
+                ],
             }
+        } else {
+            self.restore_netlink(previous.as_ref())
+        };
+        Err(BackendError::Mismatch(Mismatch {
+            what: "the kernel's table differs from the ruleset".into(),
+            diff,
+            undo,
+        }))
+    }
+
+    /// Put back `previous` through netlink, or remove our table when there is none.
+    fn restore_netlink(&self, previous: Option<&Ruleset>) -> Undo {
+        let res = match previous {
+            Some(rs) => netlink::encode(rs, &netlink::ifindex)
+                .map_err(|e| e.to_string())
+                .and_then(|b| self.kernel.apply(&b).map_err(|e| e.to_string())),
+            None => self
+                .kernel
+                .apply(&netlink::flush_batch())
+                .map_err(|e| e.to_string()),
+        };
+        match res {
+            Ok(()) => Undo::complete(match previous {
+                Some(_) => "the previous table was put back",
+                None => "there was no table before; ours was removed again",
+            }),
+            Err(e) => Undo {
+                done: "",
+                failures: vec![format!("putting the previous table back failed too: {e}")],
+            },
         }
+    }
+
+    /// Compare `nft list` with the script; on a difference put `previous` back through `nft`.
+    fn verify_listed(&self, script: &str, previous: Option<String>) -> Result<(), BackendError> {
         let live = self.cli.list_table().map_err(err)?.unwrap_or_default();
-        let want = render::normalise(render::table_block(&script));
+        let want = render::normalise(render::table_block(script));
         let got = render::normalise(&live);
         if want == got {
             return Ok(());
@@ -165,23 +227,92 @@ impl Backend for NftBackend {
             Some(old) => format!("{}{}", render::flush_script(), old),
             None => render::flush_script(),
         };
-        let rollback = match self.cli.apply(&restore) {
-            Ok(()) => "the previous table was put back".to_string(),
-            Err(e) => format!("putting the previous table back failed too: {e}"),
+        let undo = match self.cli.apply(&restore) {
+            Ok(()) => Undo::complete("the previous table was put back"),
+            Err(e) => Undo {
+                done: "",
+                failures: vec![format!("putting the previous table back failed too: {e}")],
+            },
         };
-        Err(BackendError::Mismatch(format!(
-            "the kernel's table differs from the rendered ruleset near\n  rendered: ...{}\n  live:     ...{}\n{rollback}",
-            context(&want),
-            context(&got)
-        )))
+        Err(BackendError::Mismatch(Mismatch {
+            what: "the kernel's table differs from the rendered ruleset near".into(),
+            diff: vec![
+                format!("rendered: ...{}", context(&want)),
+                format!("live:     ...{}", context(&got)),
+            ],
+            undo,
+        }))
+    }
+}
+
+fn err(e: cli::NftError) -> BackendError {
+    match e {
+        cli::NftError::Refused(_) => BackendError::refused("nft", e),
+        other => BackendError::io("nft", other),
+    }
+}
+
+impl Backend for NftBackend {
+    fn name(&self) -> &'static str {
+        "nft"
+    }
+
+    fn transport(&self) -> &'static str {
+        match self.transport {
+            Transport::Netlink => "netlink",
+            Transport::Cli => "cli",
+        }
+    }
+
+    fn render(&self, rs: &Ruleset) -> Result<String, BackendError> {
+        render::render(rs).map_err(|e| BackendError::io("rendering the nft script failed", e))
+    }
+
+    fn live(&self) -> Result<Option<String>, BackendError> {
+        self.cli.list_table().map_err(err)
+    }
+
+    fn present(&self) -> Result<bool, BackendError> {
+        if self.transport == Transport::Netlink {
+            return self
+                .kernel
+                .table_present()
+                .map_err(|e| BackendError::io("nf_tables", e));
+        }
+        self.cli.table_present().map_err(err)
+    }
+
+    /// Apply, read back, compare with the render; on a mismatch put the previous table back
+    /// (or remove ours if there was none) and fail.
+    fn apply(&self, rs: &Ruleset) -> Result<(), BackendError> {
+        self.apply_replacing(rs, &|| None)
+    }
+
+    /// [`Backend::apply`]; without `nft` the previous table is put back from `previous`.
+    fn apply_replacing(
+        &self,
+        rs: &Ruleset,
+        previous: &dyn Fn() -> Option<Ruleset>,
+    ) -> Result<(), BackendError> {
+        let plan = self.plan(rs)?;
+        let before = match self.transport {
+            Transport::Netlink if !self.nft_installed() => Previous::Present(self.present()?),
+            _ => Previous::Listed(self.list_for_readback()?),
+        };
+        match &plan.batch {
+            None => self.cli.apply(&plan.script).map_err(err)?,
+            Some(batch) => self.send(batch)?,
+        }
+        match before {
+            Previous::Present(had_table) => self.verify_netlink(rs, had_table, previous),
+            Previous::Listed(old) => self.verify_listed(&plan.script, old),
+        }
     }
 
     fn flush(&self) -> Result<(), BackendError> {
         match self.transport {
             Transport::Cli => self.cli.apply(&render::flush_script()).map_err(err),
-            Transport::Netlink => netlink::Socket::open()
-                .and_then(|s| s.apply(&netlink::flush_batch()))
-                .map_err(|e| BackendError::Io(e.to_string())),
+            Transport::Netlink => self.send(&netlink::flush_batch()),
         }
     }
 
@@ -190,5 +321,15 @@ impl Backend for NftBackend {
             accepted: self.cli.counter(COUNTER_ACCEPTED).map_err(err)?,
             dropped: self.cli.counter(COUNTER_DROPPED).map_err(err)?,
         })
+    }
+
+    /// Compares nft table listings.
+    fn diff(&self, rs: &Ruleset) -> Result<Vec<String>, BackendError> {
+        let text = self.render(rs)?;
+        let live = self.live()?;
+        Ok(render::diff(
+            live.as_deref().unwrap_or(""),
+            render::table_block(&text),
+        ))
     }
 }

@@ -19,7 +19,7 @@ const TEMPLATE: &str = include_str!("../../nft-templates/ruleset.nft.j2");
 /// The script could not be rendered (a template bug; never input-dependent).
 #[derive(Debug, thiserror::Error)]
 #[error("nft template: {0}")]
-pub struct RenderError(String);
+pub struct RenderError(pub minijinja::Error);
 
 #[derive(Serialize)]
 struct SetView {
@@ -32,7 +32,7 @@ struct SetView {
 #[derive(Serialize)]
 struct ChainView {
     name: String,
-    hook: Option<&'static str>,
+    hook: Option<String>,
     rules: Vec<String>,
 }
 
@@ -248,14 +248,26 @@ pub fn target_text(t: &Target) -> String {
     }
 }
 
+/// `type filter hook input priority filter; policy accept;` for a base chain.
+fn hook_text(b: &crate::compile::BaseChain) -> String {
+    let priority = match b.priority {
+        crate::compile::PRIORITY_FILTER => "filter".to_string(),
+        p => p.to_string(),
+    };
+    format!(
+        "type filter hook {} priority {priority}; policy {};",
+        b.hook.name(),
+        b.policy.name()
+    )
+}
+
 /// Render the full script: header comments, `add table`, `delete table`, the table block.
 pub fn render(rs: &Ruleset) -> Result<String, RenderError> {
     let mut env = Environment::new();
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     env.set_keep_trailing_newline(true);
-    env.add_template("ruleset", TEMPLATE)
-        .map_err(|e| RenderError(e.to_string()))?;
+    env.add_template("ruleset", TEMPLATE).map_err(RenderError)?;
     let sets: Vec<SetView> = rs
         .sets
         .iter()
@@ -283,7 +295,7 @@ pub fn render(rs: &Ruleset) -> Result<String, RenderError> {
         .collect();
     let mut chains = vec![ChainView {
         name: INPUT_CHAIN.to_string(),
-        hook: Some("type filter hook input priority filter; policy accept;"),
+        hook: Some(hook_text(&rs.base)),
         rules: rs.input.iter().map(rule_text).collect(),
     }];
     chains.extend(rs.chains.iter().map(|c| ChainView {
@@ -295,21 +307,19 @@ pub fn render(rs: &Ruleset) -> Result<String, RenderError> {
         crate::config::Enforce::Ipsec => "ipsec",
         crate::config::Enforce::Cidr => "cidr",
     };
-    let tmpl = env
-        .get_template("ruleset")
-        .map_err(|e| RenderError(e.to_string()))?;
+    let tmpl = env.get_template("ruleset").map_err(RenderError)?;
     tmpl.render(context! {
         table => TABLE,
         environment => rs.meta.environment,
         policy_digest => rs.meta.policy_digest,
         target => target_text(&rs.meta.target),
         enforce => enforce,
-        counters => [crate::compile::COUNTER_ACCEPTED, crate::compile::COUNTER_DROPPED],
+        counters => rs.base.counters.iter().map(|c| c.name).collect::<Vec<_>>(),
         sets => sets,
         maps => maps,
         chains => chains,
     })
-    .map_err(|e| RenderError(e.to_string()))
+    .map_err(RenderError)
 }
 
 /// The `table inet reyes { ... }` block of a rendered script.

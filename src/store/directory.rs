@@ -10,7 +10,6 @@
 //! by hand or another tool) is read as it is.
 
 use std::fs::{self, File};
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::Digest;
@@ -36,46 +35,7 @@ impl DirectoryStore {
     }
 }
 
-/// Read a file, refusing more than `max` bytes (without reading them all).
-pub fn read_limited(path: &Path, max: u64) -> Result<Vec<u8>, StoreError> {
-    let f = File::open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => {
-            StoreError::NotFound(format!("{} does not exist", path.display()))
-        }
-        _ => StoreError::Io(format!("cannot read {}: {e}", path.display())),
-    })?;
-    let mut buf = Vec::new();
-    f.take(max + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| StoreError::Io(format!("cannot read {}: {e}", path.display())))?;
-    if buf.len() as u64 > max {
-        return Err(StoreError::TooLarge(format!(
-            "{} is larger than the limit of {max} bytes",
-            path.display()
-        )));
-    }
-    Ok(buf)
-}
-
-/// Write `data` to `path` atomically: temporary file in the same directory, fsync, rename,
-/// fsync the directory.
-pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
+pub use crate::fsutil::{read_limited, write_atomic};
 
 /// Versions kept besides the current one.
 const KEEP_VERSIONS: usize = 3;
@@ -95,7 +55,9 @@ fn symlink_atomic(target: &Path, link: &Path) -> std::io::Result<()> {
 impl DirectoryStore {
     fn read_pair(&self, base: &Path) -> Result<Fetched, StoreError> {
         let document = read_limited(&base.join(DOCUMENT), limits::MAX_DOCUMENT_BYTES)?;
-        let signature = match read_limited(&base.join(SIGNATURE), limits::MAX_SIGNATURE_BYTES) {
+        let signature = match read_limited(&base.join(SIGNATURE), limits::MAX_SIGNATURE_BYTES)
+            .map_err(StoreError::from)
+        {
             Err(StoreError::NotFound(m)) => {
                 return Err(StoreError::MissingSignature(format!(
                     "{m}: the document is unsigned"
@@ -154,7 +116,7 @@ impl Store for DirectoryStore {
         let io = |what: &str, e: std::io::Error| {
             StoreError::Io(format!("{what} in {}: {e}", self.dir.display()))
         };
-        let id = crate::document::hex(&sha2::Sha256::digest([document, signature].concat())[..12]);
+        let id = crate::digest::hex(&sha2::Sha256::digest([document, signature].concat())[..12]);
         let rel = PathBuf::from(".versions").join(&id);
         let vdir = self.dir.join(&rel);
         fs::create_dir_all(&vdir).map_err(|e| io("cannot create a version directory", e))?;

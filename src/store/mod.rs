@@ -3,6 +3,7 @@
 pub mod directory;
 #[cfg(feature = "aws")]
 pub mod s3;
+pub mod s3_error;
 
 use crate::config::StoreConfig;
 
@@ -30,6 +31,23 @@ pub enum StoreError {
     /// The configured store is not available in this build.
     #[error("{0}")]
     Unsupported(String),
+}
+
+impl From<s3_error::S3Failure> for StoreError {
+    fn from(e: s3_error::S3Failure) -> StoreError {
+        StoreError::Io(e.to_string())
+    }
+}
+
+impl From<crate::fsutil::ReadError> for StoreError {
+    fn from(e: crate::fsutil::ReadError) -> StoreError {
+        use crate::fsutil::ReadError;
+        match e {
+            ReadError::NotFound { .. } => StoreError::NotFound(e.to_string()),
+            ReadError::TooLarge { .. } => StoreError::TooLarge(e.to_string()),
+            ReadError::Io { .. } => StoreError::Io(e.to_string()),
+        }
+    }
 }
 
 /// A document and its signature as fetched, not yet verified.

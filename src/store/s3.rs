@@ -21,6 +21,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
 use sha2::Digest;
 
+use super::s3_error::S3Failure;
 use super::{FetchOutcome, Fetched, Store, StoreError};
 use crate::config::S3Config;
 use crate::document::limits;
@@ -67,7 +68,7 @@ enum Get {
 
 /// Hex sha256.
 pub fn digest(bytes: &[u8]) -> String {
-    crate::document::hex(&sha2::Sha256::digest(bytes))
+    crate::digest::hex(&sha2::Sha256::digest(bytes))
 }
 
 impl S3Store {
@@ -130,11 +131,7 @@ impl S3Store {
                         return Ok(Get::NotFound);
                     }
                 }
-                return Err(StoreError::Io(format!(
-                    "cannot read {}: {}",
-                    self.url(key),
-                    DisplayErrorContext(e)
-                )));
+                return Err(S3Failure::new("read", &self.bucket, key, &e).into());
             }
         };
         let too_large = || {
@@ -189,13 +186,10 @@ impl S3Store {
         if let Some(d) = digest {
             req = req.metadata(DIGEST_METADATA, d);
         }
-        req.send().await.map(|_| ()).map_err(|e| {
-            StoreError::Io(format!(
-                "cannot write {}: {}",
-                self.url(key),
-                DisplayErrorContext(e)
-            ))
-        })
+        req.send()
+            .await
+            .map(|_| ())
+            .map_err(|e| S3Failure::new("write", &self.bucket, key, &e).into())
     }
 
     async fn fetch_async(&self, if_changed_from: Option<&str>) -> Result<FetchOutcome, StoreError> {

@@ -10,6 +10,18 @@ pub fn reyes_bin() -> &'static str {
     env!("CARGO_BIN_EXE_reyes")
 }
 
+/// Report a test that cannot run here as skipped, on a line the test runner shows: written to
+/// the process's standard error directly, which the runner does not capture (`eprintln!` in
+/// a passing test would be swallowed).
+pub fn skipped(reason: &str) {
+    use std::io::Write;
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {reason}");
+}
+
 /// Kernel tests need root (to create namespaces). Without it they are skipped with a message,
 /// unless REYES_REQUIRE_NETNS=1 (set by CI), where skipping is a failure.
 pub fn netns_available() -> bool {
@@ -24,7 +36,7 @@ pub fn netns_available() -> bool {
         if std::env::var("REYES_REQUIRE_NETNS").as_deref() == Ok("1") {
             panic!("network namespace tests need root and iproute2 (REYES_REQUIRE_NETNS=1)");
         }
-        eprintln!("skipping: network namespace tests need root and iproute2");
+        skipped("network namespace tests need root and iproute2");
     }
     ok
 }

@@ -35,20 +35,6 @@ impl std::fmt::Display for What {
     }
 }
 
-/// How an IR rule is described in errors.
-pub fn origin_text(o: &Origin) -> String {
-    match o {
-        Origin::Base(s) => s.clone(),
-        Origin::Failsafe(i) => format!("follower.failsafe[{i}]"),
-        Origin::GroupRule {
-            group,
-            rule,
-            source,
-        } => format!("group {group} ingress[{rule}], source {source}"),
-        Origin::Profile(s) => format!("profile {s}"),
-    }
-}
-
 /// What one message is about, compactly (16 bytes, indices into the batch's tables);
 /// [`Batch::what`] turns it into text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -357,7 +343,7 @@ impl Batch {
             return format!("message {index}");
         };
         let name = |n: u32| self.names.get(n as usize).map_or("?", |n| &**n);
-        let origin = |o: u32| self.origins.get(o as usize).map(origin_text);
+        let origin = |o: u32| self.origins.get(o as usize).map(Origin::to_string);
         let rule = |c: u32, r: u32, o: u32| match origin(o) {
             Some(why) => format!("chain {} rule {r} ({why})", name(c)),
             None => format!("chain {} rule {r}", name(c)),

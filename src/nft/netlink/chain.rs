@@ -4,10 +4,32 @@ use super::sys::*;
 use super::table::Table;
 use super::wire::{Attr, Message, MsgType};
 
-/// The hook of a base chain: reyes has exactly one kind,
-/// `type filter hook input priority filter; policy accept;`.
+/// The hook of a base chain, from the IR's [`BaseChain`](crate::compile::BaseChain).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InputHook;
+pub struct BaseHook {
+    /// `NF_INET_*`.
+    pub hooknum: u32,
+    /// Priority.
+    pub priority: i32,
+    /// `NF_ACCEPT` or `NF_DROP`.
+    pub policy: i32,
+}
+
+impl BaseHook {
+    /// The hook of the IR's base chain.
+    pub fn of(b: &crate::compile::BaseChain) -> BaseHook {
+        BaseHook {
+            hooknum: match b.hook {
+                crate::compile::Hook::Input => NF_INET_LOCAL_IN,
+            },
+            priority: b.priority,
+            policy: match b.policy {
+                crate::compile::ChainPolicy::Accept => NF_ACCEPT,
+                crate::compile::ChainPolicy::Drop => NF_DROP,
+            },
+        }
+    }
+}
 
 /// A chain of `table`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,7 +39,7 @@ pub struct Chain<'t> {
     /// Name.
     pub name: String,
     /// Base chain hook, if any.
-    pub hook: Option<InputHook>,
+    pub hook: Option<BaseHook>,
 }
 
 impl Chain<'_> {
@@ -27,14 +49,14 @@ impl Chain<'_> {
             Attr::str(NFTA_CHAIN_TABLE, self.table.name()),
             Attr::str(NFTA_CHAIN_NAME, &self.name),
         ];
-        if self.hook.is_some() {
+        if let Some(h) = self.hook {
             attrs.push(Attr::str(NFTA_CHAIN_TYPE, "filter"));
-            attrs.push(Attr::U32(NFTA_CHAIN_POLICY, NF_ACCEPT as u32));
+            attrs.push(Attr::U32(NFTA_CHAIN_POLICY, h.policy as u32));
             attrs.push(Attr::Nested(
                 NFTA_CHAIN_HOOK,
                 vec![
-                    Attr::U32(NFTA_HOOK_HOOKNUM, NF_INET_LOCAL_IN),
-                    Attr::U32(NFTA_HOOK_PRIORITY, 0),
+                    Attr::U32(NFTA_HOOK_HOOKNUM, h.hooknum),
+                    Attr::U32(NFTA_HOOK_PRIORITY, h.priority as u32),
                 ],
             ));
         }

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use super::batch::{Batch, BatchBuilder, Label};
-use super::chain::{Chain, InputHook};
+use super::chain::{BaseHook, Chain};
 use super::counter::Counter;
 use super::expr::{
     Bitwise, Cmp, CmpOp, Ct, Expr, Immediate, Limit, Log, Lookup, Meta, MetaKey, Objref, Payload,
@@ -19,12 +19,14 @@ use super::sys::*;
 use super::table::Table;
 use super::wire::Emit;
 use crate::compile::{
-    AddrMatch, AddrSet, CtState, DispatchEntry, Match, Name, PortProto, Rule, Ruleset, Verdict,
-    COUNTER_ACCEPTED, COUNTER_DROPPED, INPUT_CHAIN,
+    AddrMatch, AddrSet, BaseChain, CtState, DispatchEntry, Match, Name, PortProto, Rule, Ruleset,
+    Verdict, INPUT_CHAIN,
 };
 use crate::net::{Family, Range};
 use crate::nft::render::map_name;
 use crate::proto::PortRange;
+
+mod matchers;
 
 /// The IR cannot be expressed as nf_tables messages.
 #[derive(Debug, thiserror::Error)]
@@ -50,8 +52,6 @@ pub enum EncodeError {
         what: &'static str,
     },
 }
-
-pub use super::batch::origin_text;
 
 fn family_bytes(f: Family) -> usize {
     match f {
@@ -179,9 +179,25 @@ impl RuleExprs {
 /// NEWTABLE, DELTABLE, NEWTABLE, then chains, counters, sets with their elements, maps,
 /// and rules (each preceded by its anonymous sets). `ifindex` resolves `iif` names.
 pub fn encode(rs: &Ruleset, ifindex: &dyn Fn(&str) -> Option<u32>) -> Result<Batch, EncodeError> {
+    Ok(encoder_for(rs, ifindex)?.batch.finish())
+}
+
+/// [`encode`], closed without BATCH_END: the kernel checks every message, then aborts the
+/// transaction and commits nothing (the netlink side of the probe).
+pub fn encode_check_only(
+    rs: &Ruleset,
+    ifindex: &dyn Fn(&str) -> Option<u32>,
+) -> Result<Batch, EncodeError> {
+    Ok(encoder_for(rs, ifindex)?.batch.finish_check_only())
+}
+
+fn encoder_for<'f>(
+    rs: &Ruleset,
+    ifindex: &'f dyn Fn(&str) -> Option<u32>,
+) -> Result<Encoder<'f>, EncodeError> {
     let mut e = Encoder::new(ifindex);
     e.reserve(rs);
-    e.head(rs.chains.iter().map(|c| &c.name));
+    e.head(&rs.base, rs.chains.iter().map(|c| &c.name));
     for s in &rs.sets {
         e.named_set(s);
     }
@@ -192,7 +208,7 @@ pub fn encode(rs: &Ruleset, ifindex: &dyn Fn(&str) -> Option<u32>) -> Result<Bat
     for (i, c) in rs.chains.iter().enumerate() {
         e.rules(Some(i), &c.name, &c.rules)?;
     }
-    Ok(e.batch.finish())
+    Ok(e)
 }
 
 /// [`encode`], taking the ruleset and dropping each part of it once it is encoded: the same
@@ -212,9 +228,10 @@ pub fn encode_owned(
         dispatch6,
         chains,
         input,
+        base,
         meta: _,
     } = rs;
-    e.head(chains.iter().map(|c| &c.name));
+    e.head(&base, chains.iter().map(|c| &c.name));
     for s in sets {
         e.named_set(&s);
     }
@@ -298,7 +315,7 @@ impl<'f> Encoder<'f> {
 
     /// The table (created, deleted, created: works whether or not it exists), the base chain,
     /// the regular chains and the counters.
-    fn head<'n>(&mut self, chains: impl Iterator<Item = &'n Name>) {
+    fn head<'n>(&mut self, base: &BaseChain, chains: impl Iterator<Item = &'n Name>) {
         let t = self.table;
         let tname = format!("table inet {}", t.name());
         self.batch.push(t.create(), tname.clone());
@@ -308,7 +325,7 @@ impl<'f> Encoder<'f> {
         let input = Chain {
             table: t,
             name: INPUT_CHAIN.to_string(),
-            hook: Some(InputHook),
+            hook: Some(BaseHook::of(base)),
         };
         self.batch
             .push(input.message(), format!("base chain {INPUT_CHAIN}"));
@@ -322,7 +339,7 @@ impl<'f> Encoder<'f> {
             let n = self.batch.add_name(name.clone());
             self.batch.push_labelled(chain.message(), Label::Chain(n));
         }
-        for name in [COUNTER_ACCEPTED, COUNTER_DROPPED] {
+        for name in base.counters.iter().map(|c| c.name) {
             let c = Counter {
                 table: t,
                 name: name.to_string(),
@@ -558,212 +575,6 @@ impl<'f> Encoder<'f> {
             rule: place.index,
             what,
         }
-    }
-
-    fn matcher(
-        &mut self,
-        place: &Place<'_>,
-        m: &Match,
-        x: &mut RuleExprs,
-    ) -> Result<(), EncodeError> {
-        match m {
-            Match::Iif(name) => {
-                let idx = (self.ifindex)(name).ok_or_else(|| EncodeError::UnknownInterface {
-                    chain: place.chain.to_string(),
-                    rule: place.index,
-                    name: name.clone(),
-                })?;
-                x.push(meta(MetaKey::Iif));
-                x.push(cmp(CmpOp::Eq, idx.to_ne_bytes()));
-            }
-            Match::CtState(states) => {
-                let bits = states.iter().fold(0u32, |b, s| {
-                    b | match s {
-                        CtState::Established => NF_CT_STATE_ESTABLISHED_BIT,
-                        CtState::Related => NF_CT_STATE_RELATED_BIT,
-                    }
-                });
-                x.push(Expr::Ct(Ct));
-                x.push(Expr::Bitwise(Bitwise {
-                    mask: bits.to_ne_bytes().to_vec(),
-                }));
-                x.push(cmp(CmpOp::Neq, [0u8; 4]));
-            }
-            Match::Ipsec(present) => {
-                x.push(meta(MetaKey::Secpath));
-                x.push(cmp(CmpOp::Eq, [u8::from(*present)]));
-            }
-            Match::Saddr {
-                family,
-                addrs,
-                negate,
-            } => {
-                let f = *family;
-                let width = family_bytes(f);
-                x.need_family(f);
-                match addrs {
-                    AddrMatch::Set(name) => {
-                        x.push(payload(PayloadBase::Network, saddr_offset(f), width));
-                        x.push(Expr::Lookup(Lookup {
-                            set: name.to_string(),
-                            set_id: self.set_ids.get(name).copied(),
-                            verdict_map: false,
-                            invert: *negate,
-                        }));
-                    }
-                    AddrMatch::Literal(ranges) => match ranges.as_slice() {
-                        [] => return Err(self.empty(place, "address")),
-                        [r] => single_range(x, f, r, *negate),
-                        many => {
-                            x.push(payload(PayloadBase::Network, saddr_offset(f), width));
-                            let elements = set::interval_elements(
-                                many.iter().map(|r| (r.lo, r.hi, None)),
-                                width,
-                            )
-                            .collect();
-                            let l = self.anonymous(place, addr_key(f), true, elements, *negate);
-                            x.push(l);
-                        }
-                    },
-                }
-            }
-            Match::L4Proto(protos) => {
-                x.push(meta(MetaKey::L4Proto));
-                match protos.as_slice() {
-                    [] => return Err(self.empty(place, "protocol")),
-                    [p] => x.push(cmp(CmpOp::Eq, [*p])),
-                    many => {
-                        let elements = many
-                            .iter()
-                            .map(|p| Element::key(Key::from_u128(*p as u128, 1)))
-                            .collect();
-                        let l = self.anonymous(place, KeyKind::L4Proto, false, elements, false);
-                        x.push(l);
-                    }
-                }
-            }
-            Match::Dport { proto, ports } => {
-                let num = match proto {
-                    PortProto::Tcp => 6u8,
-                    PortProto::Udp => 17,
-                };
-                x.push(meta(MetaKey::L4Proto));
-                x.push(cmp(CmpOp::Eq, [num]));
-                x.push(payload(PayloadBase::Transport, 2, 2));
-                match ports.as_slice() {
-                    [] => return Err(self.empty(place, "port")),
-                    [p] if p.first == p.last => {
-                        x.push(cmp(CmpOp::Eq, p.first.to_be_bytes()));
-                    }
-                    [p] => {
-                        x.push(cmp(CmpOp::Gte, p.first.to_be_bytes()));
-                        x.push(cmp(CmpOp::Lte, p.last.to_be_bytes()));
-                    }
-                    many => {
-                        let interval = many.iter().any(|p| p.first != p.last);
-                        let elements = port_elements(many, interval);
-                        let l =
-                            self.anonymous(place, KeyKind::Port(*proto), interval, elements, false);
-                        x.push(l);
-                    }
-                }
-            }
-            Match::Icmp { v6, types, code } => {
-                let (f, l4, key) = if *v6 {
-                    (Family::V6, 58u8, KeyKind::Icmpv6Type)
-                } else {
-                    (Family::V4, 1u8, KeyKind::IcmpType)
-                };
-                x.need_family(f);
-                x.push(meta(MetaKey::L4Proto));
-                x.push(cmp(CmpOp::Eq, [l4]));
-                match (types.as_slice(), code) {
-                    ([], _) => return Err(self.empty(place, "ICMP type")),
-                    ([t], Some(c)) => {
-                        x.push(payload(PayloadBase::Transport, 0, 2));
-                        x.push(cmp(CmpOp::Eq, [*t, *c]));
-                    }
-                    ([t], None) => {
-                        x.push(payload(PayloadBase::Transport, 0, 1));
-                        x.push(cmp(CmpOp::Eq, [*t]));
-                    }
-                    (many, code) => {
-                        x.push(payload(PayloadBase::Transport, 0, 1));
-                        let elements = many
-                            .iter()
-                            .map(|t| Element::key(Key::from_u128(*t as u128, 1)))
-                            .collect();
-                        let l = self.anonymous(place, key, false, elements, false);
-                        x.push(l);
-                        if let Some(c) = code {
-                            x.push(payload(PayloadBase::Transport, 1, 1));
-                            x.push(cmp(CmpOp::Eq, [*c]));
-                        }
-                    }
-                }
-            }
-            Match::Limit { rate, burst } => x.push(Expr::Limit(Limit {
-                rate: u64::from(*rate),
-                burst: *burst,
-            })),
-        }
-        Ok(())
-    }
-}
-
-/// `ip saddr X` / `!= X` for one interval, the way nft encodes each notation.
-fn single_range(x: &mut RuleExprs, f: Family, r: &Range, negate: bool) {
-    let width = family_bytes(f);
-    let off = saddr_offset(f);
-    let eq = if negate { CmpOp::Neq } else { CmpOp::Eq };
-    if r.lo == r.hi {
-        x.push(payload(PayloadBase::Network, off, width));
-        x.push(cmp(eq, be(r.lo, width)));
-        return;
-    }
-    match r.prefix_len() {
-        Some(p) if p > 0 && p % 8 == 0 => {
-            let n = p as usize / 8;
-            x.push(payload(PayloadBase::Network, off, n));
-            x.push(cmp(eq, be(r.lo, width)[..n].to_vec()));
-        }
-        Some(p) => {
-            x.push(payload(PayloadBase::Network, off, width));
-            x.push(Expr::Bitwise(Bitwise {
-                mask: prefix_mask(p, width),
-            }));
-            x.push(cmp(eq, be(r.lo, width)));
-        }
-        None if !negate => {
-            x.push(payload(PayloadBase::Network, off, width));
-            x.push(cmp(CmpOp::Gte, be(r.lo, width)));
-            x.push(cmp(CmpOp::Lte, be(r.hi, width)));
-        }
-        None => {
-            x.push(payload(PayloadBase::Network, off, width));
-            x.push(Expr::Range(RangeExpr {
-                negate: true,
-                from: be(r.lo, width),
-                to: be(r.hi, width),
-            }));
-        }
-    }
-}
-
-fn port_elements(ports: &[PortRange], interval: bool) -> Vec<Element> {
-    if interval {
-        set::interval_elements(
-            ports
-                .iter()
-                .map(|p| (u128::from(p.first), u128::from(p.last), None)),
-            2,
-        )
-        .collect()
-    } else {
-        ports
-            .iter()
-            .map(|p| Element::key(Key::from_u128(u128::from(p.first), 2)))
-            .collect()
     }
 }
 

@@ -19,7 +19,7 @@ pub mod table;
 pub mod wire;
 
 pub use batch::{Batch, What};
-pub use encode::{encode, encode_owned, flush_batch, probe_batch, EncodeError};
+pub use encode::{encode, encode_check_only, encode_owned, flush_batch, probe_batch, EncodeError};
 pub use socket::{NetlinkError, Refusal, Socket};
 
 /// Interface index by name in the current network namespace.
