@@ -65,7 +65,7 @@ pub struct Config {
 }
 
 /// Leader settings.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LeaderConfig {
     /// Prometheus text file written after every run (node_exporter textfile collector).
