@@ -73,7 +73,9 @@ pub fn trust_root(cfg: &Config) -> CmdResult<TrustRoot> {
             "signing.keyring is not set: followers need the leader's certificate to verify documents"
         ))
     })?;
-    TrustRoot::load(keyring, &cfg.signing.trusted_fingerprints).usage()
+    TrustRoot::load(keyring, &cfg.signing.trusted_fingerprints)
+        .and_then(|t| t.with_threshold(cfg.signing.threshold))
+        .usage()
 }
 
 fn store_failure(e: StoreError) -> Failure {
@@ -82,7 +84,9 @@ fn store_failure(e: StoreError) -> Failure {
             Failure::refused(e)
         }
         StoreError::Unsupported(_) | StoreError::Config(_) => Failure::usage(e),
-        StoreError::NotFound(_) | StoreError::Io(_) => Failure::runtime(e),
+        StoreError::NotFound(_) | StoreError::Io(_) | StoreError::Conflict(_) => {
+            Failure::runtime(e)
+        }
     }
 }
 
@@ -95,10 +99,13 @@ pub fn verify_document(
     now: SystemTime,
     check_expiry: bool,
 ) -> CmdResult<Verified> {
-    let signer = trust.verify(bytes, signature).map_err(|e| match e {
+    let signature_failure = |e: SigningError| match e {
         SigningError::Rejected(m) => Failure::refused(anyhow::anyhow!("signature refused: {m}")),
         other => Failure::usage(other),
-    })?;
+    };
+    let signer = trust
+        .verify_at(bytes, signature, now)
+        .map_err(signature_failure)?;
     let document = Document::parse(bytes).refused()?;
     if document.environment != environment {
         return Err(Failure::refused(anyhow::anyhow!(
@@ -118,6 +125,10 @@ pub fn verify_document(
             rfc3339(now)
         )));
     }
+    let issued_at = document.issued_at_time().refused()?;
+    signer
+        .check_issued_at(issued_at)
+        .map_err(signature_failure)?;
     Ok(Verified {
         document,
         bytes: bytes.to_vec(),
@@ -341,7 +352,7 @@ pub fn run_once(cfg: &Config, opts: &FollowerOptions, now: SystemTime) -> CmdRes
     let backend = open_backend(cfg, opts.backend)?;
     let ctx = host_context(cfg, opts)?;
     let state = StateDir::open(&cfg.follower.state_dir).runtime()?;
-    let _lock = state.lock().runtime()?;
+    let _lock = state.lock(cfg.follower.lock_timeout).runtime()?;
 
     let applied = state.applied().runtime()?;
     let cond = if opts.dry_run {

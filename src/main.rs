@@ -61,6 +61,10 @@ enum Command {
         /// Write the document here too (with --dry-run: instead of stdout).
         #[arg(long)]
         output: Option<PathBuf>,
+        /// Co-sign: check that the stored document's policy is what this leader's inventory
+        /// gives, and append this leader's signature (for signing.threshold above 1).
+        #[arg(long, conflicts_with_all = ["dry_run", "output"])]
+        cosign: bool,
     },
     /// Fetch, verify, compile and apply the rule document.
     Follower {
@@ -133,6 +137,10 @@ enum Command {
         /// Where [default: DOCUMENT.sig].
         #[arg(long)]
         output: Option<PathBuf>,
+        /// Add the signature to the existing signature file (co-signing) instead of
+        /// replacing it.
+        #[arg(long)]
+        append: bool,
     },
     /// Make a new signing key.
     Keygen {
@@ -312,9 +320,14 @@ fn run(cli: Cli) -> CmdResult<u8> {
             interval,
             dry_run,
             output,
+            cosign,
         } => {
             let cfg = load_config(&config_path(&cli.config))?;
-            let opts = LeaderOptions { dry_run, output };
+            let opts = LeaderOptions {
+                dry_run,
+                output,
+                cosign,
+            };
             match interval {
                 Some(i) => leader::run_interval(&cfg, &opts, i),
                 None => leader::run_once(&cfg, &opts, now).map(|o| tracing::debug!(?o))?,
@@ -379,9 +392,13 @@ fn run(cli: Cli) -> CmdResult<u8> {
             print!("{}", commands::verify(&cfg, &document, &signature)?);
             Ok(0)
         }
-        Command::Sign { document, output } => {
+        Command::Sign {
+            document,
+            output,
+            append,
+        } => {
             let cfg = load_config(&config_path(&cli.config))?;
-            let out = commands::sign(&cfg, &document, output.as_deref())?;
+            let out = commands::sign(&cfg, &document, output.as_deref(), append)?;
             println!("{}", out.display());
             Ok(0)
         }

@@ -3,6 +3,8 @@
 pub mod directory;
 pub mod s3;
 
+use std::time::Duration;
+
 use crate::config::StoreConfig;
 
 /// A store operation failed.
@@ -29,6 +31,10 @@ pub enum StoreError {
     /// The configured store is not available in this build.
     #[error("{0}")]
     Unsupported(String),
+    /// Another writer changed the store since it was read (a conditional write failed, or
+    /// the store lock could not be taken in time): nothing was written.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// A document and its signature as fetched, not yet verified.
@@ -40,6 +46,26 @@ pub struct Fetched {
     pub signature: Vec<u8>,
     /// An opaque version tag (an ETag) for conditional fetches, when the store has one.
     pub version: Option<String>,
+    /// The signature object's version tag, when the store has one.
+    pub signature_version: Option<String>,
+}
+
+/// What a conditional publication expects the store to hold, so that two leaders never
+/// overwrite each other's publication unseen.
+#[derive(Debug, Clone, Copy)]
+pub enum Expect<'a> {
+    /// No condition.
+    Any,
+    /// Nothing published yet.
+    Absent,
+    /// Still exactly this pair.
+    Current(&'a Fetched),
+}
+
+/// Held while a writer works on a store that needs a lock (a directory); released on drop.
+#[derive(Debug)]
+pub struct StoreLock {
+    _file: std::fs::File,
 }
 
 /// The result of a conditional fetch.
@@ -58,6 +84,29 @@ pub trait Store {
     fn fetch(&self, if_changed_from: Option<&str>) -> Result<FetchOutcome, StoreError>;
     /// Publish the document, then its signature.
     fn publish(&self, document: &[u8], signature: &[u8]) -> Result<(), StoreError>;
+    /// Publish only if the store still holds what `expect` says ([`StoreError::Conflict`]
+    /// otherwise, with nothing written). A directory store checks under [`Store::lock`],
+    /// which the caller holds; S3 uses conditional writes.
+    fn publish_expecting(
+        &self,
+        document: &[u8],
+        signature: &[u8],
+        expect: Expect<'_>,
+    ) -> Result<(), StoreError> {
+        let _ = expect;
+        self.publish(document, signature)
+    }
+    /// Replace only the signature of the document `current` holds (co-signing), if the store
+    /// still holds `current`.
+    fn publish_signature(&self, current: &Fetched, signature: &[u8]) -> Result<(), StoreError> {
+        self.publish_expecting(&current.document, signature, Expect::Current(current))
+    }
+    /// Serialise writers: held from reading the store to publishing. Stores whose writes are
+    /// conditional need none.
+    fn lock(&self, timeout: Duration) -> Result<Option<StoreLock>, StoreError> {
+        let _ = timeout;
+        Ok(None)
+    }
     /// For messages: where this store is.
     fn describe(&self) -> String;
 }
@@ -67,5 +116,12 @@ pub fn open(cfg: &StoreConfig) -> Result<Box<dyn Store>, StoreError> {
     match cfg {
         StoreConfig::Directory(d) => Ok(Box::new(directory::DirectoryStore::new(d.clone()))),
         StoreConfig::S3(s) => Ok(Box::new(s3::S3Store::new(s)?)),
+    }
+}
+
+impl StoreLock {
+    /// Wrap a locked file.
+    pub fn new(file: std::fs::File) -> StoreLock {
+        StoreLock { _file: file }
     }
 }
