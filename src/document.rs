@@ -523,6 +523,7 @@ impl Policy {
             }
         }
         Ok(())
+    }
 }
 
 /// What the leader puts around the policy.

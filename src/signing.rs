@@ -431,7 +431,7 @@ impl VerificationHelper for Helper<'_> {
             for r in results {
                 match r {
                     Ok(GoodChecksum { sig, ka }) => {
-                        let cert = ka.cert().cert().clone();
+                        let cert = ka.cert().clone();
                         self.good(sig, &cert, ka.key().key_handle());
                     }
                     Err(e) => self.problems.push(format!("bad signature: {e}")),

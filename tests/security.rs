@@ -8,7 +8,6 @@ use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use openpgp::cert::prelude::*;
-use openpgp::packet::signature::SignatureBuilder;
 use openpgp::policy::StandardPolicy;
 use openpgp::serialize::stream::{Message, Signer};
 use openpgp::serialize::Serialize;
