@@ -552,14 +552,14 @@ fn huge_validity_is_a_config_error_with_location() {
     )
     .unwrap();
     let e = Config::load(&cfg).unwrap_err().to_string();
-    assert!(e.contains("reyes.yaml:4:"), "{e}");
+    assert!(e.contains("reyes.yaml:5:"), "{e}");
     assert!(e.contains("signing.validity"), "{e}");
     let o = Command::new(reyes_bin())
         .args(["--config", cfg.to_str().unwrap(), "leader", "--once"])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(text(&o).contains("reyes.yaml:4:"), "{}", text(&o));
+    assert!(text(&o).contains("reyes.yaml:5:"), "{}", text(&o));
     // Building with an unrepresentable not_after is an error, not a panic.
     let inv = reyes::inventory::static_file::load(&example_inventory()).unwrap();
     let r = document::build(
@@ -664,7 +664,7 @@ fn flush_waits_for_the_follower_lock_at_most_lock_timeout() {
     let state = reyes::state::StateDir::open(&dir.path().join("state")).unwrap();
     let held = state.lock(Duration::from_secs(1)).unwrap();
     // A table of reyes' own that a flush would remove.
-    ns.nft_apply("table inet reyes { chain input { type filter hook input priority 0; } }\n");
+    ns.nft_apply("table inet reyes {\n  chain input {\n    type filter hook input priority 0;\n  }\n}\n");
     let o = ns.reyes(&["--config", cfg.to_str().unwrap(), "flush"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("lock_timeout"), "{}", text(&o));
