@@ -80,7 +80,9 @@ pub enum ValueError {
     #[error("signing.validity {0:?} is over the maximum of 366 days")]
     ValidityTooLong(String),
     /// Not an OpenPGP fingerprint.
-    #[error("{0:?} is not an OpenPGP fingerprint (40 or 64 hex digits; `gpg --fingerprint` shows it)")]
+    #[error(
+        "{0:?} is not an OpenPGP fingerprint (40 or 64 hex digits; `gpg --fingerprint` shows it)"
+    )]
     Fingerprint(String),
     /// A `not_before`/`not_after` that is not a time.
     #[error("signing.trusted_fingerprints: {0}")]

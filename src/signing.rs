@@ -379,7 +379,9 @@ impl Helper<'_> {
             ));
         };
         if let Err(e) = ka.alive() {
-            return Some(format!("the key {key} of certificate {fp} has expired: {e}"));
+            return Some(format!(
+                "the key {key} of certificate {fp} has expired: {e}"
+            ));
         }
         if let RevocationStatus::Revoked(_) = ka.revocation_status() {
             return Some(format!("the key {key} of certificate {fp} is revoked"));
@@ -601,7 +603,9 @@ impl SigningKey {
                 what: "cannot sign".into(),
                 source,
             })?;
-            signer.finalize().map_err(pgp("cannot finish the signature"))?;
+            signer
+                .finalize()
+                .map_err(pgp("cannot finish the signature"))?;
         }
         Ok(out)
     }

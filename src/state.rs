@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::directory::{lock_file, read_limited, write_atomic, LockError, DOCUMENT, SIGNATURE};
+use crate::store::directory::{
+    lock_file, read_limited, write_atomic, LockError, DOCUMENT, SIGNATURE,
+};
 
 /// A state-directory operation failed.
 #[derive(Debug, thiserror::Error)]

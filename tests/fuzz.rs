@@ -167,11 +167,14 @@ fn mutate(rng: &mut Rng, seeds: &[Vec<u8>], input: &[u8], max: usize) -> Vec<u8>
     v
 }
 
+/// What a target runs on each input.
+type Run = Box<dyn Fn(&[u8])>;
+
 /// A fuzz target: seeds and the function that must never panic or hang.
 struct Target {
     name: &'static str,
     seeds: Vec<Vec<u8>>,
-    run: Box<dyn Fn(&[u8])>,
+    run: Run,
 }
 
 /// What a run found.
@@ -242,10 +245,7 @@ fn corpus(target: &str) -> Vec<Vec<u8>> {
         .map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect())
         .unwrap_or_default();
     files.sort();
-    files
-        .iter()
-        .filter_map(|p| std::fs::read(p).ok())
-        .collect()
+    files.iter().filter_map(|p| std::fs::read(p).ok()).collect()
 }
 
 fn example_document() -> document::Built {
@@ -314,7 +314,10 @@ fn targets() -> Vec<Target> {
             name: "config",
             seeds: with_corpus(
                 "config",
-                vec![read("examples/reyes.yaml"), read("tests/fixtures/aws/reyes.yaml")],
+                vec![
+                    read("examples/reyes.yaml"),
+                    read("tests/fixtures/aws/reyes.yaml"),
+                ],
             ),
             run: Box::new(|b| {
                 if let Ok(s) = std::str::from_utf8(b) {
@@ -348,7 +351,7 @@ fn targets() -> Vec<Target> {
         Target {
             name: "ec2",
             seeds: with_corpus("ec2", aws_fixtures()),
-            run: Box::new(|b| ec2_shapes(b)),
+            run: Box::new(ec2_shapes),
         },
     ]
 }
@@ -595,7 +598,10 @@ fn fuzz_targets() {
         );
     }
     for (name, st) in &results {
-        assert_eq!(st.panics, 0, "{name}: panics (inputs in tests/fuzz/crashes/)");
+        assert_eq!(
+            st.panics, 0,
+            "{name}: panics (inputs in tests/fuzz/crashes/)"
+        );
         assert_eq!(st.hangs, 0, "{name}: hangs (inputs in tests/fuzz/crashes/)");
     }
 }

@@ -110,7 +110,10 @@ fn expired_key_signatures_are_refused_now() {
     root.verify_at(&d.bytes, &sig, made + Duration::from_secs(60))
         .unwrap();
     // ...but keys are checked as they are now.
-    let e = root.verify_at(&d.bytes, &sig, now()).unwrap_err().to_string();
+    let e = root
+        .verify_at(&d.bytes, &sig, now())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("expired"), "{e}");
     refused_with(
         verify_document(&root, &d.bytes, &sig, "prod", now(), false),
@@ -151,11 +154,16 @@ fn revoked_subkey_signatures_are_refused_even_when_made_before_the_revocation() 
         .unwrap()
         .build(&mut primary, &c, &sub, None)
         .unwrap();
-    let (revoked, _) = c.insert_packets(std::iter::once(Packet::from(rev))).unwrap();
+    let (revoked, _) = c
+        .insert_packets(std::iter::once(Packet::from(rev)))
+        .unwrap();
     let root = TrustRoot::from_certs(vec![public(&revoked)], &[]);
     root.verify_at(&d.bytes, &sig, made + Duration::from_secs(60))
         .unwrap();
-    let e = root.verify_at(&d.bytes, &sig, now()).unwrap_err().to_string();
+    let e = root
+        .verify_at(&d.bytes, &sig, now())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("revoked"), "{e}");
 }
 
@@ -193,7 +201,10 @@ fn primary_revoked_by_a_revocation_certificate_in_the_keyring() {
     Packet::from(rev).serialize(&mut rev_bytes).unwrap();
     std::fs::write(dir.path().join("leader.rev"), &rev_bytes).unwrap();
     let after = TrustRoot::load(dir.path(), &[]).unwrap();
-    let e = after.verify_at(&d.bytes, &sig, now()).unwrap_err().to_string();
+    let e = after
+        .verify_at(&d.bytes, &sig, now())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("revoked"), "{e}");
 }
 
@@ -237,7 +248,10 @@ fn trusted_fingerprint_windows_rotate_keys() {
         window(Some(now() + DAY), None),
     ] {
         let root = TrustRoot::from_certs(vec![public(&c)], &[w]);
-        let e = root.verify_at(&d.bytes, &sig, now()).unwrap_err().to_string();
+        let e = root
+            .verify_at(&d.bytes, &sig, now())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("window"), "{e}");
     }
     // In YAML.
@@ -248,7 +262,9 @@ fn trusted_fingerprint_windows_rotate_keys() {
     assert_eq!(cfg.signing.trusted_fingerprints.len(), 2);
     assert!(cfg.signing.trusted_fingerprints[1].not_after.is_some());
     let bad = yaml.replace("2026-01-01T00:00:00Z", "2028-01-01T00:00:00Z");
-    let e = Config::parse(&bad, Path::new("x.yaml")).unwrap_err().to_string();
+    let e = Config::parse(&bad, Path::new("x.yaml"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("not_before is after not_after"), "{e}");
 }
 
@@ -346,7 +362,9 @@ fn duplicate_ids_and_unsorted_lists_are_refused() {
         .find(|g| g.members.len() > 1)
         .unwrap();
     g.members.reverse();
-    let e = Document::parse(&reencode(unsorted)).unwrap_err().to_string();
+    let e = Document::parse(&reencode(unsorted))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("not sorted") && e.contains("members"), "{e}");
     // Through the follower's checks: exit 3 with the reason.
     let c = cert("k", DAY, None);
@@ -615,7 +633,10 @@ fn sign_with_bare_relative_paths_and_append() {
     let o = run(ca, &["sign", "--document", "rules.json"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(work.join("rules.json.sig").is_file());
-    let o = run(ca, &["sign", "--document", "rules.json", "--output", "x.sig"]);
+    let o = run(
+        ca,
+        &["sign", "--document", "rules.json", "--output", "x.sig"],
+    );
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(work.join("x.sig").is_file());
     // Co-sign with --append: then two keys verify.
@@ -641,7 +662,14 @@ fn sign_with_bare_relative_paths_and_append() {
     // --append to a missing file is an error, not a fresh file.
     let o = run(
         cb,
-        &["sign", "--document", "rules.json", "--output", "none.sig", "--append"],
+        &[
+            "sign",
+            "--document",
+            "rules.json",
+            "--output",
+            "none.sig",
+            "--append",
+        ],
     );
     assert_ne!(o.status.code(), Some(0), "{}", text(&o));
     assert!(!work.join("none.sig").exists());
@@ -664,7 +692,9 @@ fn flush_waits_for_the_follower_lock_at_most_lock_timeout() {
     let state = reyes::state::StateDir::open(&dir.path().join("state")).unwrap();
     let held = state.lock(Duration::from_secs(1)).unwrap();
     // A table of reyes' own that a flush would remove.
-    ns.nft_apply("table inet reyes {\n  chain input {\n    type filter hook input priority 0;\n  }\n}\n");
+    ns.nft_apply(
+        "table inet reyes {\n  chain input {\n    type filter hook input priority 0;\n  }\n}\n",
+    );
     let o = ns.reyes(&["--config", cfg.to_str().unwrap(), "flush"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("lock_timeout"), "{}", text(&o));

@@ -262,9 +262,8 @@ impl Store for DirectoryStore {
     }
 
     fn lock(&self, timeout: Duration) -> Result<Option<StoreLock>, StoreError> {
-        fs::create_dir_all(&self.dir).map_err(|e| {
-            StoreError::Io(format!("cannot create {}: {e}", self.dir.display()))
-        })?;
+        fs::create_dir_all(&self.dir)
+            .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", self.dir.display())))?;
         let p = self.dir.join(LOCK);
         let f = lock_file(&p, timeout).map_err(|e| match e {
             LockError::Timeout(t) => StoreError::Conflict(format!(
