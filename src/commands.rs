@@ -12,7 +12,7 @@ use crate::error::{Classify, CmdResult, Failure};
 use crate::follower::{self, FollowerOptions, Outcome};
 use crate::fsutil::{read_limited, write_atomic, ReadError};
 use crate::hostrecord::{self, HostRecord};
-use crate::signing::{self, read_passphrase, SigningKey};
+use crate::signing::{self, read_passphrase, SigningError, SigningKey};
 use crate::state::StateDir;
 
 /// `render` options.
@@ -143,24 +143,51 @@ pub fn verify(cfg: &Config, document: &Path, signature: &Path) -> CmdResult<Stri
         d.environment,
         d.issued_at,
         d.not_after,
-        v.signer.fingerprint,
+        v.signer.fingerprints.join(", "),
         d.policy_digest,
         d.policy.groups.len()
     ))
 }
 
-/// `reyes sign`.
-pub fn sign(cfg: &Config, document: &Path, output: Option<&Path>) -> CmdResult<PathBuf> {
+/// `reyes sign`: a detached signature with the configured key, made at the document's
+/// `issued_at` when it is a document (followers refuse signatures made far from it), or
+/// now. With `append`, the signature is added to the existing signature file (k-of-n
+/// co-signing) instead of replacing it.
+pub fn sign(
+    cfg: &Config,
+    document: &Path,
+    output: Option<&Path>,
+    append: bool,
+) -> CmdResult<PathBuf> {
     let key = SigningKey::from_config(&cfg.signing).usage()?;
     let bytes = std::fs::read(document)
         .usage()
         .map_err(|f| f.context(format!("cannot read {}", document.display())))?;
-    let sig = key.sign(&bytes).usage()?;
+    let at = match Document::parse(&bytes).ok().map(|d| d.issued_at_time()) {
+        Some(Ok(t)) => t,
+        _ => SystemTime::now(),
+    };
+    let mut sig = match key.sign_at(&bytes, at) {
+        Ok(s) => s,
+        // A key newer than the document (or retired since): sign now; followers will judge.
+        Err(e @ SigningError::Key(_)) => {
+            tracing::warn!(error = %e, "cannot sign at the document's issued_at; signing with the current time");
+            key.sign(&bytes).usage()?
+        }
+        Err(e) => return Err(Failure::usage(e)),
+    };
     let out = output.map(Path::to_path_buf).unwrap_or_else(|| {
         let mut p = document.as_os_str().to_owned();
         p.push(".sig");
         PathBuf::from(p)
     });
+    if append {
+        let existing = read_signature(&out)
+            .map_err(|f| f.context(format!("--append: cannot read {}", out.display())))?;
+        sig = signing::append_signature(&existing, &sig)
+            .usage()
+            .map_err(|f| f.context(format!("--append to {}", out.display())))?;
+    }
     write_atomic(&out, &sig)
         .runtime()
         .map_err(|f| f.context(format!("cannot write {}", out.display())))?;
@@ -204,8 +231,16 @@ pub fn keygen(name: &str, dir: &Path, passphrase_file: Option<&Path>) -> CmdResu
     Ok(fp)
 }
 
-/// `reyes flush`.
+/// `reyes flush`. Takes the follower's lock first (the configured state directory, or the
+/// default one when it exists), so it never interleaves with an apply.
 pub fn flush(cfg: Option<&Config>, backend: Option<BackendChoice>) -> CmdResult<()> {
+    let fcfg = cfg.map(|c| c.follower.clone()).unwrap_or_default();
+    let _lock = if cfg.is_some() || fcfg.state_dir.is_dir() {
+        let state = StateDir::open(&fcfg.state_dir).runtime()?;
+        Some(state.lock(fcfg.lock_timeout).runtime()?)
+    } else {
+        None
+    };
     let choice = backend
         .or(cfg.map(|c| c.follower.backend))
         .unwrap_or_default();
@@ -235,7 +270,7 @@ fn backend_failure(e: crate::backend::BackendError) -> Failure {
 /// known address (in-scope traffic dropped, failsafe entries kept) rather than none.
 pub fn restore(cfg: &Config, opts: &FollowerOptions) -> CmdResult<Outcome> {
     let state = StateDir::open(&cfg.follower.state_dir).runtime()?;
-    let _lock = state.lock().runtime()?;
+    let _lock = state.lock(cfg.follower.lock_timeout).runtime()?;
     let (bytes, sig) = state.last_good().runtime()?.ok_or_else(|| {
         Failure::runtime(anyhow::anyhow!(
             "no last-good document in {}",

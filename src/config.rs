@@ -6,7 +6,7 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -40,6 +40,62 @@ pub enum ConfigError {
         /// What is wrong and what is expected.
         message: String,
     },
+}
+
+/// The longest `signing.validity` accepted: longer lets a stolen document be replayed for
+/// longer, and far-future times overflow.
+pub const MAX_VALIDITY: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// A value that is well-formed YAML but not acceptable; serde reports it with its location.
+#[derive(Debug, thiserror::Error)]
+pub enum ValueError {
+    /// `inventory` names no source or several.
+    #[error("inventory: give exactly one of `file`, `aws_json` or `ec2`")]
+    InventorySource,
+    /// A list that must not be empty.
+    #[error("{0}: list at least one {1}")]
+    EmptyList(&'static str, &'static str),
+    /// A failsafe port on a protocol without ports.
+    #[error("failsafe: `port` needs proto tcp or udp, not {0}")]
+    FailsafePort(Proto),
+    /// A failsafe source of the wrong family.
+    #[error("failsafe: {0} cannot come from {1}")]
+    FailsafeFamily(Proto, Cidr),
+    /// `enforce: cidr` without managed CIDRs.
+    #[error("follower.managed_cidrs: `enforce: cidr` needs at least one managed CIDR")]
+    ManagedCidrs,
+    /// Not a duration.
+    #[error("bad duration {input:?} ({source}): expected e.g. 90s, 5m, 1h")]
+    Duration {
+        /// The text.
+        input: String,
+        /// Why.
+        #[source]
+        source: humantime::DurationError,
+    },
+    /// A zero duration.
+    #[error("duration {0:?} must be greater than zero")]
+    ZeroDuration(String),
+    /// `signing.validity` over [`MAX_VALIDITY`].
+    #[error("signing.validity {0:?} is over the maximum of 366 days")]
+    ValidityTooLong(String),
+    /// Not an OpenPGP fingerprint.
+    #[error(
+        "{0:?} is not an OpenPGP fingerprint (40 or 64 hex digits; `gpg --fingerprint` shows it)"
+    )]
+    Fingerprint(String),
+    /// A `not_before`/`not_after` that is not a time.
+    #[error("signing.trusted_fingerprints: {0}")]
+    Time(#[from] crate::document::TimeError),
+    /// A key window that closes before it opens.
+    #[error("signing.trusted_fingerprints: {0}: not_before is after not_after")]
+    EmptyWindow(String),
+    /// `signing.threshold: 0`.
+    #[error("signing.threshold must be at least 1")]
+    Threshold,
+    /// Plain http to a host that is not loopback.
+    #[error("store.s3.endpoint {0:?}: plain http is allowed only to a loopback address (credentials and documents would cross the network in clear); use https, or set store.s3.allow_http: true")]
+    PlainHttp(String),
 }
 
 /// The whole configuration.
@@ -85,7 +141,7 @@ pub enum StoreConfig {
 
 /// S3 store settings.
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, try_from = "RawS3")]
 pub struct S3Config {
     /// Bucket name.
     pub bucket: String,
@@ -97,6 +153,154 @@ pub struct S3Config {
     /// An S3-compatible endpoint (path-style addressing is used when set).
     #[serde(default)]
     pub endpoint: Option<String>,
+    /// Allow an `http://` endpoint that is not a loopback address.
+    #[serde(default)]
+    pub allow_http: bool,
+}
+
+/// Refuse a plain-http endpoint to anything but loopback unless allowed.
+fn check_endpoint(endpoint: &str, allow_http: bool) -> Result<(), ValueError> {
+    let Some(rest) = endpoint
+        .get(..7)
+        .filter(|p| p.eq_ignore_ascii_case("http://"))
+        .map(|_| &endpoint[7..])
+    else {
+        return Ok(());
+    };
+    if allow_http {
+        return Ok(());
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit('@').next().unwrap_or("");
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.split(':').next().unwrap_or(""),
+    };
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|a| a.is_loopback());
+    if loopback {
+        Ok(())
+    } else {
+        Err(ValueError::PlainHttp(endpoint.to_string()))
+    }
+}
+
+/// A trusted signer: a primary-key fingerprint, optionally only within a time window (key
+/// rotation). In YAML either the fingerprint alone or
+/// `{fingerprint: ..., not_before: RFC3339, not_after: RFC3339}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustedKey {
+    /// Upper-case hex.
+    pub fingerprint: String,
+    /// Signatures count only from this time on.
+    pub not_before: Option<SystemTime>,
+    /// Signatures count only until this time.
+    pub not_after: Option<SystemTime>,
+}
+
+impl TrustedKey {
+    /// A fingerprint without a window.
+    pub fn new(fingerprint: &str) -> Result<TrustedKey, ValueError> {
+        Ok(TrustedKey {
+            fingerprint: normalise_fingerprint(fingerprint)?,
+            not_before: None,
+            not_after: None,
+        })
+    }
+
+    /// Whether the window holds `t`.
+    pub fn valid_at(&self, t: SystemTime) -> bool {
+        self.not_before.is_none_or(|nb| t >= nb) && self.not_after.is_none_or(|na| t <= na)
+    }
+}
+
+impl Serialize for TrustedKey {
+    /// The plain fingerprint, or the windowed form when a window is set (as it is written).
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        if self.not_before.is_none() && self.not_after.is_none() {
+            return s.serialize_str(&self.fingerprint);
+        }
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("fingerprint", &self.fingerprint)?;
+        if let Some(t) = self.not_before {
+            m.serialize_entry("not_before", &crate::document::rfc3339(t))?;
+        }
+        if let Some(t) = self.not_after {
+            m.serialize_entry("not_after", &crate::document::rfc3339(t))?;
+        }
+        m.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for TrustedKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Plain(String),
+            Windowed {
+                fingerprint: String,
+                #[serde(default)]
+                not_before: Option<String>,
+                #[serde(default)]
+                not_after: Option<String>,
+            },
+        }
+        let time = |t: Option<String>| {
+            t.map(|t| crate::document::parse_time(&t))
+                .transpose()
+                .map_err(ValueError::from)
+        };
+        let k = match Raw::deserialize(d)? {
+            Raw::Plain(f) => TrustedKey::new(&f),
+            Raw::Windowed {
+                fingerprint,
+                not_before,
+                not_after,
+            } => (|| {
+                let k = TrustedKey {
+                    fingerprint: normalise_fingerprint(&fingerprint)?,
+                    not_before: time(not_before)?,
+                    not_after: time(not_after)?,
+                };
+                match (k.not_before, k.not_after) {
+                    (Some(b), Some(a)) if b > a => Err(ValueError::EmptyWindow(k.fingerprint)),
+                    _ => Ok(k),
+                }
+            })(),
+        };
+        k.map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawS3 {
+    bucket: String,
+    key: String,
+    #[serde(default)]
+    region: Option<String>,
+    #[serde(default)]
+    endpoint: Option<String>,
+    #[serde(default)]
+    allow_http: bool,
+}
+
+impl TryFrom<RawS3> for S3Config {
+    type Error = ValueError;
+    fn try_from(r: RawS3) -> Result<Self, ValueError> {
+        if let Some(e) = &r.endpoint {
+            check_endpoint(e, r.allow_http)?;
+        }
+        Ok(S3Config {
+            bucket: r.bucket,
+            key: r.key,
+            region: r.region,
+            endpoint: r.endpoint,
+            allow_http: r.allow_http,
+        })
+    }
 }
 
 /// Signing and verification keys.
@@ -112,16 +316,41 @@ pub struct SigningConfig {
     /// Follower: a certificate file, or a directory of them.
     #[serde(default)]
     pub keyring: Option<PathBuf>,
-    /// Optional allowlist of primary-key fingerprints (hex, spaces ignored).
-    #[serde(default, deserialize_with = "de_fingerprints")]
-    pub trusted_fingerprints: Vec<String>,
-    /// `not_after = issued_at + validity`.
+    /// Optional allowlist of primary-key fingerprints (hex, spaces ignored), each optionally
+    /// with a `not_before`/`not_after` window.
+    #[serde(default)]
+    pub trusted_fingerprints: Vec<TrustedKey>,
+    /// `not_after = issued_at + validity` (at most [`MAX_VALIDITY`]).
     #[serde(
         default = "default_validity",
-        deserialize_with = "de_duration",
+        deserialize_with = "de_validity",
         serialize_with = "ser_duration"
     )]
     pub validity: Duration,
+    /// A document applies only with good signatures by this many distinct trusted primary
+    /// keys (k of n).
+    #[serde(default = "default_threshold", deserialize_with = "de_threshold")]
+    pub threshold: usize,
+}
+
+fn default_threshold() -> usize {
+    1
+}
+
+fn de_threshold<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    match usize::deserialize(d)? {
+        0 => Err(serde::de::Error::custom(ValueError::Threshold)),
+        n => Ok(n),
+    }
+}
+
+fn de_validity<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    let v = parse_duration(&s).map_err(serde::de::Error::custom)?;
+    if v > MAX_VALIDITY {
+        return Err(serde::de::Error::custom(ValueError::ValidityTooLong(s)));
+    }
+    Ok(v)
 }
 
 impl Default for SigningConfig {
@@ -132,6 +361,7 @@ impl Default for SigningConfig {
             keyring: None,
             trusted_fingerprints: Vec::new(),
             validity: default_validity(),
+            threshold: default_threshold(),
         }
     }
 }
@@ -230,23 +460,23 @@ struct RawInventory {
 }
 
 impl TryFrom<RawInventory> for InventoryConfig {
-    type Error = String;
-    fn try_from(r: RawInventory) -> Result<Self, String> {
+    type Error = ValueError;
+    fn try_from(r: RawInventory) -> Result<Self, ValueError> {
         let source = match (r.file, r.aws_json, r.ec2) {
             (Some(f), None, None) => InventorySource::File(f),
             (None, Some(j), None) => {
                 if j.is_empty() {
-                    return Err("inventory.aws_json: list at least one file".into());
+                    return Err(ValueError::EmptyList("inventory.aws_json", "file"));
                 }
                 InventorySource::AwsJson(j)
             }
             (None, None, Some(e)) => {
                 if e.regions.is_empty() {
-                    return Err("inventory.ec2.regions: list at least one region".into());
+                    return Err(ValueError::EmptyList("inventory.ec2.regions", "region"));
                 }
                 InventorySource::Ec2(e)
             }
-            _ => return Err("inventory: give exactly one of `file`, `aws_json` or `ec2`".into()),
+            _ => return Err(ValueError::InventorySource),
         };
         Ok(InventoryConfig {
             source,
@@ -394,13 +624,10 @@ struct RawFailsafe {
 }
 
 impl TryFrom<RawFailsafe> for Failsafe {
-    type Error = String;
-    fn try_from(r: RawFailsafe) -> Result<Self, String> {
+    type Error = ValueError;
+    fn try_from(r: RawFailsafe) -> Result<Self, ValueError> {
         if r.port.is_some() && !r.proto.has_ports() {
-            return Err(format!(
-                "failsafe: `port` needs proto tcp or udp, not {}",
-                r.proto
-            ));
+            return Err(ValueError::FailsafePort(r.proto));
         }
         if let Some(from) = &r.from {
             let fam_ok = match r.proto {
@@ -409,7 +636,7 @@ impl TryFrom<RawFailsafe> for Failsafe {
                 _ => true,
             };
             if !fam_ok {
-                return Err(format!("failsafe: {} cannot come from {from}", r.proto));
+                return Err(ValueError::FailsafeFamily(r.proto, *from));
             }
         }
         Ok(Failsafe {
@@ -452,6 +679,9 @@ pub struct FollowerConfig {
     pub allow_unknown_host: bool,
     /// Prometheus text file written after every run (node_exporter textfile collector).
     pub metrics_file: Option<PathBuf>,
+    /// How long a run waits for another holding the state directory's lock.
+    #[serde(serialize_with = "ser_duration")]
+    pub lock_timeout: Duration,
 }
 
 #[derive(Deserialize)]
@@ -485,15 +715,19 @@ struct RawFollower {
     allow_unknown_host: bool,
     #[serde(default)]
     metrics_file: Option<PathBuf>,
+    #[serde(default = "default_lock_timeout", deserialize_with = "de_duration")]
+    lock_timeout: Duration,
+}
+
+fn default_lock_timeout() -> Duration {
+    Duration::from_secs(300)
 }
 
 impl TryFrom<RawFollower> for FollowerConfig {
-    type Error = String;
-    fn try_from(r: RawFollower) -> Result<Self, String> {
+    type Error = ValueError;
+    fn try_from(r: RawFollower) -> Result<Self, ValueError> {
         if r.enforce == Enforce::Cidr && r.managed_cidrs.is_empty() {
-            return Err(
-                "follower.managed_cidrs: `enforce: cidr` needs at least one managed CIDR".into(),
-            );
+            return Err(ValueError::ManagedCidrs);
         }
         Ok(FollowerConfig {
             backend: r.backend,
@@ -510,6 +744,7 @@ impl TryFrom<RawFollower> for FollowerConfig {
             state_dir: r.state_dir,
             allow_unknown_host: r.allow_unknown_host,
             metrics_file: r.metrics_file,
+            lock_timeout: r.lock_timeout,
         })
     }
 }
@@ -531,6 +766,7 @@ impl Default for FollowerConfig {
             state_dir: default_state_dir(),
             allow_unknown_host: false,
             metrics_file: None,
+            lock_timeout: default_lock_timeout(),
         }
     }
 }
@@ -544,11 +780,13 @@ fn default_state_dir() -> PathBuf {
 }
 
 /// Parse `90s`, `5m`, `1h` (and combinations such as `1h 30m`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s.trim())
-        .map_err(|e| format!("bad duration {s:?} ({e}): expected e.g. 90s, 5m, 1h"))?;
+pub fn parse_duration(s: &str) -> Result<Duration, ValueError> {
+    let d = humantime::parse_duration(s.trim()).map_err(|source| ValueError::Duration {
+        input: s.to_string(),
+        source,
+    })?;
     if d.is_zero() {
-        return Err(format!("duration {s:?} must be greater than zero"));
+        return Err(ValueError::ZeroDuration(s.to_string()));
     }
     Ok(d)
 }
@@ -563,7 +801,7 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 }
 
 /// Normalise a fingerprint: hex digits only, upper case; 40 (v4) or 64 (v6) of them.
-pub fn normalise_fingerprint(s: &str) -> Result<String, String> {
+pub fn normalise_fingerprint(s: &str) -> Result<String, ValueError> {
     let hex: String = s
         .chars()
         .filter(|c| !c.is_whitespace())
@@ -571,19 +809,9 @@ pub fn normalise_fingerprint(s: &str) -> Result<String, String> {
         .to_ascii_uppercase();
     let hex = hex.strip_prefix("0X").unwrap_or(&hex).to_string();
     if !(hex.len() == 40 || hex.len() == 64) || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(format!(
-            "{s:?} is not an OpenPGP fingerprint (40 or 64 hex digits; `gpg --fingerprint` shows it)"
-        ));
+        return Err(ValueError::Fingerprint(s.to_string()));
     }
     Ok(hex)
-}
-
-fn de_fingerprints<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    let v = Vec::<String>::deserialize(d)?;
-    v.iter()
-        .map(|s| normalise_fingerprint(s))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(serde::de::Error::custom)
 }
 
 impl Config {
@@ -743,7 +971,7 @@ follower:
   log_drop: true
 "#;
         let c = Config::parse(text, Path::new("x.yaml")).unwrap();
-        assert_eq!(c.signing.trusted_fingerprints[0].len(), 40);
+        assert_eq!(c.signing.trusted_fingerprints[0].fingerprint.len(), 40);
         assert_eq!(c.signing.validity, Duration::from_secs(5400));
         assert_eq!(c.follower.failsafe.len(), 1);
         assert_eq!(c.follower.iptables_variant, IptablesVariant::Legacy);

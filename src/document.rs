@@ -48,6 +48,20 @@ pub enum DocumentError {
     /// Not valid JSON for this schema.
     #[error("malformed document: {0}")]
     Malformed(String),
+    /// Valid, but not the one canonical spelling (unsorted or duplicated lists or ids).
+    #[error("document not canonical: {0}")]
+    NotCanonical(String),
+}
+
+/// A time field that is not RFC 3339 UTC.
+#[derive(Debug, thiserror::Error)]
+#[error("{input:?} is not an RFC 3339 UTC time ({source})")]
+pub struct TimeError {
+    /// The text.
+    pub input: String,
+    /// Why.
+    #[source]
+    pub source: humantime::TimestampError,
 }
 
 /// A network and its blocks (the VPC CIDRs; `local_cidrs: auto` uses them).
@@ -245,8 +259,11 @@ pub fn rfc3339(t: SystemTime) -> String {
 }
 
 /// Parse an RFC 3339 UTC time.
-pub fn parse_time(s: &str) -> Result<SystemTime, String> {
-    humantime::parse_rfc3339(s).map_err(|e| format!("{s:?} is not an RFC 3339 UTC time ({e})"))
+pub fn parse_time(s: &str) -> Result<SystemTime, TimeError> {
+    humantime::parse_rfc3339(s).map_err(|source| TimeError {
+        input: s.to_string(),
+        source,
+    })
 }
 
 impl Document {
@@ -258,12 +275,12 @@ impl Document {
     }
 
     /// `not_after` as a time (validated by [`Document::parse`]).
-    pub fn not_after_time(&self) -> Result<SystemTime, String> {
+    pub fn not_after_time(&self) -> Result<SystemTime, TimeError> {
         parse_time(&self.not_after)
     }
 
     /// `issued_at` as a time.
-    pub fn issued_at_time(&self) -> Result<SystemTime, String> {
+    pub fn issued_at_time(&self) -> Result<SystemTime, TimeError> {
         parse_time(&self.issued_at)
     }
 
@@ -291,12 +308,14 @@ impl Document {
         let m = |s: String| DocumentError::Malformed(s);
         parse_time(&doc.issued_at).map_err(|e| m(format!("issued_at: {e}")))?;
         let na = parse_time(&doc.not_after).map_err(|e| m(format!("not_after: {e}")))?;
-        if na < parse_time(&doc.issued_at).map_err(m)? {
+        if na < parse_time(&doc.issued_at).map_err(|e| m(format!("issued_at: {e}")))? {
             return Err(m("not_after: earlier than issued_at".into()));
         }
         if doc.environment.is_empty() {
             return Err(m("environment: empty".into()));
         }
+        // Canonical first: the reference checks binary-search the id lists.
+        doc.policy.check_canonical()?;
         doc.check_references()?;
         if doc.to_bytes() != bytes {
             return Err(m(
@@ -364,9 +383,7 @@ impl Document {
             .chain(p.prefix_lists.iter().map(|x| ("prefix_lists", &x.id)))
             .chain(p.groups.iter().map(|g| ("groups", &g.id)))
         {
-            if let Err(e) = check_id(id) {
-                return m(format!("{what}: {e}"));
-            }
+            check_id(what, id)?;
         }
         for g in &p.groups {
             if g.name.len() > limits::MAX_ID_LEN || g.name.chars().any(char::is_control) {
@@ -377,9 +394,7 @@ impl Document {
             }
             for (i, r) in g.ingress.iter().enumerate() {
                 let at = format!("groups[{}].ingress[{i}]", g.id);
-                if let Err(e) = check_rule_shape(r) {
-                    return m(format!("{at}: {e}"));
-                }
+                check_rule_shape(r).map_err(|e| DocumentError::Malformed(format!("{at}: {e}")))?;
                 for src in &r.from.groups {
                     if p.group(src).is_none() {
                         return m(format!(
@@ -400,41 +415,106 @@ impl Document {
     }
 }
 
-fn check_id(id: &str) -> Result<(), String> {
+fn check_id(what: &str, id: &str) -> Result<(), DocumentError> {
     if id.is_empty() || id.len() > limits::MAX_ID_LEN {
-        return Err(format!(
-            "id {id:?} must be 1 to {} characters",
+        return Err(DocumentError::Malformed(format!(
+            "{what}: id {id:?} must be 1 to {} characters",
             limits::MAX_ID_LEN
-        ));
+        )));
     }
     if !id
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || "._:/@+=-".contains(c))
     {
-        return Err(format!(
-            "id {id:?} may only hold letters, digits and ._:/@+=-"
-        ));
+        return Err(DocumentError::Malformed(format!(
+            "{what}: id {id:?} may only hold letters, digits and ._:/@+=-"
+        )));
     }
     Ok(())
 }
 
-fn check_rule_shape(r: &DocRule) -> Result<(), String> {
+/// What is wrong with the shape of one rule.
+#[derive(Debug, thiserror::Error)]
+enum RuleShapeError {
+    #[error("ports: required for tcp and udp and only for them (proto {0})")]
+    Ports(Proto),
+    #[error("icmp_type/icmp_code given for proto {0}")]
+    IcmpFields(Proto),
+    #[error("icmp_code without icmp_type")]
+    CodeWithoutType,
+    #[error("from: no sources")]
+    NoSources,
+}
+
+fn check_rule_shape(r: &DocRule) -> Result<(), RuleShapeError> {
     if r.proto.has_ports() != r.ports.is_some() {
-        return Err(format!(
-            "ports: required for tcp and udp and only for them (proto {})",
-            r.proto
-        ));
+        return Err(RuleShapeError::Ports(r.proto));
     }
     if !r.proto.is_icmp() && (r.icmp_type.is_some() || r.icmp_code.is_some()) {
-        return Err(format!("icmp_type/icmp_code given for proto {}", r.proto));
+        return Err(RuleShapeError::IcmpFields(r.proto));
     }
     if r.icmp_code.is_some() && r.icmp_type.is_none() {
-        return Err("icmp_code without icmp_type".into());
+        return Err(RuleShapeError::CodeWithoutType);
     }
     if r.from.cidrs.is_empty() && r.from.groups.is_empty() && r.from.prefix_lists.is_empty() {
-        return Err("from: no sources".into());
+        return Err(RuleShapeError::NoSources);
     }
     Ok(())
+}
+
+/// `keys` strictly ascending: sorted, and none twice.
+fn strictly_sorted<K: Ord + std::fmt::Debug>(
+    at: &str,
+    keys: impl IntoIterator<Item = K>,
+) -> Result<(), DocumentError> {
+    let mut prev: Option<K> = None;
+    for (i, k) in keys.into_iter().enumerate() {
+        if let Some(p) = &prev {
+            match p.cmp(&k) {
+                std::cmp::Ordering::Less => {}
+                std::cmp::Ordering::Equal => {
+                    return Err(DocumentError::NotCanonical(format!(
+                        "{at}: {k:?} appears twice (at {} and {i})",
+                        i - 1
+                    )))
+                }
+                std::cmp::Ordering::Greater => {
+                    return Err(DocumentError::NotCanonical(format!(
+                        "{at}: not sorted ({p:?} before {k:?} at {i})"
+                    )))
+                }
+            }
+        }
+        prev = Some(k);
+    }
+    Ok(())
+}
+
+impl Policy {
+    /// Every list sorted and free of duplicates, every id unique: the lookups binary-search,
+    /// and the backends create one set per id.
+    pub fn check_canonical(&self) -> Result<(), DocumentError> {
+        strictly_sorted("networks", self.networks.iter().map(|n| &n.id))?;
+        strictly_sorted("prefix_lists", self.prefix_lists.iter().map(|p| &p.id))?;
+        strictly_sorted("groups", self.groups.iter().map(|g| &g.id))?;
+        for n in &self.networks {
+            strictly_sorted(&format!("networks[{}].cidrs", n.id), &n.cidrs)?;
+        }
+        for p in &self.prefix_lists {
+            strictly_sorted(&format!("prefix_lists[{}].cidrs", p.id), &p.cidrs)?;
+        }
+        for g in &self.groups {
+            strictly_sorted(&format!("groups[{}].members", g.id), &g.members)?;
+            strictly_sorted(&format!("groups[{}].ingress", g.id), &g.ingress)?;
+            for (i, r) in g.ingress.iter().enumerate() {
+                let at = format!("groups[{}].ingress[{i}].from", g.id);
+                strictly_sorted(&format!("{at}.cidrs"), &r.from.cidrs)?;
+                strictly_sorted(&format!("{at}.groups"), &r.from.groups)?;
+                strictly_sorted(&format!("{at}.prefix_lists"), &r.from.prefix_lists)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What the leader puts around the policy.
@@ -666,13 +746,24 @@ pub fn build_policy(inv: &Inventory, opts: &BuildOptions, warnings: &mut Vec<Str
 /// Build a complete document from an inventory.
 pub fn build(inv: &Inventory, opts: &BuildOptions) -> Result<Built, DocumentError> {
     let mut warnings = Vec::new();
+    let not_after = opts
+        .issued_at
+        .checked_add(opts.validity)
+        // RFC 3339 ends at 9999-12-31T23:59:59Z (and formatting a later time panics).
+        .filter(|t| *t <= SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799))
+        .ok_or_else(|| {
+            DocumentError::Malformed(format!(
+                "not_after: issued_at + validity ({}s) is beyond any representable time",
+                opts.validity.as_secs()
+            ))
+        })?;
     let policy = build_policy(inv, opts, &mut warnings);
     let document = Document {
         format: FORMAT.to_string(),
         environment: opts.environment.clone(),
         serial: opts.serial,
         issued_at: rfc3339(opts.issued_at),
-        not_after: rfc3339(opts.issued_at + opts.validity),
+        not_after: rfc3339(not_after),
         policy_digest: policy.digest(),
         policy,
     };

@@ -95,7 +95,9 @@ pub fn trust_root(cfg: &Config) -> CmdResult<TrustRoot> {
             "signing.keyring is not set: followers need the leader's certificate to verify documents"
         ))
     })?;
-    TrustRoot::load(keyring, &cfg.signing.trusted_fingerprints).usage()
+    TrustRoot::load(keyring, &cfg.signing.trusted_fingerprints)
+        .and_then(|t| t.with_threshold(cfg.signing.threshold))
+        .usage()
 }
 
 fn store_failure(e: StoreError) -> Failure {
@@ -104,7 +106,9 @@ fn store_failure(e: StoreError) -> Failure {
             Failure::refused(e)
         }
         StoreError::Unsupported(_) | StoreError::Config(_) => Failure::usage(e),
-        StoreError::NotFound(_) | StoreError::Io(_) => Failure::runtime(e),
+        StoreError::NotFound(_) | StoreError::Io(_) | StoreError::Conflict(_) => {
+            Failure::runtime(e)
+        }
     }
 }
 
@@ -117,10 +121,13 @@ pub fn verify_document(
     now: SystemTime,
     check_expiry: bool,
 ) -> CmdResult<Verified> {
-    let signer = trust.verify(bytes, signature).map_err(|e| match e {
+    let signature_failure = |e: SigningError| match e {
         SigningError::Rejected(m) => refuse("signature", format!("signature refused: {m}")),
         other => Failure::usage(other),
-    })?;
+    };
+    let signer = trust
+        .verify_at(bytes, signature, now)
+        .map_err(signature_failure)?;
     let document = Document::parse(bytes).refused()?;
     if document.environment != environment {
         return Err(refuse(
@@ -145,6 +152,10 @@ pub fn verify_document(
             ),
         ));
     }
+    let issued_at = document.issued_at_time().refused()?;
+    signer
+        .check_issued_at(issued_at)
+        .map_err(signature_failure)?;
     Ok(Verified {
         document,
         bytes: bytes.to_vec(),
@@ -407,7 +418,7 @@ pub fn run_reported(
     let backend = open_backend(cfg, opts.backend)?;
     let ctx = host_context(cfg, opts)?;
     let state = StateDir::open(&cfg.follower.state_dir).runtime()?;
-    let _lock = state.lock().runtime()?;
+    let _lock = state.lock(cfg.follower.lock_timeout).runtime()?;
 
     let applied = state.applied().runtime()?;
     let cond = if opts.dry_run {

@@ -61,6 +61,10 @@ enum Command {
         /// Write the document here too (with --dry-run: instead of stdout).
         #[arg(long)]
         output: Option<PathBuf>,
+        /// Co-sign: check that the stored document's policy is what this leader's inventory
+        /// gives, and append this leader's signature (for signing.threshold above 1).
+        #[arg(long, conflicts_with_all = ["dry_run", "output"])]
+        cosign: bool,
     },
     /// Fetch, verify, compile and apply the rule document.
     Follower {
@@ -146,6 +150,10 @@ enum Command {
         /// Where [default: DOCUMENT.sig].
         #[arg(long)]
         output: Option<PathBuf>,
+        /// Add the signature to the existing signature file (co-signing) instead of
+        /// replacing it.
+        #[arg(long)]
+        append: bool,
     },
     /// Make a new signing key.
     Keygen {
@@ -398,10 +406,15 @@ fn run_host(config: &Option<PathBuf>, command: Command) -> CmdResult<u8> {
             interval,
             dry_run,
             output,
+            cosign,
         } => {
             let path = config_path(config);
             let cfg = load_config(&path)?;
-            let opts = LeaderOptions { dry_run, output };
+            let opts = LeaderOptions {
+                dry_run,
+                output,
+                cosign,
+            };
             match interval {
                 Some(i) => leader::run_interval(&path, cfg, &opts, i)?,
                 None => {
@@ -517,9 +530,13 @@ fn run_documents(config: &Option<PathBuf>, command: Command) -> CmdResult<u8> {
             print!("{}", commands::verify(&cfg, &document, &signature)?);
             Ok(0)
         }
-        Command::Sign { document, output } => {
+        Command::Sign {
+            document,
+            output,
+            append,
+        } => {
             let cfg = load_config(&config_path(config))?;
-            let out = commands::sign(&cfg, &document, output.as_deref())?;
+            let out = commands::sign(&cfg, &document, output.as_deref(), append)?;
             println!("{}", out.display());
             Ok(0)
         }

@@ -3,13 +3,13 @@
 //! ETag, of that document, for conditional fetches) and `lock` (one follower at a time).
 //! Everything is written atomically (write, fsync, rename).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil::{read_limited, write_atomic};
-use crate::store::directory::{DOCUMENT, SIGNATURE};
+use crate::store::directory::{lock_file, LockError, DOCUMENT, SIGNATURE};
 
 /// A state-directory operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -76,16 +76,32 @@ pub struct StateLock {
 }
 
 impl StateDir {
-    /// Open (creating it, mode 0700) the state directory.
+    /// Open the state directory, creating it with mode 0700 if absent. An existing one keeps
+    /// its mode (it is never changed behind the operator's back), but one that others can
+    /// write to is refused: whoever can write there can plant last-good documents and records.
     pub fn open(root: &Path) -> Result<StateDir, StateError> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         let s = StateDir {
             root: root.to_path_buf(),
         };
-        fs::create_dir_all(root).map_err(|e| s.err(format!("cannot create: {e}")))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = fs::set_permissions(root, fs::Permissions::from_mode(0o700));
+        if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).map_err(|e| s.err(format!("cannot create: {e}")))?;
+        }
+        match fs::DirBuilder::new().mode(0o700).create(root) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(s.err(format!("cannot create: {e}"))),
+        }
+        let meta = fs::symlink_metadata(root).map_err(|e| s.err(format!("cannot stat: {e}")))?;
+        if !meta.is_dir() {
+            return Err(s.err("is not a directory (a symlink or file is refused)".into()));
+        }
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o022 != 0 {
+            return Err(s.err(format!(
+                "mode {mode:04o} lets other users write to it; run `chmod 700 {}`",
+                root.display()
+            )));
         }
         Ok(s)
     }
@@ -102,20 +118,17 @@ impl StateDir {
         &self.root
     }
 
-    /// Take the lock, waiting for another follower to finish.
-    pub fn lock(&self) -> Result<StateLock, StateError> {
+    /// Take the lock, waiting at most `timeout` for another follower (or `flush`, `restore`)
+    /// to finish.
+    pub fn lock(&self, timeout: std::time::Duration) -> Result<StateLock, StateError> {
         let p = self.root.join("lock");
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&p)
-            .map_err(|e| self.err(format!("cannot open lock: {e}")))?;
-        if f.try_lock().is_err() {
-            tracing::info!(lock = %p.display(), "another follower holds the lock; waiting");
-            f.lock()
-                .map_err(|e| self.err(format!("cannot lock: {e}")))?;
-        }
+        let f = lock_file(&p, timeout).map_err(|e| match e {
+            LockError::Timeout(_) => self.err(format!(
+                "lock {}: {e} (follower.lock_timeout); another reyes run is stuck?",
+                p.display()
+            )),
+            LockError::Io(e) => self.err(format!("cannot lock {}: {e}", p.display())),
+        })?;
         Ok(StateLock { _file: f })
     }
 
@@ -217,6 +230,7 @@ impl StateDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
 
     #[test]
     fn last_good_round_trip_and_replace() {
@@ -260,11 +274,76 @@ mod tests {
     fn lock_is_exclusive() {
         let d = tempfile::tempdir().unwrap();
         let s = StateDir::open(d.path()).unwrap();
-        let _held = s.lock().unwrap();
+        let _held = s.lock(std::time::Duration::from_secs(1)).unwrap();
         let f = OpenOptions::new()
             .write(true)
             .open(d.path().join("lock"))
             .unwrap();
         assert!(f.try_lock().is_err());
+    }
+
+    #[test]
+    fn lock_waits_at_most_the_timeout() {
+        let d = tempfile::tempdir().unwrap();
+        let s = StateDir::open(d.path()).unwrap();
+        let held = s.lock(std::time::Duration::from_secs(1)).unwrap();
+        let t = std::time::Instant::now();
+        let e = s
+            .lock(std::time::Duration::from_millis(200))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lock_timeout"), "{e}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+        drop(held);
+        s.lock(std::time::Duration::from_millis(200)).unwrap();
+    }
+
+    #[test]
+    fn created_0700_and_an_existing_mode_is_kept_or_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let new = d.path().join("a/b/state");
+        StateDir::open(&new).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&new), 0o700);
+        // An existing 0750 directory is used as it is, not chmodded.
+        let existing = d.path().join("existing");
+        fs::create_dir(&existing).unwrap();
+        fs::set_permissions(&existing, fs::Permissions::from_mode(0o750)).unwrap();
+        StateDir::open(&existing).unwrap();
+        assert_eq!(mode(&existing), 0o750);
+        // A world-writable one is refused, and left alone.
+        fs::set_permissions(&existing, fs::Permissions::from_mode(0o777)).unwrap();
+        let e = StateDir::open(&existing).unwrap_err().to_string();
+        assert!(e.contains("chmod 700"), "{e}");
+        assert_eq!(mode(&existing), 0o777);
+    }
+
+    #[test]
+    fn temporary_files_never_follow_a_planted_symlink() {
+        let d = tempfile::tempdir().unwrap();
+        let s = StateDir::open(d.path()).unwrap();
+        let victim = d.path().join("victim");
+        fs::write(&victim, b"untouched").unwrap();
+        // Plant symlinks at every name the old code used for its temporary file.
+        let pid = std::process::id();
+        std::os::unix::fs::symlink(&victim, d.path().join(format!(".applied.json.tmp.{pid}")))
+            .unwrap();
+        let a = Applied {
+            serial: 1,
+            environment: "prod".into(),
+            issued_at: "2026-01-01T00:00:00Z".into(),
+            not_after: "2026-01-01T01:00:00Z".into(),
+            policy_digest: "sha256:00".into(),
+            document_digest: "sha256:00".into(),
+            context_digest: "x".into(),
+            backend: "nft".into(),
+            applied_at: "2026-01-01T00:00:00Z".into(),
+            signer: "A".into(),
+            reyes_version: "0".into(),
+        };
+        s.record(&a).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"untouched");
+        assert_eq!(s.applied().unwrap(), Some(a));
     }
 }

@@ -1216,6 +1216,7 @@ fn s3_store_conditional_fetches_and_torn_pairs() {
         key: "t/rules.json".into(),
         region: Some(EAST.into()),
         endpoint: Some(format!("http://127.0.0.1:{}", rig.port)),
+        allow_http: false,
     };
     let store = S3Store::new(&cfg).unwrap();
     assert_eq!(store.describe(), "s3://reyes-test/t/rules.json");
@@ -1280,4 +1281,53 @@ fn s3_store_conditional_fetches_and_torn_pairs() {
         }
     }
     writer.join().unwrap();
+}
+
+#[test]
+fn s3_publications_are_conditional_on_what_was_read() {
+    use reyes::store::{s3::S3Store, Expect, FetchOutcome, Store, StoreError};
+    let Some(rig) = Rig::new() else { return };
+    let cfg = reyes::config::S3Config {
+        bucket: BUCKET.into(),
+        key: "c/rules.json".into(),
+        region: Some(EAST.into()),
+        endpoint: Some(format!("http://127.0.0.1:{}", rig.port)),
+        allow_http: false,
+    };
+    let a = S3Store::new(&cfg).unwrap();
+    let b = S3Store::new(&cfg).unwrap();
+    // Two leaders both saw an empty store: only the first creates the document.
+    a.publish_expecting(b"doc-a", b"sig-a", Expect::Absent)
+        .unwrap();
+    let e = b
+        .publish_expecting(b"doc-b", b"sig-b", Expect::Absent)
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Conflict(_)), "{e}");
+    // Both read doc-a; the first to publish wins, the second gets a conflict (HTTP 412) and
+    // writes nothing.
+    let FetchOutcome::Fetched(seen) = b.fetch(None).unwrap() else {
+        panic!("fetched")
+    };
+    a.publish_expecting(b"doc-a2", b"sig-a2", Expect::Current(&seen))
+        .unwrap();
+    let e = b
+        .publish_expecting(b"doc-b2", b"sig-b2", Expect::Current(&seen))
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Conflict(_)), "{e}");
+    assert!(e.to_string().contains("412"), "{e}");
+    let FetchOutcome::Fetched(now) = a.fetch(None).unwrap() else {
+        panic!("fetched")
+    };
+    assert_eq!(
+        (now.document.as_slice(), now.signature.as_slice()),
+        (&b"doc-a2"[..], &b"sig-a2"[..])
+    );
+    // A co-signature lands only on the signature object it was made against.
+    b.publish_signature(&now, b"sig-a2+b").unwrap();
+    let e = a.publish_signature(&now, b"sig-a2+c").unwrap_err();
+    assert!(matches!(e, StoreError::Conflict(_)), "{e}");
+    let FetchOutcome::Fetched(last) = a.fetch(None).unwrap() else {
+        panic!("fetched")
+    };
+    assert_eq!(last.signature, b"sig-a2+b");
 }

@@ -53,6 +53,16 @@ pub fn load(files: &[AwsJsonInput]) -> Result<Inventory, InventoryError> {
     Ok(inv)
 }
 
+/// Parse one AWS CLI output held in memory (`path` names it in errors and, for
+/// `get-managed-prefix-list-entries` output, may name its prefix list).
+pub fn parse(
+    text: &str,
+    path: &Path,
+    prefix_list: Option<&str>,
+) -> Result<Inventory, InventoryError> {
+    convert_file(&mut Vec::new(), text, path, prefix_list)
+}
+
 /// Read one file's shapes and convert them on their own, so that a bad value (a prefix that
 /// does not parse, a port out of range) is reported with the file it is in. The conversion is
 /// per shape, so converting file by file and concatenating equals converting all at once.

@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 
 use sha2::Digest;
 
-use super::{FetchOutcome, Fetched, Store, StoreError};
+use std::time::Duration;
+
+use super::{Expect, FetchOutcome, Fetched, Store, StoreError, StoreLock};
 use crate::document::limits;
 
 /// Name of the document file.
@@ -42,7 +44,7 @@ const KEEP_VERSIONS: usize = 3;
 
 /// Point `link` at `target` atomically (temporary symlink + rename).
 fn symlink_atomic(target: &Path, link: &Path) -> std::io::Result<()> {
-    let dir = link.parent().unwrap_or(Path::new("."));
+    let dir = parent_dir(link);
     let name = link.file_name().and_then(|n| n.to_str()).unwrap_or("link");
     let tmp = dir.join(format!(".{name}.lnk.{}", std::process::id()));
     let _ = fs::remove_file(&tmp);
@@ -69,7 +71,27 @@ impl DirectoryStore {
             document,
             signature,
             version: None,
+            signature_version: None,
         })
+    }
+
+    /// What is there now, if anything.
+    fn current(&self) -> Result<Option<Fetched>, StoreError> {
+        match self.fetch(None) {
+            Ok(FetchOutcome::Fetched(f)) => Ok(Some(f)),
+            Ok(FetchOutcome::Unchanged) => Ok(None),
+            Err(StoreError::NotFound(_)) => Ok(None),
+            Err(StoreError::MissingSignature(_) | StoreError::TooLarge(_)) => {
+                // Something is there that is not a full pair: it is not what anyone expects.
+                Ok(Some(Fetched {
+                    document: Vec::new(),
+                    signature: Vec::new(),
+                    version: Some("unreadable".into()),
+                    signature_version: None,
+                }))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn gc(&self, current: &str) {
@@ -140,8 +162,90 @@ impl Store for DirectoryStore {
         Ok(())
     }
 
+    fn publish_expecting(
+        &self,
+        document: &[u8],
+        signature: &[u8],
+        expect: Expect<'_>,
+    ) -> Result<(), StoreError> {
+        let now = self.current()?;
+        let ok = match (expect, &now) {
+            (Expect::Any, _) | (Expect::Absent, None) => true,
+            (Expect::Absent, Some(_)) | (Expect::Current(_), None) => false,
+            (Expect::Current(want), Some(have)) => {
+                want.document == have.document && want.signature == have.signature
+            }
+        };
+        if !ok {
+            return Err(StoreError::Conflict(format!(
+                "{} changed since it was read (another leader published?); nothing written",
+                self.describe()
+            )));
+        }
+        self.publish(document, signature)
+    }
+
+    fn lock(&self, timeout: Duration) -> Result<Option<StoreLock>, StoreError> {
+        fs::create_dir_all(&self.dir)
+            .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", self.dir.display())))?;
+        let p = self.dir.join(LOCK);
+        let f = lock_file(&p, timeout).map_err(|e| match e {
+            LockError::Timeout(t) => StoreError::Conflict(format!(
+                "another leader holds {} (waited {}s)",
+                p.display(),
+                t.as_secs()
+            )),
+            LockError::Io(e) => StoreError::Io(format!("cannot lock {}: {e}", p.display())),
+        })?;
+        Ok(Some(StoreLock::new(f)))
+    }
+
     fn describe(&self) -> String {
         format!("directory {}", self.dir.display())
+    }
+}
+
+/// The leaders' lock file in a directory store.
+pub const LOCK: &str = ".lock";
+
+/// Why a lock was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another process held it for the whole wait.
+    #[error("still held by another process after {}s", .0.as_secs())]
+    Timeout(Duration),
+    /// The lock file could not be opened or locked.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Open (creating it, without following a symlink) and exclusively lock `path`, waiting at
+/// most `timeout` for another holder.
+pub fn lock_file(path: &Path, timeout: Duration) -> Result<File, LockError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    let deadline = std::time::Instant::now() + timeout;
+    let mut logged = false;
+    loop {
+        match f.try_lock() {
+            Ok(()) => return Ok(f),
+            Err(fs::TryLockError::WouldBlock) => {}
+            Err(fs::TryLockError::Error(e)) => return Err(LockError::Io(e)),
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(LockError::Timeout(timeout));
+        }
+        if !logged {
+            tracing::info!(lock = %path.display(), "another process holds the lock; waiting");
+            logged = true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

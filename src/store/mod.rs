@@ -5,6 +5,8 @@ pub mod directory;
 pub mod s3;
 pub mod s3_error;
 
+use std::time::Duration;
+
 use crate::config::StoreConfig;
 
 /// A store operation failed.
@@ -31,6 +33,10 @@ pub enum StoreError {
     /// The configured store is not available in this build.
     #[error("{0}")]
     Unsupported(String),
+    /// Another writer changed the store since it was read (a conditional write failed, or
+    /// the store lock could not be taken in time): nothing was written.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl From<s3_error::S3Failure> for StoreError {
@@ -59,6 +65,26 @@ pub struct Fetched {
     pub signature: Vec<u8>,
     /// An opaque version tag (an ETag) for conditional fetches, when the store has one.
     pub version: Option<String>,
+    /// The signature object's version tag, when the store has one.
+    pub signature_version: Option<String>,
+}
+
+/// What a conditional publication expects the store to hold, so that two leaders never
+/// overwrite each other's publication unseen.
+#[derive(Debug, Clone, Copy)]
+pub enum Expect<'a> {
+    /// No condition.
+    Any,
+    /// Nothing published yet.
+    Absent,
+    /// Still exactly this pair.
+    Current(&'a Fetched),
+}
+
+/// Held while a writer works on a store that needs a lock (a directory); released on drop.
+#[derive(Debug)]
+pub struct StoreLock {
+    _file: std::fs::File,
 }
 
 /// The result of a conditional fetch.
@@ -77,6 +103,29 @@ pub trait Store {
     fn fetch(&self, if_changed_from: Option<&str>) -> Result<FetchOutcome, StoreError>;
     /// Publish the document, then its signature.
     fn publish(&self, document: &[u8], signature: &[u8]) -> Result<(), StoreError>;
+    /// Publish only if the store still holds what `expect` says ([`StoreError::Conflict`]
+    /// otherwise, with nothing written). A directory store checks under [`Store::lock`],
+    /// which the caller holds; S3 uses conditional writes.
+    fn publish_expecting(
+        &self,
+        document: &[u8],
+        signature: &[u8],
+        expect: Expect<'_>,
+    ) -> Result<(), StoreError> {
+        let _ = expect;
+        self.publish(document, signature)
+    }
+    /// Replace only the signature of the document `current` holds (co-signing), if the store
+    /// still holds `current`.
+    fn publish_signature(&self, current: &Fetched, signature: &[u8]) -> Result<(), StoreError> {
+        self.publish_expecting(&current.document, signature, Expect::Current(current))
+    }
+    /// Serialise writers: held from reading the store to publishing. Stores whose writes are
+    /// conditional need none.
+    fn lock(&self, timeout: Duration) -> Result<Option<StoreLock>, StoreError> {
+        let _ = timeout;
+        Ok(None)
+    }
     /// For messages: where this store is.
     fn describe(&self) -> String;
 }
@@ -93,5 +142,12 @@ pub fn open(cfg: &StoreConfig) -> Result<Box<dyn Store>, StoreError> {
              use a directory store or a build with S3 support",
             s.bucket
         ))),
+    }
+}
+
+impl StoreLock {
+    /// Wrap a locked file.
+    pub fn new(file: std::fs::File) -> StoreLock {
+        StoreLock { _file: file }
     }
 }

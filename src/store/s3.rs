@@ -11,6 +11,11 @@
 //! Fetches are conditional: with the ETag of the document the follower applied last, S3
 //! answers 304 Not Modified and nothing else is read.
 //!
+//! Publications are conditional too, so two leaders never overwrite each other unseen: each
+//! object is written with `If-Match` on the ETag the leader read (or `If-None-Match: *` when
+//! there was none); S3 answers 412 (or 409 for a concurrent conditional write, 404 when the
+//! object vanished) and the leader stops with [`StoreError::Conflict`].
+//!
 //! The SDK is async; the store keeps a current-thread tokio runtime of its own and blocks on it.
 
 use std::time::Duration;
@@ -22,7 +27,7 @@ use aws_sdk_s3::Client;
 use sha2::Digest;
 
 use super::s3_error::S3Failure;
-use super::{FetchOutcome, Fetched, Store, StoreError};
+use super::{Expect, FetchOutcome, Fetched, Store, StoreError};
 use crate::config::S3Config;
 use crate::document::limits;
 
@@ -58,6 +63,24 @@ struct Object {
     bytes: Vec<u8>,
     etag: Option<String>,
     digest: Option<String>,
+}
+
+/// A write condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cond<'a> {
+    /// Unconditional.
+    None,
+    /// `If-None-Match: *`.
+    Absent,
+    /// `If-Match: ETAG`.
+    Etag(&'a str),
+}
+
+impl<'a> From<Option<&'a str>> for Cond<'a> {
+    /// The ETag read, or no object at all.
+    fn from(etag: Option<&'a str>) -> Self {
+        etag.map_or(Cond::Absent, Cond::Etag)
+    }
 }
 
 enum Get {
@@ -175,6 +198,7 @@ impl S3Store {
         body: &[u8],
         content_type: &str,
         digest: Option<&str>,
+        cond: Cond<'_>,
     ) -> Result<(), StoreError> {
         let mut req = self
             .client
@@ -186,10 +210,22 @@ impl S3Store {
         if let Some(d) = digest {
             req = req.metadata(DIGEST_METADATA, d);
         }
-        req.send()
-            .await
-            .map(|_| ())
-            .map_err(|e| S3Failure::new("write", &self.bucket, key, &e).into())
+        req = match cond {
+            Cond::None => req,
+            Cond::Absent => req.if_none_match("*"),
+            Cond::Etag(e) => req.if_match(e),
+        };
+        req.send().await.map(|_| ()).map_err(|e| {
+            let status = e.raw_response().map(|r| r.status().as_u16());
+            if cond != Cond::None && matches!(status, Some(412 | 409 | 404)) {
+                return StoreError::Conflict(format!(
+                    "{} changed since it was read (HTTP {}; another leader published?); not overwritten",
+                    self.url(key),
+                    status.unwrap_or(0)
+                ));
+            }
+            S3Failure::new("write", &self.bucket, key, &e).into()
+        })
     }
 
     async fn fetch_async(&self, if_changed_from: Option<&str>) -> Result<FetchOutcome, StoreError> {
@@ -245,6 +281,7 @@ impl S3Store {
                         document: doc.bytes,
                         signature: sig.bytes,
                         version: doc.etag,
+                        signature_version: sig.etag,
                     }))
                 }
             }
@@ -258,17 +295,45 @@ impl Store for S3Store {
     }
 
     fn publish(&self, document: &[u8], signature: &[u8]) -> Result<(), StoreError> {
+        self.publish_expecting(document, signature, Expect::Any)
+    }
+
+    fn publish_expecting(
+        &self,
+        document: &[u8],
+        signature: &[u8],
+        expect: Expect<'_>,
+    ) -> Result<(), StoreError> {
+        let (doc_cond, sig_cond) = match expect {
+            Expect::Any => (Cond::None, Cond::None),
+            Expect::Absent => (Cond::Absent, Cond::None),
+            Expect::Current(f) => (Cond::from(f.version.as_deref()), Cond::None),
+        };
+        // The document write is where leaders are serialised: the one whose If-Match fails
+        // stops before touching the signature. The signature is conditional only for
+        // co-signers ([`Store::publish_signature`]).
         self.rt.block_on(async {
-            self.put(&self.key, document, "application/json", None)
+            self.put(&self.key, document, "application/json", None, doc_cond)
                 .await?;
             self.put(
                 &self.sig_key,
                 signature,
                 "application/pgp-signature",
                 Some(&digest(document)),
+                sig_cond,
             )
             .await
         })
+    }
+
+    fn publish_signature(&self, current: &Fetched, signature: &[u8]) -> Result<(), StoreError> {
+        self.rt.block_on(self.put(
+            &self.sig_key,
+            signature,
+            "application/pgp-signature",
+            Some(&digest(&current.document)),
+            Cond::from(current.signature_version.as_deref()),
+        ))
     }
 
     fn describe(&self) -> String {
