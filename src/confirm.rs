@@ -135,7 +135,7 @@ pub fn apply_with_confirm(
     );
     let deadline = unix(now) + timeout.as_secs_f64();
     {
-        let _lock = state.lock().runtime()?;
+        let _lock = state.lock(cfg.follower.lock_timeout).runtime()?;
         if let Some(p) = read_pending(&state)? {
             return Err(Failure::runtime(anyhow::anyhow!(
                 "a change is already waiting for confirmation (until {}): run `reyes confirm` or let it be reverted first",
@@ -171,7 +171,7 @@ pub fn apply_with_confirm(
             "run `reyes confirm` to keep this change; otherwise the previous ruleset is put back"
         );
     } else {
-        let _lock = state.lock().runtime()?;
+        let _lock = state.lock(cfg.follower.lock_timeout).runtime()?;
         if read_pending(&state)?.is_some_and(|p| p.token == token) {
             remove(&dir(&state).join(PENDING))?;
         }
@@ -209,7 +209,7 @@ fn spawn_reverter(config_path: &Path, state: &StateDir, token: &str) -> CmdResul
 /// `reyes confirm`: keep the pending change.
 pub fn confirm(cfg: &Config) -> CmdResult<String> {
     let state = StateDir::open(&cfg.follower.state_dir).runtime()?;
-    let _lock = state.lock().runtime()?;
+    let _lock = state.lock(cfg.follower.lock_timeout).runtime()?;
     match read_pending(&state)? {
         Some(_) => {
             remove(&dir(&state).join(PENDING))?;
@@ -254,7 +254,7 @@ pub fn revert_when_due(cfg: &Config, token: &str) -> CmdResult<()> {
         // Signals are ignored: only `reyes confirm` or the deadline ends this process.
         let _ = signals.wait(Duration::from_secs_f64(left.min(0.2)));
     }
-    let _lock = state.lock().runtime()?;
+    let _lock = state.lock(cfg.follower.lock_timeout).runtime()?;
     let Some(p) = read_pending(&state)?.filter(|p| p.token == token) else {
         tracing::info!("confirmed at the last moment: nothing to revert");
         return Ok(());

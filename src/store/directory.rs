@@ -37,7 +37,7 @@ impl DirectoryStore {
     }
 }
 
-pub use crate::fsutil::{read_limited, write_atomic};
+pub use crate::fsutil::{parent_dir, read_limited, write_atomic};
 
 /// Versions kept besides the current one.
 const KEEP_VERSIONS: usize = 3;
