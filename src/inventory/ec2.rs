@@ -193,6 +193,68 @@ fn vpc_filter(vpcs: &[String]) -> Option<Filter> {
     })
 }
 
+/// The entries of the prefix lists that some rule of `sgs` refers to (AWS lists a dozen
+/// managed ones per region that no rule may use), fetched concurrently.
+async fn prefix_list_entries(
+    c: &Client,
+    region: &str,
+    sgs: &[SecurityGroup],
+    pls: &[t::ManagedPrefixList],
+) -> Result<Vec<(String, Vec<PrefixListEntry>)>, InventoryError> {
+    let used: BTreeSet<&str> = sgs
+        .iter()
+        .flat_map(|g| &g.ip_permissions)
+        .flat_map(|p| &p.prefix_list_ids)
+        .map(|p| p.prefix_list_id.as_str())
+        .collect();
+    let wanted: Vec<String> = pls
+        .iter()
+        .filter_map(|p| p.prefix_list_id())
+        .filter(|id| used.contains(id))
+        .map(str::to_string)
+        .collect();
+    for id in used.iter().filter(|id| !wanted.iter().any(|w| w == *id)) {
+        tracing::warn!(region, prefix_list = %id, "a security group refers to a prefix list that DescribeManagedPrefixLists does not show: it matches nothing");
+    }
+    let entry_handles: Vec<_> = wanted
+        .into_iter()
+        .map(|id| {
+            let c = c.clone();
+            let region = region.to_string();
+            tokio::spawn(async move {
+                let entries: Vec<t::PrefixListEntry> = c
+                    .get_managed_prefix_list_entries()
+                    .prefix_list_id(&id)
+                    .max_results(100)
+                    .into_paginator()
+                    .items()
+                    .send()
+                    .try_collect()
+                    .await
+                    .map_err(|e| {
+                        api_error(&region, &format!("GetManagedPrefixListEntries {id}"), e)
+                    })?;
+                Ok::<_, InventoryError>((id, entries))
+            })
+        })
+        .collect();
+    let mut prefix_lists = Vec::new();
+    for h in entry_handles {
+        let (id, entries) = join(h).await?;
+        prefix_lists.push((
+            id,
+            entries
+                .iter()
+                .filter_map(|e| e.cidr())
+                .map(|c| PrefixListEntry {
+                    cidr: c.to_string(),
+                })
+                .collect(),
+        ));
+    }
+    Ok(prefix_lists)
+}
+
 /// One region: the describe calls run concurrently, then the entries of the prefix lists that
 /// the region's security groups use.
 async fn read_region(
@@ -282,59 +344,7 @@ async fn read_region(
     let pls: Vec<t::ManagedPrefixList> = join(pls_h).await?;
 
     let sgs: Vec<SecurityGroup> = sgs.iter().map(security_group).collect();
-    // Entries only for the prefix lists that some rule refers to: AWS lists a dozen managed
-    // ones per region that no rule may use.
-    let used: BTreeSet<&str> = sgs
-        .iter()
-        .flat_map(|g| &g.ip_permissions)
-        .flat_map(|p| &p.prefix_list_ids)
-        .map(|p| p.prefix_list_id.as_str())
-        .collect();
-    let wanted: Vec<String> = pls
-        .iter()
-        .filter_map(|p| p.prefix_list_id())
-        .filter(|id| used.contains(id))
-        .map(str::to_string)
-        .collect();
-    for id in used.iter().filter(|id| !wanted.iter().any(|w| w == *id)) {
-        tracing::warn!(region = r, prefix_list = %id, "a security group refers to a prefix list that DescribeManagedPrefixLists does not show: it matches nothing");
-    }
-    let entry_handles: Vec<_> = wanted
-        .into_iter()
-        .map(|id| {
-            let c = c.clone();
-            let region = region.clone();
-            tokio::spawn(async move {
-                let entries: Vec<t::PrefixListEntry> = c
-                    .get_managed_prefix_list_entries()
-                    .prefix_list_id(&id)
-                    .max_results(100)
-                    .into_paginator()
-                    .items()
-                    .send()
-                    .try_collect()
-                    .await
-                    .map_err(|e| {
-                        api_error(&region, &format!("GetManagedPrefixListEntries {id}"), e)
-                    })?;
-                Ok::<_, InventoryError>((id, entries))
-            })
-        })
-        .collect();
-    let mut prefix_lists = Vec::new();
-    for h in entry_handles {
-        let (id, entries) = join(h).await?;
-        prefix_lists.push((
-            id,
-            entries
-                .iter()
-                .filter_map(|e| e.cidr())
-                .map(|c| PrefixListEntry {
-                    cidr: c.to_string(),
-                })
-                .collect(),
-        ));
-    }
+    let prefix_lists = prefix_list_entries(&c, &region, &sgs, &pls).await?;
     tracing::debug!(
         region = r,
         vpcs = vpcs.len(),

@@ -165,6 +165,110 @@ pub fn load(path: &Path) -> Result<Inventory, InventoryError> {
     parse(&text, &path.display().to_string())
 }
 
+/// A name in a static inventory that refers to nothing, or an id used twice.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RefError {
+    /// Two groups with one id.
+    #[error("groups: id {0:?} appears twice")]
+    DuplicateGroup(String),
+    /// A rule's source group is not in the file.
+    #[error("group {group} ingress[{rule}]: from.groups names {name:?}, which is not a group in this file")]
+    SourceGroup {
+        /// The group of the rule.
+        group: String,
+        /// The rule's index.
+        rule: usize,
+        /// The missing group.
+        name: String,
+    },
+    /// A rule's prefix list is not in the file.
+    #[error("group {group} ingress[{rule}]: from.prefix_lists names {name:?}, which is not in prefix_lists")]
+    PrefixList {
+        /// The group of the rule.
+        group: String,
+        /// The rule's index.
+        rule: usize,
+        /// The missing prefix list.
+        name: String,
+    },
+    /// A host's group is not in the file.
+    #[error("host {host}: group {name:?} is not a group in this file")]
+    HostGroup {
+        /// The host.
+        host: String,
+        /// The missing group.
+        name: String,
+    },
+    /// A host's subnet is not in the file.
+    #[error("host {host}: subnet {name:?} is not in subnets")]
+    HostSubnet {
+        /// The host.
+        host: String,
+        /// The missing subnet.
+        name: String,
+    },
+}
+
+/// Every group, prefix list and subnet a rule or host names exists, and group ids are unique:
+/// the first dangling reference, if any.
+fn check_references(f: &File) -> Result<(), RefError> {
+    let mut group_ids = BTreeSet::new();
+    for g in &f.groups {
+        if !group_ids.insert(g.id.as_str()) {
+            return Err(RefError::DuplicateGroup(g.id.clone()));
+        }
+    }
+    let pl_ids: BTreeSet<&str> = f.prefix_lists.iter().map(|p| p.id.as_str()).collect();
+    let subnet_ids: BTreeSet<&str> = f.subnets.iter().map(|s| s.id.as_str()).collect();
+    for g in &f.groups {
+        for (rule, r) in g.ingress.iter().enumerate() {
+            if let Some(src) =
+                r.0.from
+                    .groups
+                    .iter()
+                    .find(|s| !group_ids.contains(s.as_str()))
+            {
+                return Err(RefError::SourceGroup {
+                    group: g.id.clone(),
+                    rule,
+                    name: src.clone(),
+                });
+            }
+            if let Some(pl) =
+                r.0.from
+                    .prefix_lists
+                    .iter()
+                    .find(|p| !pl_ids.contains(p.as_str()))
+            {
+                return Err(RefError::PrefixList {
+                    group: g.id.clone(),
+                    rule,
+                    name: pl.clone(),
+                });
+            }
+        }
+    }
+    for h in &f.hosts {
+        if let Some(g) = h.groups.iter().find(|g| !group_ids.contains(g.as_str())) {
+            return Err(RefError::HostGroup {
+                host: h.id.clone(),
+                name: g.clone(),
+            });
+        }
+        if let Some(s) = h
+            .subnet
+            .as_ref()
+            .filter(|s| !subnet_ids.contains(s.as_str()))
+        {
+            return Err(RefError::HostSubnet {
+                host: h.id.clone(),
+                name: s.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Parse static inventory text; `name` names the file in errors.
 pub fn parse(text: &str, name: &str) -> Result<Inventory, InventoryError> {
     // serde-saphyr's default budget (250k nodes) stops at about 60k hosts; an estate as large
@@ -181,54 +285,7 @@ pub fn parse(text: &str, name: &str) -> Result<Inventory, InventoryError> {
             .unwrap_or((0, 0));
         InventoryError::Invalid(format!("{name}:{l}:{c}: {e}"))
     })?;
-    let bad = |msg: String| InventoryError::Invalid(format!("{name}: {msg}"));
-
-    let mut group_ids = BTreeSet::new();
-    for g in &f.groups {
-        if !group_ids.insert(g.id.as_str()) {
-            return Err(bad(format!("groups: id {:?} appears twice", g.id)));
-        }
-    }
-    let pl_ids: BTreeSet<&str> = f.prefix_lists.iter().map(|p| p.id.as_str()).collect();
-    let subnet_ids: BTreeSet<&str> = f.subnets.iter().map(|s| s.id.as_str()).collect();
-    for g in &f.groups {
-        for (i, r) in g.ingress.iter().enumerate() {
-            for src in &r.0.from.groups {
-                if !group_ids.contains(src.as_str()) {
-                    return Err(bad(format!(
-                        "group {} ingress[{i}]: from.groups names {src:?}, which is not a group in this file",
-                        g.id
-                    )));
-                }
-            }
-            for pl in &r.0.from.prefix_lists {
-                if !pl_ids.contains(pl.as_str()) {
-                    return Err(bad(format!(
-                        "group {} ingress[{i}]: from.prefix_lists names {pl:?}, which is not in prefix_lists",
-                        g.id
-                    )));
-                }
-            }
-        }
-    }
-    for h in &f.hosts {
-        for g in &h.groups {
-            if !group_ids.contains(g.as_str()) {
-                return Err(bad(format!(
-                    "host {}: group {g:?} is not a group in this file",
-                    h.id
-                )));
-            }
-        }
-        if let Some(s) = &h.subnet {
-            if !subnet_ids.contains(s.as_str()) {
-                return Err(bad(format!(
-                    "host {}: subnet {s:?} is not in subnets",
-                    h.id
-                )));
-            }
-        }
-    }
+    check_references(&f).map_err(|msg| InventoryError::Invalid(format!("{name}: {msg}")))?;
 
     Ok(Inventory {
         networks: f

@@ -185,20 +185,7 @@ impl<'a> Translator<'a> {
                     }
                     iface = Some(name);
                 }
-                Match::CtState(states) => {
-                    // Bit order, as the conntrack match prints them.
-                    let s: BTreeSet<u8> = states
-                        .iter()
-                        .map(|s| match s {
-                            CtState::Related => 0,
-                            CtState::Established => 1,
-                        })
-                        .collect();
-                    ct = Some(match ct.take() {
-                        None => s,
-                        Some(prev) => prev.intersection(&s).copied().collect(),
-                    });
-                }
+                Match::CtState(states) => intersect(&mut ct, &ct_bits(states)),
                 Match::Ipsec(b) => {
                     if ipsec.is_some_and(|prev| prev != *b) {
                         return Ok(None);
@@ -696,13 +683,24 @@ fn icmp_alternative(fam: Family, t: u8, code: Option<u8>) -> (String, String) {
     }
 }
 
-/// Keep only the protocols also in `with` (all of `with` when there were none yet).
+/// Keep only the values also in `with` (all of `with` when there were none yet).
 fn intersect(protos: &mut Option<BTreeSet<u8>>, with: &[u8]) {
     let with: BTreeSet<u8> = with.iter().copied().collect();
     *protos = Some(match protos.take() {
         None => with,
         Some(p) => p.intersection(&with).copied().collect(),
     });
+}
+
+/// Conntrack states as bits, in the order the conntrack match prints them.
+fn ct_bits(states: &[CtState]) -> Vec<u8> {
+    states
+        .iter()
+        .map(|s| match s {
+            CtState::Related => 0,
+            CtState::Established => 1,
+        })
+        .collect()
 }
 
 /// `-m conntrack` for states in bit order (0 related, 1 established), as iptables prints it.
