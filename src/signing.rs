@@ -242,7 +242,9 @@ impl TrustRoot {
         };
         candidates.sort();
         candidates.dedup();
-        if k == 0 || k > candidates.len() {
+        // At 1, a keyring the allowlist does not match refuses each document (exit 3, as it
+        // always has); above 1 an unreachable threshold is a configuration error.
+        if k == 0 || (k > 1 && k > candidates.len()) {
             return Err(SigningError::Key(format!(
                 "signing.threshold is {k}, but the keyring holds {} trusted certificate(s): no document could ever be accepted",
                 candidates.len()
