@@ -86,7 +86,7 @@ pub enum ValueError {
     Fingerprint(String),
     /// A `not_before`/`not_after` that is not a time.
     #[error("signing.trusted_fingerprints: {0}")]
-    Time(#[from] crate::document::TimeError),
+    Time(#[from] crate::timefmt::TimeError),
     /// A key window that closes before it opens.
     #[error("signing.trusted_fingerprints: {0}: not_before is after not_after")]
     EmptyWindow(String),
@@ -224,10 +224,10 @@ impl Serialize for TrustedKey {
         let mut m = s.serialize_map(None)?;
         m.serialize_entry("fingerprint", &self.fingerprint)?;
         if let Some(t) = self.not_before {
-            m.serialize_entry("not_before", &crate::document::rfc3339(t))?;
+            m.serialize_entry("not_before", &crate::timefmt::rfc3339(t))?;
         }
         if let Some(t) = self.not_after {
-            m.serialize_entry("not_after", &crate::document::rfc3339(t))?;
+            m.serialize_entry("not_after", &crate::timefmt::rfc3339(t))?;
         }
         m.end()
     }
@@ -248,7 +248,7 @@ impl<'de> Deserialize<'de> for TrustedKey {
             },
         }
         let time = |t: Option<String>| {
-            t.map(|t| crate::document::parse_time(&t))
+            t.map(|t| crate::timefmt::parse_time(&t))
                 .transpose()
                 .map_err(ValueError::from)
         };
@@ -869,9 +869,12 @@ impl Config {
         }
         fix(&mut self.follower.disable_file);
         fix(&mut self.follower.state_dir);
-        for p in [&mut self.follower.metrics_file, &mut self.leader.metrics_file]
-            .into_iter()
-            .flatten()
+        for p in [
+            &mut self.follower.metrics_file,
+            &mut self.leader.metrics_file,
+        ]
+        .into_iter()
+        .flatten()
         {
             fix(p);
         }

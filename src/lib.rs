@@ -40,3 +40,4 @@ pub mod sdnotify;
 pub mod signing;
 pub mod state;
 pub mod store;
+pub mod timefmt;

@@ -6,18 +6,19 @@
 //! canonical, so one document has one spelling (and one `policy_digest`).
 //! The JSON Schema is `schema/rules.v1.schema.json`.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::inventory::Inventory;
 use crate::net::Cidr;
 use crate::proto::{PortRange, Proto};
 
 /// The `format` field of every v1 document.
 pub const FORMAT: &str = "reyes/v1";
+
+mod build;
+pub use build::{build, build_policy, BuildOptions, Built};
 
 /// Hard limits: a document over any of them is refused before it can cost memory or kernel time.
 pub mod limits {
@@ -51,17 +52,6 @@ pub enum DocumentError {
     /// Valid, but not the one canonical spelling (unsorted or duplicated lists or ids).
     #[error("document not canonical: {0}")]
     NotCanonical(String),
-}
-
-/// A time field that is not RFC 3339 UTC.
-#[derive(Debug, thiserror::Error)]
-#[error("{input:?} is not an RFC 3339 UTC time ({source})")]
-pub struct TimeError {
-    /// The text.
-    pub input: String,
-    /// Why.
-    #[source]
-    pub source: humantime::TimestampError,
 }
 
 /// A network and its blocks (the VPC CIDRs; `local_cidrs: auto` uses them).
@@ -253,18 +243,7 @@ impl<'de> Deserialize<'de> for Document {
 
 pub use crate::digest::hex;
 
-/// Format a time as RFC 3339 UTC to the second.
-pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
-/// Parse an RFC 3339 UTC time.
-pub fn parse_time(s: &str) -> Result<SystemTime, TimeError> {
-    humantime::parse_rfc3339(s).map_err(|source| TimeError {
-        input: s.to_string(),
-        source,
-    })
-}
+pub use crate::timefmt::{parse_time, rfc3339, TimeError};
 
 impl Document {
     /// The canonical bytes.
@@ -517,271 +496,11 @@ impl Policy {
     }
 }
 
-/// What the leader puts around the policy.
-#[derive(Debug, Clone)]
-pub struct BuildOptions {
-    /// Environment.
-    pub environment: String,
-    /// Serial.
-    pub serial: u64,
-    /// Issue time.
-    pub issued_at: SystemTime,
-    /// not_after - issued_at.
-    pub validity: Duration,
-    /// Groups left out, by name.
-    pub excluded_group_names: Vec<String>,
-    /// Groups left out, by id.
-    pub excluded_group_ids: Vec<String>,
-    /// Subnets (name or id) whose groups cover the whole subnet.
-    pub dynamic_subnets: Vec<String>,
-}
-
-impl BuildOptions {
-    /// Options with no exclusions and no dynamic subnets.
-    pub fn new(
-        environment: &str,
-        serial: u64,
-        issued_at: SystemTime,
-        validity: Duration,
-    ) -> BuildOptions {
-        BuildOptions {
-            environment: environment.to_string(),
-            serial,
-            issued_at,
-            validity,
-            excluded_group_names: Vec::new(),
-            excluded_group_ids: Vec::new(),
-            dynamic_subnets: Vec::new(),
-        }
-    }
-}
-
-/// A built document, its bytes, and what the leader should report.
-#[derive(Debug, Clone)]
-pub struct Built {
-    /// The document.
-    pub document: Document,
-    /// Its canonical bytes.
-    pub bytes: Vec<u8>,
-    /// Unresolvable references and other oddities, for the operator.
-    pub warnings: Vec<String>,
-}
-
-/// Turn an inventory into the policy (no header): excluded groups removed, members resolved
-/// from interfaces (and dynamic subnets), references checked, everything sorted.
-pub fn build_policy(inv: &Inventory, opts: &BuildOptions, warnings: &mut Vec<String>) -> Policy {
-    let excluded: BTreeSet<&str> = inv
-        .groups
-        .iter()
-        .filter(|g| {
-            opts.excluded_group_ids.contains(&g.id) || opts.excluded_group_names.contains(&g.name)
-        })
-        .map(|g| g.id.as_str())
-        .collect();
-    let mut members: BTreeMap<&str, BTreeSet<Cidr>> = inv
-        .groups
-        .iter()
-        .filter(|g| !excluded.contains(g.id.as_str()))
-        .map(|g| (g.id.as_str(), BTreeSet::new()))
-        .collect();
-
-    let mut dynamic: BTreeMap<&str, &[Cidr]> = BTreeMap::new();
-    for want in &opts.dynamic_subnets {
-        let found: Vec<_> = inv
-            .subnets
-            .iter()
-            .filter(|s| s.id == *want || s.name.as_deref() == Some(want.as_str()))
-            .collect();
-        if found.is_empty() {
-            warnings.push(format!(
-                "dynamic_subnets: {want:?} matches no subnet in the inventory"
-            ));
-        }
-        for s in found {
-            dynamic.insert(s.id.as_str(), &s.cidrs);
-        }
-    }
-
-    for h in &inv.hosts {
-        for gid in &h.groups {
-            match members.get_mut(gid.as_str()) {
-                Some(set) => {
-                    set.extend(h.addresses.iter().copied());
-                    if let Some(cidrs) = h.subnet.as_deref().and_then(|s| dynamic.get(s)) {
-                        set.extend(cidrs.iter().copied());
-                    }
-                }
-                None if excluded.contains(gid.as_str()) => {}
-                None => warnings.push(format!(
-                    "interface {}: group {gid} is not in the inventory; ignored",
-                    h.id
-                )),
-            }
-        }
-    }
-
-    let prefix_lists: BTreeMap<&str, &[Cidr]> = inv
-        .prefix_lists
-        .iter()
-        .map(|p| (p.id.as_str(), p.cidrs.as_slice()))
-        .collect();
-    let mut used_prefix_lists: BTreeSet<&str> = BTreeSet::new();
-    let mut groups = Vec::new();
-    for g in inv
-        .groups
-        .iter()
-        .filter(|g| !excluded.contains(g.id.as_str()))
-    {
-        let mut rules: BTreeSet<DocRule> = BTreeSet::new();
-        for (i, r) in g.ingress.iter().enumerate() {
-            let mut from = DocSources::default();
-            let mut cidrs: BTreeSet<Cidr> = r.from.cidrs.iter().copied().collect();
-            let mut src_groups = BTreeSet::new();
-            for s in &r.from.groups {
-                if members.contains_key(s.as_str()) {
-                    src_groups.insert(s.clone());
-                } else if excluded.contains(s.as_str()) {
-                    warnings.push(format!(
-                        "group {} ingress[{i}]: source group {s} is excluded; it matches no addresses",
-                        g.id
-                    ));
-                } else {
-                    warnings.push(format!(
-                        "group {} ingress[{i}]: source group {s} is not in the inventory \
-                         (another account, region or VPC not covered?); it matches no addresses",
-                        g.id
-                    ));
-                }
-            }
-            let mut pls = BTreeSet::new();
-            for p in &r.from.prefix_lists {
-                if prefix_lists.contains_key(p.as_str()) {
-                    pls.insert(p.clone());
-                    used_prefix_lists.insert(p.as_str());
-                } else {
-                    warnings.push(format!(
-                        "group {} ingress[{i}]: prefix list {p} is not in the inventory; it matches no addresses",
-                        g.id
-                    ));
-                }
-            }
-            from.cidrs = std::mem::take(&mut cidrs).into_iter().collect();
-            from.groups = src_groups.into_iter().collect();
-            from.prefix_lists = pls.into_iter().collect();
-            if from.cidrs.is_empty() && from.groups.is_empty() && from.prefix_lists.is_empty() {
-                warnings.push(format!(
-                    "group {} ingress[{i}]: no source left; rule dropped",
-                    g.id
-                ));
-                continue;
-            }
-            let (icmp_type, icmp_code) = if r.proto.is_icmp() {
-                (r.icmp_type, r.icmp_code)
-            } else {
-                (None, None)
-            };
-            rules.insert(DocRule {
-                proto: r.proto,
-                ports: if r.proto.has_ports() {
-                    Some(r.ports.unwrap_or(PortRange::ALL))
-                } else {
-                    None
-                },
-                icmp_type,
-                icmp_code: icmp_type.and(icmp_code),
-                from,
-            });
-        }
-        groups.push(DocGroup {
-            id: g.id.clone(),
-            name: g.name.clone(),
-            network: g.network.clone(),
-            members: members
-                .get(g.id.as_str())
-                .map(|m| m.iter().copied().collect())
-                .unwrap_or_default(),
-            ingress: rules.into_iter().collect(),
-        });
-    }
-    groups.sort_by(|a, b| a.id.cmp(&b.id));
-    groups.dedup_by(|a, b| a.id == b.id);
-
-    let mut networks: Vec<DocNetwork> = inv
-        .networks
-        .iter()
-        .map(|n| {
-            let mut cidrs = n.cidrs.clone();
-            cidrs.sort();
-            cidrs.dedup();
-            DocNetwork {
-                id: n.id.clone(),
-                cidrs,
-            }
-        })
-        .collect();
-    networks.sort();
-    networks.dedup_by(|a, b| a.id == b.id);
-
-    let mut pls: Vec<DocPrefixList> = used_prefix_lists
-        .iter()
-        .map(|id| {
-            let mut cidrs = prefix_lists.get(id).map(|c| c.to_vec()).unwrap_or_default();
-            cidrs.sort();
-            cidrs.dedup();
-            DocPrefixList {
-                id: (*id).to_string(),
-                cidrs,
-            }
-        })
-        .collect();
-    pls.sort();
-
-    Policy {
-        networks,
-        prefix_lists: pls,
-        groups,
-    }
-}
-
-/// Build a complete document from an inventory.
-pub fn build(inv: &Inventory, opts: &BuildOptions) -> Result<Built, DocumentError> {
-    let mut warnings = Vec::new();
-    let not_after = opts
-        .issued_at
-        .checked_add(opts.validity)
-        // RFC 3339 ends at 9999-12-31T23:59:59Z (and formatting a later time panics).
-        .filter(|t| *t <= SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799))
-        .ok_or_else(|| {
-            DocumentError::Malformed(format!(
-                "not_after: issued_at + validity ({}s) is beyond any representable time",
-                opts.validity.as_secs()
-            ))
-        })?;
-    let policy = build_policy(inv, opts, &mut warnings);
-    let document = Document {
-        format: FORMAT.to_string(),
-        environment: opts.environment.clone(),
-        serial: opts.serial,
-        issued_at: rfc3339(opts.issued_at),
-        not_after: rfc3339(not_after),
-        policy_digest: policy.digest(),
-        policy,
-    };
-    let bytes = document.to_bytes();
-    // The leader must never publish what a follower would refuse.
-    let reparsed = Document::parse(&bytes)?;
-    debug_assert_eq!(reparsed, document);
-    Ok(Built {
-        document,
-        bytes,
-        warnings,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::inventory::static_file;
+    use std::time::Duration;
 
     pub(crate) const EXAMPLE: &str = r#"
 networks:
