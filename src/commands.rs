@@ -307,9 +307,8 @@ fn restore_context(
         );
         return (ctx, true);
     }
-    let mut ctx = discovered.unwrap_or_else(|| {
-        HostContext::from_config(&cfg.follower, Target::Host(Vec::new()))
-    });
+    let mut ctx = discovered
+        .unwrap_or_else(|| HostContext::from_config(&cfg.follower, Target::Host(Vec::new())));
     if follower::compile_for(doc, &ctx).is_err() {
         tracing::warn!(target = ?ctx.target, "no host record and the document names none of the discovered addresses: restoring the table for no known address (in-scope traffic is dropped until the follower runs)");
         ctx.allow_unknown_host = true;

@@ -621,9 +621,12 @@ impl Config {
         }
         fix(&mut self.follower.disable_file);
         fix(&mut self.follower.state_dir);
-        for p in [&mut self.follower.metrics_file, &mut self.leader.metrics_file]
-            .into_iter()
-            .flatten()
+        for p in [
+            &mut self.follower.metrics_file,
+            &mut self.leader.metrics_file,
+        ]
+        .into_iter()
+        .flatten()
         {
             fix(p);
         }

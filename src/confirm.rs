@@ -303,7 +303,14 @@ fn revert(cfg: &Config, state: &StateDir, p: &Pending) -> CmdResult<String> {
         ),
     };
     let backend = follower::open_backend(cfg, choice)?;
-    follower::apply_verified(&v, &ctx, backend.as_ref(), state, now, &mut Report::default())?;
+    follower::apply_verified(
+        &v,
+        &ctx,
+        backend.as_ref(),
+        state,
+        now,
+        &mut Report::default(),
+    )?;
     let _ = std::fs::remove_dir_all(&prev);
     Ok(format!(
         "serial {} put back through {}",
@@ -336,11 +343,7 @@ mod tests {
             previous: false,
             backend: None,
         };
-        write_file(
-            &dir(&state).join(PENDING),
-            &serde_json::to_vec(&p).unwrap(),
-        )
-        .unwrap();
+        write_file(&dir(&state).join(PENDING), &serde_json::to_vec(&p).unwrap()).unwrap();
         assert_eq!(read_pending(&state).unwrap(), Some(p));
         let msg = confirm(&cfg).unwrap();
         assert!(msg.starts_with("confirmed"), "{msg}");

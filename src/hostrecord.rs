@@ -115,7 +115,10 @@ mod tests {
         save(&s, &r).unwrap();
         assert_eq!(load(&s).unwrap(), Some(r.clone()));
         // Same record: the file is not touched.
-        let before = std::fs::metadata(d.path().join(FILE)).unwrap().modified().unwrap();
+        let before = std::fs::metadata(d.path().join(FILE))
+            .unwrap()
+            .modified()
+            .unwrap();
         let ino = |p: &Path| {
             use std::os::unix::fs::MetadataExt;
             std::fs::metadata(p).unwrap().ino()
@@ -124,7 +127,10 @@ mod tests {
         save(&s, &r).unwrap();
         assert_eq!(ino(&d.path().join(FILE)), i1);
         assert_eq!(
-            std::fs::metadata(d.path().join(FILE)).unwrap().modified().unwrap(),
+            std::fs::metadata(d.path().join(FILE))
+                .unwrap()
+                .modified()
+                .unwrap(),
             before
         );
         std::fs::write(d.path().join(FILE), b"{").unwrap();

@@ -95,10 +95,16 @@ pub fn refusal_reason(f: &Failure) -> &'static str {
     if let Some(r) = f.error.downcast_ref::<crate::follower::Refusal>() {
         return r.reason;
     }
-    if f.error.downcast_ref::<crate::document::DocumentError>().is_some() {
+    if f.error
+        .downcast_ref::<crate::document::DocumentError>()
+        .is_some()
+    {
         return "malformed";
     }
-    if f.error.downcast_ref::<crate::compile::CompileError>().is_some() {
+    if f.error
+        .downcast_ref::<crate::compile::CompileError>()
+        .is_some()
+    {
         return "unknown_host";
     }
     match f.error.downcast_ref::<crate::store::StoreError>() {
@@ -111,7 +117,8 @@ pub fn refusal_reason(f: &Failure) -> &'static str {
 
 /// Seconds since the epoch.
 pub fn unix(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 impl FollowerMetrics {
@@ -207,7 +214,11 @@ impl FollowerMetrics {
                 w.metric(name, "gauge", help, &[(&[], v)]);
             }
         }
-        let refusals: Vec<_> = self.refusals.iter().map(|(r, n)| ([("reason", *r)], *n as f64)).collect();
+        let refusals: Vec<_> = self
+            .refusals
+            .iter()
+            .map(|(r, n)| ([("reason", *r)], *n as f64))
+            .collect();
         w.labelled(
             "reyes_follower_refusals_total",
             "Documents refused, by reason (the live rules stayed as they were).",
@@ -227,7 +238,12 @@ impl FollowerMetrics {
         );
         let fetches: Vec<_> = ["changed", "unchanged", "error"]
             .iter()
-            .map(|r| ([("result", *r)], self.fetches.get(r).copied().unwrap_or(0) as f64))
+            .map(|r| {
+                (
+                    [("result", *r)],
+                    self.fetches.get(r).copied().unwrap_or(0) as f64,
+                )
+            })
             .collect();
         w.labelled(
             "reyes_follower_fetches_total",
@@ -345,7 +361,12 @@ impl LeaderMetrics {
         }
         let runs: Vec<_> = ["published", "fresh", "failed"]
             .iter()
-            .map(|r| ([("result", *r)], self.runs.get(r).copied().unwrap_or(0) as f64))
+            .map(|r| {
+                (
+                    [("result", *r)],
+                    self.runs.get(r).copied().unwrap_or(0) as f64,
+                )
+            })
             .collect();
         w.labelled(
             "reyes_leader_runs_total",
@@ -456,7 +477,12 @@ mod tests {
             ..Default::default()
         };
         m.observe(&r2, Err(&refused), None, t);
-        m.observe(&Report::default(), Err(&Failure::runtime(anyhow::anyhow!("x"))), None, t);
+        m.observe(
+            &Report::default(),
+            Err(&Failure::runtime(anyhow::anyhow!("x"))),
+            None,
+            t,
+        );
         let text = m.render();
         for line in [
             "reyes_follower_info{backend=\"nft\",transport=\"netlink\",environment=\"prod\",version=\"",

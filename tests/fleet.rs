@@ -121,8 +121,9 @@ fn boot_restore_without_addresses_uses_the_recorded_host_context() {
     }
     let rig = Rig::new("boot", "auto");
     // The host's address on a veth (left down: no link-local address to discover).
-    rig.ns
-        .ok(&["ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1"]);
+    rig.ns.ok(&[
+        "ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1",
+    ]);
     rig.ns
         .ok(&["ip", "addr", "add", &format!("{HOST}/24"), "dev", "v0"]);
     rig.lead();

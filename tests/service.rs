@@ -28,7 +28,10 @@ fn until_notified(sock: &UnixDatagram, want: &str) -> Vec<String> {
     let mut buf = [0u8; 256];
     loop {
         let left = end.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "no {want:?} on the notify socket; got {seen:?}");
+        assert!(
+            !left.is_zero(),
+            "no {want:?} on the notify socket; got {seen:?}"
+        );
         sock.set_read_timeout(Some(left)).unwrap();
         let n = sock
             .recv(&mut buf)
@@ -58,13 +61,20 @@ fn until_logged(lines: &mpsc::Receiver<String>, want: &str) -> String {
 fn interval_service_notifies_reloads_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("reyes.yaml");
-    let good = "environment: test\nstore:\n  directory: store\nleader:\n  metrics_file: leader.prom\n";
+    let good =
+        "environment: test\nstore:\n  directory: store\nleader:\n  metrics_file: leader.prom\n";
     write(&cfg, good);
     let sock_path = dir.path().join("notify");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
 
     let mut child = Command::new(reyes_bin())
-        .args(["--config", cfg.to_str().unwrap(), "leader", "--interval", "1h"])
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "leader",
+            "--interval",
+            "1h",
+        ])
         .env("NOTIFY_SOCKET", &sock_path)
         .env("WATCHDOG_USEC", "200000")
         .env_remove("REYES_CONFIG")
@@ -97,7 +107,10 @@ fn interval_service_notifies_reloads_and_stops_on_sigterm() {
     // SAFETY: kill with a valid pid of our own child and a valid signal number.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
     until_logged(&lines, "keeping the previous config");
-    assert!(child.try_wait().unwrap().is_none(), "exited on a bad config");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "exited on a bad config"
+    );
     until_notified(&sock, "WATCHDOG=1");
 
     write(&cfg, good);
@@ -149,7 +162,11 @@ fn promtool(text: &str) -> Option<String> {
         .write_all(text.as_bytes())
         .unwrap();
     let o = child.wait_with_output().unwrap();
-    assert!(o.status.success(), "promtool check metrics: {}\n{text}", text_of(&o));
+    assert!(
+        o.status.success(),
+        "promtool check metrics: {}\n{text}",
+        text_of(&o)
+    );
     Some(String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr))
 }
 
@@ -161,7 +178,9 @@ fn text_of(o: &std::process::Output) -> String {
 fn metrics_files_pass_promtool() {
     use reyes::backend::Counters;
     use reyes::error::Failure;
-    use reyes::metrics::{AppliedFacts, FetchResult, FollowerMetrics, LeaderMetrics, LeaderRun, Report};
+    use reyes::metrics::{
+        AppliedFacts, FetchResult, FollowerMetrics, LeaderMetrics, LeaderRun, Report,
+    };
     use std::time::SystemTime;
 
     // A follower's file with every family filled in, as a service accumulates it.
@@ -223,6 +242,9 @@ fn metrics_files_pass_promtool() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let file = std::fs::read_to_string(dir.path().join("out/leader.prom")).unwrap();
-    assert!(file.contains("reyes_leader_runs_total{result=\"failed\"} 1\n"), "{file}");
+    assert!(
+        file.contains("reyes_leader_runs_total{result=\"failed\"} 1\n"),
+        "{file}"
+    );
     promtool(&file);
 }
