@@ -99,3 +99,20 @@ impl<T, E: Into<anyhow::Error>> Classify<T> for Result<T, E> {
         self.map_err(Failure::refused)
     }
 }
+
+/// A document refused for a reason that has no typed error of its own; `reason` is the
+/// `reason` label of the refusal metric.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Refusal {
+    /// `signature`, `environment`, `expired`, `serial`.
+    pub reason: &'static str,
+    message: String,
+}
+
+impl Refusal {
+    /// A refusal for `reason`.
+    pub fn new(reason: &'static str, message: String) -> Refusal {
+        Refusal { reason, message }
+    }
+}

@@ -54,22 +54,7 @@ pub enum Outcome {
     DryRun,
 }
 
-/// A document refused for a reason that has no typed error of its own; `reason` is the
-/// `reason` label of the refusal metric.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct Refusal {
-    /// `signature`, `environment`, `expired`, `serial`.
-    pub reason: &'static str,
-    message: String,
-}
-
-impl Refusal {
-    /// A refusal for `reason`.
-    pub fn new(reason: &'static str, message: String) -> Refusal {
-        Refusal { reason, message }
-    }
-}
+pub use crate::error::Refusal;
 
 fn refuse(reason: &'static str, message: String) -> Failure {
     Failure::refused(Refusal::new(reason, message))

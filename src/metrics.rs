@@ -89,10 +89,10 @@ pub struct FollowerMetrics {
     counters: Counters,
 }
 
-/// Why a document was refused, for the `reason` label: the [`Refusal`](crate::follower::Refusal)
+/// Why a document was refused, for the `reason` label: the [`Refusal`](crate::error::Refusal)
 /// reason, or the kind of typed error behind the failure.
 pub fn refusal_reason(f: &Failure) -> &'static str {
-    if let Some(r) = f.error.downcast_ref::<crate::follower::Refusal>() {
+    if let Some(r) = f.error.downcast_ref::<crate::error::Refusal>() {
         return r.reason;
     }
     if f.error
@@ -471,7 +471,7 @@ mod tests {
             not_after: 1_700_086_400.0,
         };
         m.observe(&report, Ok(()), Some(facts), t);
-        let refused = Failure::refused(crate::follower::Refusal::new("expired", "old".into()));
+        let refused = Failure::refused(crate::error::Refusal::new("expired", "old".into()));
         let r2 = Report {
             fetch: Some(FetchResult::Unchanged),
             ..Default::default()
