@@ -13,7 +13,13 @@ use reyes::nft::netlink::wire::Emit;
 /// Every expression kind, with the value our encoder builds for the rule in its golden file.
 fn cases() -> Vec<(&'static str, Expr)> {
     vec![
-        ("meta", Meta { key: MetaKey::L4Proto }.into()),
+        (
+            "meta",
+            Meta {
+                key: MetaKey::L4Proto,
+            }
+            .into(),
+        ),
         ("cmp", Cmp::new(CmpOp::Eq, [6u8]).into()),
         (
             "payload",
@@ -93,7 +99,11 @@ fn golden(kind: &str) -> (String, Vec<u8>) {
         .collect::<String>()
         .split_whitespace()
         .collect();
-    assert!(hex.len() % 2 == 0, "{}: odd number of hex digits", p.display());
+    assert!(
+        hex.len() % 2 == 0,
+        "{}: odd number of hex digits",
+        p.display()
+    );
     let bytes = (0..hex.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
