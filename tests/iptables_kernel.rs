@@ -9,9 +9,9 @@ mod common;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use common::{netns_available, text, Netns};
+use common::{docs, netns_available, text, Netns};
 use reyes::backend::{Backend, BackendError};
 use reyes::compile::{compile, HostContext, Ruleset, Target};
 use reyes::config::{Enforce, IptablesVariant};
@@ -39,21 +39,7 @@ fn enter(name: &str) {
 }
 
 fn doc(yaml: &str, serial: u64) -> reyes::document::Document {
-    let inv = reyes::inventory::static_file::parse(yaml, "test").unwrap();
-    reyes::document::build(
-        &inv,
-        &reyes::document::BuildOptions {
-            environment: "test".into(),
-            serial,
-            issued_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
-            validity: Duration::from_secs(3600),
-            excluded_group_names: vec![],
-            excluded_group_ids: vec![],
-            dynamic_subnets: vec![],
-        },
-    )
-    .unwrap()
-    .document
+    docs::document(yaml, &docs::options("test", serial, docs::fixed_time()))
 }
 
 fn host(addrs: &[&str], enforce: Enforce, managed: &[&str]) -> HostContext {

@@ -100,7 +100,7 @@ fn golden(kind: &str) -> (String, Vec<u8>) {
         .split_whitespace()
         .collect();
     assert!(
-        hex.len() % 2 == 0,
+        hex.len().is_multiple_of(2),
         "{}: odd number of hex digits",
         p.display()
     );

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
-use common::{netns_available, normalise, reyes_bin, table_block, text, Netns};
+use common::{code, netns_available, normalise, reyes_bin, stderr, table_block, text, Netns};
 
 const HOST: &str = "10.1.0.12";
 
@@ -128,14 +128,6 @@ impl Rig {
     fn ruleset(&self) -> String {
         self.ns.nft_ruleset()
     }
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or(-1)
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[test]

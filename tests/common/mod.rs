@@ -197,3 +197,73 @@ pub fn example_bin(name: &str) -> std::path::PathBuf {
     let exe = std::path::Path::new(reyes_bin());
     exe.parent().unwrap().join("examples").join(name)
 }
+
+/// Run the reyes binary with `args` (outside any namespace). REYES_CONFIG is removed, so a
+/// command without `--config` never reads a config the caller's environment points at.
+pub fn reyes(args: &[&str]) -> Output {
+    Command::new(reyes_bin())
+        .args(args)
+        .env_remove("REYES_CONFIG")
+        .output()
+        .expect("run reyes")
+}
+
+/// The exit code (-1 when killed by a signal).
+pub fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+/// Standard error as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Standard output as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Document builders: build options with nothing excluded, and documents built from a
+/// static inventory given as YAML text.
+pub mod docs {
+    use std::time::{Duration, SystemTime};
+
+    use reyes::document::{build, BuildOptions, Built, Document};
+    use reyes::inventory::static_file;
+
+    /// A fixed issue time (2027-01-15), for byte-stable documents.
+    pub fn fixed_time() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    }
+
+    /// Options for `environment` and `serial`, issued at `issued_at`, valid for an hour,
+    /// nothing excluded, no dynamic subnets.
+    pub fn options(environment: &str, serial: u64, issued_at: SystemTime) -> BuildOptions {
+        BuildOptions {
+            environment: environment.into(),
+            serial,
+            issued_at,
+            validity: Duration::from_secs(3600),
+            excluded_group_names: vec![],
+            excluded_group_ids: vec![],
+            dynamic_subnets: vec![],
+        }
+    }
+
+    /// Build the static inventory `yaml` with `opts`.
+    pub fn built(yaml: &str, opts: &BuildOptions) -> Built {
+        let inv = static_file::parse(yaml, "inventory").expect("test inventory");
+        build(&inv, opts).expect("build the test document")
+    }
+
+    /// The document of [`built`].
+    pub fn document(yaml: &str, opts: &BuildOptions) -> Document {
+        built(yaml, opts).document
+    }
+
+    /// examples/inventory.yaml as text.
+    pub fn example_inventory() -> String {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/inventory.yaml");
+        std::fs::read_to_string(&p).expect("read examples/inventory.yaml")
+    }
+}
