@@ -7,10 +7,11 @@ use std::time::SystemTime;
 
 use crate::compile::{HostContext, Target};
 use crate::config::{Backend as BackendChoice, Config, Enforce};
-use crate::document::{rfc3339, Document};
+use crate::document::rfc3339;
 use crate::error::{Classify, CmdResult, Failure};
 use crate::follower::{self, FollowerOptions, Outcome};
-use crate::fsutil::{read_limited, write_atomic, ReadError};
+use crate::fsutil::write_atomic;
+use crate::load::{load_document, read_document, read_signature};
 use crate::signing::{self, read_passphrase, SigningKey};
 use crate::state::StateDir;
 
@@ -35,28 +36,6 @@ pub struct RenderOptions {
     pub log_drop: bool,
     /// Render even if no group holds the host's addresses.
     pub allow_unknown_host: bool,
-}
-
-fn read_document(path: &Path) -> CmdResult<Vec<u8>> {
-    read_limited(path, crate::document::limits::MAX_DOCUMENT_BYTES).map_err(|e| match e {
-        ReadError::TooLarge { .. } => Failure::refused(e),
-        other => Failure::usage(other),
-    })
-}
-
-fn read_signature(path: &Path) -> CmdResult<Vec<u8>> {
-    read_limited(path, crate::document::limits::MAX_SIGNATURE_BYTES).map_err(|e| match e {
-        ReadError::TooLarge { .. } => Failure::refused(e),
-        other => Failure::usage(other),
-    })
-}
-
-/// Parse a document file (no signature), naming the file in errors.
-pub fn load_document(path: &Path) -> CmdResult<Document> {
-    let bytes = read_document(path)?;
-    Document::parse(&bytes)
-        .refused()
-        .map_err(|f| f.context(path.display().to_string()))
 }
 
 /// `reyes render`.
@@ -106,7 +85,7 @@ pub fn render(cfg: Option<&Config>, o: &RenderOptions) -> CmdResult<String> {
     ctx.log_accept |= o.log_accept;
     ctx.log_drop |= o.log_drop;
     ctx.allow_unknown_host |= o.allow_unknown_host;
-    let rs = follower::compile_for(&doc, &ctx)?;
+    let rs = crate::load::compile_for(&doc, &ctx)?;
     let choice = o.backend.unwrap_or(match fcfg.backend {
         BackendChoice::Auto => BackendChoice::Nft,
         b => b,

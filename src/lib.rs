@@ -25,6 +25,7 @@ pub mod fsutil;
 pub mod inventory;
 pub mod iptables;
 pub mod leader;
+pub mod load;
 pub mod net;
 pub mod nft;
 pub mod probe;

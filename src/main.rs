@@ -486,8 +486,8 @@ fn run_eval(config: &Option<PathBuf>, command: Command) -> CmdResult<u8> {
         }
         Command::Diff { old, new, format } => {
             let d = reyes::diff::diff(
-                &commands::load_document(&old)?,
-                &commands::load_document(&new)?,
+                &reyes::load::load_document(&old)?,
+                &reyes::load::load_document(&new)?,
             );
             match format {
                 DiffFormat::Text => print!("{}", reyes::diff::text(&d)),

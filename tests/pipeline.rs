@@ -222,7 +222,7 @@ fn kernel_rejection_leaves_previous_table_exactly() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let doc = reyes::commands::load_document(&rig.p("store/current/rules.json")).unwrap();
+    let doc = reyes::load::load_document(&rig.p("store/current/rules.json")).unwrap();
     let ctx = reyes::compile::HostContext {
         target: reyes::compile::Target::Host(vec![HOST.parse().unwrap()]),
         enforce: reyes::config::Enforce::Ipsec,
@@ -477,7 +477,7 @@ fn resigned_policy_costs_no_kernel_work_and_restore_reapplies() {
     rig.follow();
     // Re-sign the same policy with a newer serial, as a leader does to extend not_after.
     let inv = reyes::inventory::static_file::load(&rig.p("inventory.yaml")).unwrap();
-    let old = reyes::commands::load_document(&rig.p("store/current/rules.json")).unwrap();
+    let old = reyes::load::load_document(&rig.p("store/current/rules.json")).unwrap();
     let built = reyes::document::build(
         &inv,
         &reyes::document::BuildOptions {
