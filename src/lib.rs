@@ -16,6 +16,7 @@ pub mod compile;
 pub mod config;
 pub mod diff;
 pub mod digest;
+pub mod doctext;
 pub mod document;
 pub mod error;
 pub mod eval;

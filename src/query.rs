@@ -18,7 +18,7 @@ use serde_saphyr::Spanned;
 
 use crate::compile::{HostContext, Origin, Ruleset, Target};
 use crate::config::{Config, Enforce};
-use crate::diff::rule_text;
+use crate::doctext::rule_text;
 use crate::document::Document;
 use crate::error::{CmdResult, ExitKind, Failure};
 use crate::eval::{self, ConnState, Decision, Evaluation, Flow};
