@@ -176,20 +176,34 @@ pub fn text(o: &Output) -> String {
 
 impl Netns {
     /// Run `f` on a thread that has entered this namespace (setns is per thread), so library
-    /// code opens its netlink sockets in here.
-    pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            use std::os::fd::AsRawFd;
-            let file = std::fs::File::open(&path).expect("open netns");
-            // SAFETY: a valid namespace fd; only this thread changes namespace.
-            let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
+    /// code opens its sockets, and spawns its commands, in here.
+    pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        in_netns(&self.name, f)
+    }
+}
+
+/// Move the calling thread into network namespace `name` (only this thread).
+pub fn enter_netns(name: &str) {
+    use std::os::fd::AsRawFd;
+    let path = format!("/run/netns/{name}");
+    let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+    // SAFETY: setns on a valid namespace fd affects only the calling thread.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {name}: {}", std::io::Error::last_os_error());
+}
+
+/// Run `f` on a thread that has entered network namespace `name`. Sockets it creates belong
+/// to that namespace and can be used from any thread afterwards. A panic in `f` is the
+/// caller's panic.
+pub fn in_netns<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            enter_netns(name);
             f()
         })
         .join()
-        .expect("thread in namespace panicked")
-    }
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
 }
 
 /// A built example binary (`cargo test` builds examples next to the test binaries).
