@@ -10,8 +10,9 @@ use crate::config::{Backend as BackendChoice, Config, Enforce};
 use crate::document::{rfc3339, Document};
 use crate::error::{Classify, CmdResult, Failure};
 use crate::follower::{self, FollowerOptions, Outcome};
-use crate::fsutil::{read_limited, write_atomic, ReadError};
+use crate::fsutil::write_atomic;
 use crate::hostrecord::{self, HostRecord};
+use crate::load::{compile_for, load_document, read_document, read_signature};
 use crate::signing::{self, read_passphrase, SigningError, SigningKey};
 use crate::state::StateDir;
 
@@ -36,28 +37,6 @@ pub struct RenderOptions {
     pub log_drop: bool,
     /// Render even if no group holds the host's addresses.
     pub allow_unknown_host: bool,
-}
-
-fn read_document(path: &Path) -> CmdResult<Vec<u8>> {
-    read_limited(path, crate::document::limits::MAX_DOCUMENT_BYTES).map_err(|e| match e {
-        ReadError::TooLarge { .. } => Failure::refused(e),
-        other => Failure::usage(other),
-    })
-}
-
-fn read_signature(path: &Path) -> CmdResult<Vec<u8>> {
-    read_limited(path, crate::document::limits::MAX_SIGNATURE_BYTES).map_err(|e| match e {
-        ReadError::TooLarge { .. } => Failure::refused(e),
-        other => Failure::usage(other),
-    })
-}
-
-/// Parse a document file (no signature), naming the file in errors.
-pub fn load_document(path: &Path) -> CmdResult<Document> {
-    let bytes = read_document(path)?;
-    Document::parse(&bytes)
-        .refused()
-        .map_err(|f| f.context(path.display().to_string()))
 }
 
 /// `reyes render`.
@@ -107,7 +86,7 @@ pub fn render(cfg: Option<&Config>, o: &RenderOptions) -> CmdResult<String> {
     ctx.log_accept |= o.log_accept;
     ctx.log_drop |= o.log_drop;
     ctx.allow_unknown_host |= o.allow_unknown_host;
-    let rs = follower::compile_for(&doc, &ctx)?;
+    let rs = crate::load::compile_for(&doc, &ctx)?;
     let choice = o.backend.unwrap_or(match fcfg.backend {
         BackendChoice::Auto => BackendChoice::Nft,
         b => b,
@@ -328,7 +307,7 @@ fn restore_context(
         .as_ref()
         .is_some_and(|c| !matches!(&c.target, Target::Host(a) if a.is_empty()));
     if let Some(ctx) = discovered.as_ref().filter(|_| found_any) {
-        if follower::compile_for(doc, ctx).is_ok() {
+        if compile_for(doc, ctx).is_ok() {
             return (ctx.clone(), false);
         }
     }
@@ -344,7 +323,7 @@ fn restore_context(
     }
     let mut ctx = discovered
         .unwrap_or_else(|| HostContext::from_config(&cfg.follower, Target::Host(Vec::new())));
-    if follower::compile_for(doc, &ctx).is_err() {
+    if compile_for(doc, &ctx).is_err() {
         tracing::warn!(target = ?ctx.target, "no host record and the document names none of the discovered addresses: restoring the table for no known address (in-scope traffic is dropped until the follower runs)");
         ctx.allow_unknown_host = true;
     }

@@ -8,9 +8,9 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use crate::document::{DocGroup, DocRule, Document};
+use crate::doctext::rule_text;
+use crate::document::{DocGroup, Document};
 use crate::net::Cidr;
-use crate::proto::Proto;
 
 /// One side's header facts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -104,44 +104,8 @@ impl DocDiff {
     }
 }
 
-fn join(items: &[String]) -> String {
-    items.join(" ")
-}
-
 fn cidr_strings(c: &[Cidr]) -> Vec<String> {
     c.iter().map(|c| c.to_string()).collect()
-}
-
-/// A document rule as one line: `tcp 443 from groups sg-lb; cidrs 10.0.0.0/8`.
-pub fn rule_text(r: &DocRule) -> String {
-    let mut s = match r.proto {
-        Proto::Tcp | Proto::Udp => format!(
-            "{} {}",
-            r.proto,
-            r.ports
-                .map(|p| p.to_string())
-                .unwrap_or_else(|| "0-65535".into())
-        ),
-        Proto::Icmp | Proto::Icmpv6 => match (r.icmp_type, r.icmp_code) {
-            (Some(t), Some(c)) => format!("{} type {t} code {c}", r.proto),
-            (Some(t), None) => format!("{} type {t}", r.proto),
-            _ => format!("{} any type", r.proto),
-        },
-        Proto::All => "all".to_string(),
-        Proto::Number(n) => format!("proto {n}"),
-    };
-    let mut from = Vec::new();
-    if !r.from.groups.is_empty() {
-        from.push(format!("groups {}", join(&r.from.groups)));
-    }
-    if !r.from.cidrs.is_empty() {
-        from.push(format!("cidrs {}", join(&cidr_strings(&r.from.cidrs))));
-    }
-    if !r.from.prefix_lists.is_empty() {
-        from.push(format!("prefix lists {}", join(&r.from.prefix_lists)));
-    }
-    let _ = write!(s, " from {}", from.join("; "));
-    s
 }
 
 fn summary(g: &DocGroup) -> GroupSummary {

@@ -7,11 +7,12 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::backend::{Backend, BackendError};
-use crate::compile::{self, CompileError, HostContext, Ruleset, Target};
+use crate::compile::{HostContext, Target};
 use crate::config::{AutoOr, Backend as BackendChoice, Config};
 use crate::document::{rfc3339, Document};
 use crate::error::{Classify, CmdResult, Failure};
 use crate::hostrecord::{self, HostRecord};
+use crate::load::compile_for;
 use crate::metrics::{self, AppliedFacts, FetchResult, FollowerMetrics, Report};
 use crate::signing::{SigningError, TrustRoot, VerifiedSigner};
 use crate::state::{Applied, StateDir, StoreVersion};
@@ -238,13 +239,6 @@ pub fn host_context(cfg: &Config, opts: &FollowerOptions) -> CmdResult<HostConte
     ctx.log_drop |= opts.log_drop;
     ctx.allow_unknown_host |= opts.allow_unknown_host;
     Ok(ctx)
-}
-
-/// Compile, mapping an unknown host to a refusal.
-pub fn compile_for(doc: &Document, ctx: &HostContext) -> CmdResult<Ruleset> {
-    compile::compile(doc, ctx).map_err(|e| match e {
-        CompileError::UnknownHost(_) => Failure::refused(e),
-    })
 }
 
 fn backend_failure(e: BackendError) -> Failure {

@@ -596,8 +596,8 @@ fn run_eval(config: &Option<PathBuf>, command: Command) -> CmdResult<u8> {
         }
         Command::Diff { old, new, format } => {
             let d = reyes::diff::diff(
-                &commands::load_document(&old)?,
-                &commands::load_document(&new)?,
+                &reyes::load::load_document(&old)?,
+                &reyes::load::load_document(&new)?,
             );
             match format {
                 DiffFormat::Text => print!("{}", reyes::diff::text(&d)),
@@ -620,7 +620,7 @@ fn run_tools(config: &Option<PathBuf>, command: Command) -> CmdResult<u8> {
             from,
             to,
         } => {
-            let doc = commands::load_document(&document)?;
+            let doc = reyes::load::load_document(&document)?;
             let o = reyes::graph::GraphOptions { group, from, to };
             let g = reyes::graph::build(&doc.policy, &o).map_err(Failure::usage)?;
             match format {

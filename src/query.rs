@@ -18,7 +18,7 @@ use serde_saphyr::Spanned;
 
 use crate::compile::{HostContext, Origin, Ruleset, Target};
 use crate::config::{Config, Enforce};
-use crate::diff::rule_text;
+use crate::doctext::rule_text;
 use crate::document::Document;
 use crate::error::{CmdResult, ExitKind, Failure};
 use crate::eval::{self, ConnState, Decision, Evaluation, Flow};
@@ -123,7 +123,7 @@ impl<'a> Judge<'a> {
                 target: Target::Host(vec![f.dst]),
                 ..self.base.clone()
             };
-            let rs = crate::follower::compile_for(self.doc, &ctx).map_err(as_usage)?;
+            let rs = crate::load::compile_for(self.doc, &ctx).map_err(as_usage)?;
             self.cache.insert(f.dst, rs);
         }
         let rs = &self.cache[&f.dst];
@@ -199,7 +199,7 @@ fn open_fields(f: &Flow) -> Option<&'static str> {
 
 /// `reyes query`: the text to print and the decision.
 pub fn query(cfg: Option<&Config>, o: &QueryOptions) -> CmdResult<(String, Decision)> {
-    let doc = crate::commands::load_document(&o.document).map_err(as_usage)?;
+    let doc = crate::load::load_document(&o.document).map_err(as_usage)?;
     let mut judge = Judge::new(&doc, cfg, &o.scope)?;
     let f = judge.flow(o.from, o.to, o.proto, o.port, (o.icmp_type, o.icmp_code));
     f.check().map_err(|m| usage(format!("flow {f}: {m}")))?;
@@ -438,7 +438,7 @@ pub fn test(
     flows: &Path,
     scope: &ScopeOptions,
 ) -> CmdResult<TestReport> {
-    let doc = crate::commands::load_document(document).map_err(as_usage)?;
+    let doc = crate::load::load_document(document).map_err(as_usage)?;
     let text = std::fs::read_to_string(flows)
         .map_err(|e| usage(format!("cannot read {}: {e}", flows.display())))?;
     let specs = parse_flows(&text, flows)?;

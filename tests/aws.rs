@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types as ec2t;
 use aws_sdk_s3::primitives::ByteStream;
-use common::{netns_available, normalise, reyes_bin, table_block, text, Netns};
+use common::{code, netns_available, normalise, reyes_bin, stderr, table_block, text, Netns};
 use serde_json::{json, Value};
 
 const BUCKET: &str = "reyes-test";
@@ -705,14 +705,6 @@ struct Rig {
 
 /// The follower's own address (the standalone interface in group web).
 const HOST: &str = "10.1.1.50";
-
-fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or(-1)
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 /// The environment of every reyes process: static credentials, no instance metadata, no
 /// profile files, and few attempts so that "unreachable" fails fast.

@@ -1,7 +1,11 @@
 //! The rule document: determinism across input order, and agreement with the JSON Schema
 //! shipped in schema/.
 
+mod common;
+
 use std::time::{Duration, SystemTime};
+
+use common::docs;
 
 use proptest::prelude::*;
 use reyes::document::{build, BuildOptions, Document};
@@ -13,14 +17,10 @@ fn example() -> Inventory {
 }
 
 fn opts() -> BuildOptions {
+    let issued_at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000);
     BuildOptions {
-        environment: "prod".into(),
-        serial: 42,
-        issued_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000),
-        validity: Duration::from_secs(3600),
-        excluded_group_names: vec![],
-        excluded_group_ids: vec![],
         dynamic_subnets: vec!["workers".into()],
+        ..docs::options("prod", 42, issued_at)
     }
 }
 

@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{netns_available, reyes_bin, text, Netns};
+use common::{netns_available, reyes, text, Netns};
 
 fn tools_available() -> bool {
     let ok = [
@@ -37,13 +37,6 @@ fn config(dir: &Path, variant: &str) -> String {
          inventory:\n  file: {d}/inventory.yaml\nfollower:\n  backend: iptables\n  iptables_variant: {variant}\n  enforce: ipsec\n\
          \x20 addresses: [10.1.0.12]\n  log_drop: true\n  state_dir: {d}/state\n  disable_file: {d}/disabled\n"
     )
-}
-
-fn reyes(args: &[&str]) -> std::process::Output {
-    Command::new(reyes_bin())
-        .args(args)
-        .output()
-        .expect("run reyes")
 }
 
 #[test]

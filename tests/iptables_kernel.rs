@@ -7,11 +7,10 @@
 mod common;
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use common::{netns_available, text, Netns};
+use common::{docs, enter_netns as enter, netns_available, text, Netns};
 use reyes::backend::{Backend, BackendError};
 use reyes::compile::{compile, HostContext, Ruleset, Target};
 use reyes::config::{Enforce, IptablesVariant};
@@ -22,38 +21,11 @@ use reyes::iptables::{self, render, IptablesBackend, Variant};
 
 /// Run `f` on a thread that has entered the namespace (commands it spawns run there too).
 fn in_ns<R: Send>(ns: &Netns, f: impl FnOnce() -> R + Send) -> R {
-    std::thread::scope(|s| {
-        let h = s.spawn(|| {
-            enter(&ns.name);
-            f()
-        });
-        h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
-    })
-}
-
-fn enter(name: &str) {
-    let f = std::fs::File::open(format!("/var/run/netns/{name}")).expect("open netns");
-    // SAFETY: setns on a valid namespace fd affects only the calling thread.
-    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns {name}: {}", std::io::Error::last_os_error());
+    ns.enter(f)
 }
 
 fn doc(yaml: &str, serial: u64) -> reyes::document::Document {
-    let inv = reyes::inventory::static_file::parse(yaml, "test").unwrap();
-    reyes::document::build(
-        &inv,
-        &reyes::document::BuildOptions {
-            environment: "test".into(),
-            serial,
-            issued_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
-            validity: Duration::from_secs(3600),
-            excluded_group_names: vec![],
-            excluded_group_ids: vec![],
-            dynamic_subnets: vec![],
-        },
-    )
-    .unwrap()
-    .document
+    docs::document(yaml, &docs::options("test", serial, docs::fixed_time()))
 }
 
 fn host(addrs: &[&str], enforce: Enforce, managed: &[&str]) -> HostContext {

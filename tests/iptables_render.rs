@@ -2,8 +2,9 @@
 //! both enforce modes, with and without logging, and every group as destinations. Reviewed
 //! like code: a change here is a change to what hosts run.
 
-use std::time::{Duration, SystemTime};
+mod common;
 
+use common::docs;
 use reyes::compile::{compile, HostContext, Target};
 use reyes::config::{Enforce, Failsafe};
 use reyes::iptables::render;
@@ -15,20 +16,11 @@ fn example() -> reyes::document::Document {
     ))
     .unwrap();
     let inv = reyes::inventory::static_file::parse(&text, "examples/inventory.yaml").unwrap();
-    reyes::document::build(
-        &inv,
-        &reyes::document::BuildOptions {
-            environment: "demo".into(),
-            serial: 7,
-            issued_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
-            validity: Duration::from_secs(3600),
-            excluded_group_names: vec![],
-            excluded_group_ids: vec![],
-            dynamic_subnets: vec!["workers".into()],
-        },
-    )
-    .unwrap()
-    .document
+    let opts = reyes::document::BuildOptions {
+        dynamic_subnets: vec!["workers".into()],
+        ..docs::options("demo", 7, docs::fixed_time())
+    };
+    reyes::document::build(&inv, &opts).unwrap().document
 }
 
 fn ctx(enforce: Enforce, logging: bool) -> HostContext {

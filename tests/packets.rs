@@ -25,10 +25,11 @@ use reyes::compile::{compile, HostContext, Origin, Ruleset, Target};
 use reyes::config::{Enforce, Failsafe};
 use reyes::document::{build, BuildOptions, Document};
 use reyes::eval::{evaluate, ConnState, Decision, Evaluation};
-use reyes::inventory::{static_file, Group, Host, Inventory, Network, PrefixList, Rule, Sources};
+use reyes::inventory::{Group, Host, Inventory, Network, PrefixList, Rule, Sources};
 use reyes::net::Cidr;
 use reyes::proto::{PortRange, Proto};
 
+use common::docs;
 use testbed::{Outcome, Probe, ProbeFlow, Testbed, TCP_PORTS, UDP_PORTS};
 
 /// How long a probe waits for a sign of life. A dropped probe costs this much; probes of one
@@ -78,23 +79,13 @@ fn cidrs(v: &[&str]) -> Vec<Cidr> {
 
 fn build_opts(serial: u64, excluded: Vec<String>) -> BuildOptions {
     BuildOptions {
-        environment: "test".into(),
-        serial,
-        issued_at: SystemTime::now(),
-        validity: Duration::from_secs(3600),
-        excluded_group_names: vec![],
         excluded_group_ids: excluded,
-        dynamic_subnets: vec![],
+        ..docs::options("test", serial, SystemTime::now())
     }
 }
 
 fn document(yaml: &str, serial: u64) -> Document {
-    build(
-        &static_file::parse(yaml, "inventory").unwrap(),
-        &build_opts(serial, vec![]),
-    )
-    .unwrap()
-    .document
+    docs::document(yaml, &build_opts(serial, vec![]))
 }
 
 fn context(enforce: Enforce, local: &[&str], failsafe: Vec<Failsafe>) -> HostContext {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
-use common::{netns_available, normalise, reyes_bin, table_block, text, Netns};
+use common::{code, netns_available, normalise, reyes_bin, stderr, table_block, text, Netns};
 
 const HOST: &str = "10.1.0.12";
 
@@ -130,14 +130,6 @@ impl Rig {
     }
 }
 
-fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or(-1)
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 #[test]
 fn apply_equals_render_and_reapply_replaces_atomically() {
     if !netns_available() {
@@ -230,7 +222,7 @@ fn kernel_rejection_leaves_previous_table_exactly() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let doc = reyes::commands::load_document(&rig.p("store/current/rules.json")).unwrap();
+    let doc = reyes::load::load_document(&rig.p("store/current/rules.json")).unwrap();
     let ctx = reyes::compile::HostContext {
         target: reyes::compile::Target::Host(vec![HOST.parse().unwrap()]),
         enforce: reyes::config::Enforce::Ipsec,
@@ -485,7 +477,7 @@ fn resigned_policy_costs_no_kernel_work_and_restore_reapplies() {
     rig.follow();
     // Re-sign the same policy with a newer serial, as a leader does to extend not_after.
     let inv = reyes::inventory::static_file::load(&rig.p("inventory.yaml")).unwrap();
-    let old = reyes::commands::load_document(&rig.p("store/current/rules.json")).unwrap();
+    let old = reyes::load::load_document(&rig.p("store/current/rules.json")).unwrap();
     let built = reyes::document::build(
         &inv,
         &reyes::document::BuildOptions {

@@ -1,11 +1,12 @@
 //! `reyes query`, `reyes test` and `reyes diff` as a user runs them: output and exit codes.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::{Duration, SystemTime};
+mod common;
 
-use reyes::document::{build, BuildOptions};
-use reyes::inventory::static_file;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+// No config: query and test must not read /etc/reyes/reyes.yaml (`reyes` removes REYES_CONFIG).
+use common::{docs, reyes, stdout as out};
 
 const INV: &str = r#"
 networks: [{id: vpc-a, cidrs: [10.1.0.0/16, "fd00:1::/56"]}]
@@ -24,32 +25,10 @@ hosts:
 "#;
 
 fn write_doc(dir: &Path, name: &str, yaml: &str, serial: u64) -> PathBuf {
-    let opts = BuildOptions {
-        environment: "prod".into(),
-        serial,
-        issued_at: SystemTime::now(),
-        validity: Duration::from_secs(3600),
-        excluded_group_names: vec![],
-        excluded_group_ids: vec![],
-        dynamic_subnets: vec![],
-    };
-    let b = build(&static_file::parse(yaml, "inv").unwrap(), &opts).unwrap();
+    let b = docs::built(yaml, &docs::options("prod", serial, SystemTime::now()));
     let p = dir.join(name);
     std::fs::write(&p, &b.bytes).unwrap();
     p
-}
-
-fn reyes(args: &[&str]) -> Output {
-    // No config: query and test must not read /etc/reyes/reyes.yaml.
-    Command::new(env!("CARGO_BIN_EXE_reyes"))
-        .args(args)
-        .env_remove("REYES_CONFIG")
-        .output()
-        .unwrap()
-}
-
-fn out(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 #[test]

@@ -176,24 +176,108 @@ pub fn text(o: &Output) -> String {
 
 impl Netns {
     /// Run `f` on a thread that has entered this namespace (setns is per thread), so library
-    /// code opens its netlink sockets in here.
-    pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            use std::os::fd::AsRawFd;
-            let file = std::fs::File::open(&path).expect("open netns");
-            // SAFETY: a valid namespace fd; only this thread changes namespace.
-            let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
+    /// code opens its sockets, and spawns its commands, in here.
+    pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        in_netns(&self.name, f)
+    }
+}
+
+/// Move the calling thread into network namespace `name` (only this thread).
+pub fn enter_netns(name: &str) {
+    use std::os::fd::AsRawFd;
+    let path = format!("/run/netns/{name}");
+    let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+    // SAFETY: setns on a valid namespace fd affects only the calling thread.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {name}: {}", std::io::Error::last_os_error());
+}
+
+/// Run `f` on a thread that has entered network namespace `name`. Sockets it creates belong
+/// to that namespace and can be used from any thread afterwards. A panic in `f` is the
+/// caller's panic.
+pub fn in_netns<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            enter_netns(name);
             f()
         })
         .join()
-        .expect("thread in namespace panicked")
-    }
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
 }
 
 /// A built example binary (`cargo test` builds examples next to the test binaries).
 pub fn example_bin(name: &str) -> std::path::PathBuf {
     let exe = std::path::Path::new(reyes_bin());
     exe.parent().unwrap().join("examples").join(name)
+}
+
+/// Run the reyes binary with `args` (outside any namespace). REYES_CONFIG is removed, so a
+/// command without `--config` never reads a config the caller's environment points at.
+pub fn reyes(args: &[&str]) -> Output {
+    Command::new(reyes_bin())
+        .args(args)
+        .env_remove("REYES_CONFIG")
+        .output()
+        .expect("run reyes")
+}
+
+/// The exit code (-1 when killed by a signal).
+pub fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+/// Standard error as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Standard output as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Document builders: build options with nothing excluded, and documents built from a
+/// static inventory given as YAML text.
+pub mod docs {
+    use std::time::{Duration, SystemTime};
+
+    use reyes::document::{build, BuildOptions, Built, Document};
+    use reyes::inventory::static_file;
+
+    /// A fixed issue time (2027-01-15), for byte-stable documents.
+    pub fn fixed_time() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    }
+
+    /// Options for `environment` and `serial`, issued at `issued_at`, valid for an hour,
+    /// nothing excluded, no dynamic subnets.
+    pub fn options(environment: &str, serial: u64, issued_at: SystemTime) -> BuildOptions {
+        BuildOptions {
+            environment: environment.into(),
+            serial,
+            issued_at,
+            validity: Duration::from_secs(3600),
+            excluded_group_names: vec![],
+            excluded_group_ids: vec![],
+            dynamic_subnets: vec![],
+        }
+    }
+
+    /// Build the static inventory `yaml` with `opts`.
+    pub fn built(yaml: &str, opts: &BuildOptions) -> Built {
+        let inv = static_file::parse(yaml, "inventory").expect("test inventory");
+        build(&inv, opts).expect("build the test document")
+    }
+
+    /// The document of [`built`].
+    pub fn document(yaml: &str, opts: &BuildOptions) -> Document {
+        built(yaml, opts).document
+    }
+
+    /// examples/inventory.yaml as text.
+    pub fn example_inventory() -> String {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/inventory.yaml");
+        std::fs::read_to_string(&p).expect("read examples/inventory.yaml")
+    }
 }

@@ -11,7 +11,6 @@
 #![allow(dead_code)]
 
 use std::collections::HashSet;
-use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -38,27 +37,7 @@ pub const RAW6: [u8; 5] = [58, 47, 50, 132, 253];
 
 const MAGIC: &[u8; 8] = b"reyesprb";
 
-/// Run `f` in a thread that has entered network namespace `ns`. Sockets it creates belong to
-/// that namespace and can be used from any thread afterwards.
-pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            enter(ns);
-            f()
-        })
-        .join()
-        .expect("thread in namespace panicked")
-    })
-}
-
-/// Move the calling thread into network namespace `ns` (only this thread).
-pub fn enter(ns: &str) {
-    let f =
-        File::open(format!("/run/netns/{ns}")).unwrap_or_else(|e| panic!("open netns {ns}: {e}"));
-    // SAFETY: setns on a valid namespace fd; affects only the calling thread's network namespace.
-    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns {ns}: {}", io::Error::last_os_error());
-}
+pub use crate::common::{enter_netns as enter, in_netns};
 
 // ---- minimal socket calls (std has no bind-before-connect, raw or ping sockets) ----
 
