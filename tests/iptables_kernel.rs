@@ -38,6 +38,7 @@ fn host(addrs: &[&str], enforce: Enforce, managed: &[&str]) -> HostContext {
         log_accept: true,
         log_drop: true,
         allow_unknown_host: false,
+        action: reyes::config::Action::Drop,
     }
 }
 

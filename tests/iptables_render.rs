@@ -42,6 +42,7 @@ fn ctx(enforce: Enforce, logging: bool) -> HostContext {
         log_accept: logging,
         log_drop: logging,
         allow_unknown_host: false,
+        action: reyes::config::Action::Drop,
     }
 }
 

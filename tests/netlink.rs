@@ -587,7 +587,7 @@ fn arb_ruleset() -> impl Strategy<Value = Ruleset> {
                     origin: Origin::Base("log".into()),
                 },
                 Rule {
-                    counter: Some(reyes::compile::COUNTER_DROPPED),
+                    counter: Some(reyes::compile::COUNTER_DROPPED.into()),
                     ..base(vec![], Verdict::Drop)
                 },
             ];
@@ -648,7 +648,7 @@ fn rule_of(r: RuleSpec, chain: usize, index: usize, chains: usize) -> Option<Rul
         log: r.log.then(|| Log {
             prefix: format!("reyes c{chain}r{index}: "),
         }),
-        counter: r.counter.then_some(reyes::compile::COUNTER_ACCEPTED),
+        counter: r.counter.then(|| reyes::compile::COUNTER_ACCEPTED.into()),
         verdict,
         origin: Origin::Base(format!("prop {chain}/{index}")),
     })

@@ -98,6 +98,7 @@ fn context(enforce: Enforce, local: &[&str], failsafe: Vec<Failsafe>) -> HostCon
         log_accept: false,
         log_drop: true,
         allow_unknown_host: true,
+        action: reyes::config::Action::Drop,
     }
 }
 
@@ -562,6 +563,7 @@ fn case() -> impl Strategy<Value = Case> {
                     log_accept: logs.0,
                     log_drop: logs.1,
                     allow_unknown_host: true,
+                    action: reyes::config::Action::Drop,
                 };
                 Case { inventory, excluded: excluded.map(|e| format!("sg-{e}")).into_iter().collect(), ctx, flows }
             })

@@ -11,6 +11,11 @@
 //!    group (or a profile chain jumping to each of its groups): a rule there whose source,
 //!    protocol and ports match accepts;
 //! 5. everything else is dropped (logged at a limited rate if `log_drop`).
+//!
+//! In audit mode (`follower.action: audit`) the dispatch map jumps to an audit chain per
+//! group or profile chain instead: it jumps to that chain, and what no rule there accepted is
+//! logged (rate-limited), counted in a named counter of its own (`audit_<chain>`) and accepted.
+//! Destinations in no group still reach the final drop.
 
 pub mod ir;
 
@@ -21,13 +26,15 @@ use sha2::{Digest, Sha256};
 
 pub use ir::*;
 
-use crate::config::{AutoOr, Enforce, Failsafe, FollowerConfig};
+use crate::config::{Action, AutoOr, Enforce, Failsafe, FollowerConfig};
 use crate::document::{DocRule, Document, Policy};
 use crate::net::{self, Cidr, Family, Range};
 use crate::proto::{self, PortRange, Proto};
 
 /// Drop-log rate limit: packets per second, and burst.
 pub const LOG_DROP_RATE: (u32, u32) = (5, 10);
+/// Audit-log rate limit of each audit chain: packets per second, and burst.
+pub const LOG_AUDIT_RATE: (u32, u32) = (5, 10);
 /// Accept-log rate limit of each accepting rule: packets per second, and burst.
 pub const LOG_ACCEPT_RATE: (u32, u32) = (5, 10);
 
@@ -50,6 +57,9 @@ pub struct HostContext {
     pub log_drop: bool,
     /// Apply even if no group has one of the host's addresses.
     pub allow_unknown_host: bool,
+    /// Drop, or (audit) log, count and accept in-scope traffic no rule allows.
+    #[serde(default)]
+    pub action: Action,
 }
 
 impl HostContext {
@@ -64,6 +74,7 @@ impl HostContext {
             log_accept: false,
             log_drop: false,
             allow_unknown_host: false,
+            action: Action::Drop,
         }
     }
 
@@ -81,6 +92,7 @@ impl HostContext {
             log_accept: cfg.log_accept,
             log_drop: cfg.log_drop,
             allow_unknown_host: cfg.allow_unknown_host,
+            action: cfg.action,
         }
     }
 
@@ -254,6 +266,10 @@ pub fn compile(doc: &Document, ctx: &HostContext) -> Result<Ruleset, CompileErro
             rules,
         });
     }
+    let mut base = BaseChain::reyes();
+    if ctx.action == Action::Audit {
+        audit_chains(&mut chains, [&mut dispatch4, &mut dispatch6], &mut base);
+    }
     chains.sort_by(|a, b| a.name.cmp(&b.name));
 
     let sets = sets(policy, ctx, &names, member_sets);
@@ -271,8 +287,85 @@ pub fn compile(doc: &Document, ctx: &HostContext) -> Result<Ruleset, CompileErro
         dispatch6,
         chains,
         input: base_chain(ctx),
-        base: BaseChain::reyes(),
+        base,
     })
+}
+
+/// Audit mode: every dispatch entry jumps to the audit chain of its group or profile chain
+/// instead (a jump to it, then a rate-limited log, a named counter and accept), and each audit
+/// chain's counter joins the base chain's named counters. A wrapper rather than rules at the
+/// end of the group chain: profile chains jump to group chains too, and an accept at the end
+/// of the first group's chain would hide the rules of the others (and count wrongly).
+fn audit_chains(
+    chains: &mut Vec<Chain>,
+    dispatch: [&mut Vec<DispatchEntry>; 2],
+    base: &mut BaseChain,
+) {
+    let mut wrappers: BTreeMap<Name, Name> = BTreeMap::new();
+    for entries in dispatch {
+        for e in entries.iter_mut() {
+            let w = wrappers
+                .entry(e.chain.clone())
+                .or_insert_with(|| Name::from(format!("a_{}", e.chain)));
+            e.chain = w.clone();
+        }
+    }
+    for (of, name) in wrappers {
+        let groups = match chains.iter().find(|c| c.name == of).map(|c| &c.kind) {
+            Some(ChainKind::Group(g)) => vec![g.clone()],
+            Some(ChainKind::Profile(gs)) => gs.clone(),
+            _ => vec![],
+        };
+        let counter = Name::from(format!("{AUDIT_COUNTER_PREFIX}{of}"));
+        let origin = Origin::Audit(groups.clone());
+        let rules = vec![
+            Rule {
+                matches: vec![],
+                log: None,
+                counter: None,
+                verdict: Verdict::Jump(of.clone()),
+                origin: Origin::Base("audit mode: the rules of the destination".into()),
+            },
+            Rule {
+                matches: vec![Match::Limit {
+                    rate: LOG_AUDIT_RATE.0,
+                    burst: LOG_AUDIT_RATE.1,
+                }],
+                log: Some(Log {
+                    prefix: audit_prefix(&groups),
+                }),
+                counter: None,
+                verdict: Verdict::Continue,
+                origin: origin.clone(),
+            },
+            Rule {
+                matches: vec![],
+                log: None,
+                counter: Some(counter.clone()),
+                verdict: Verdict::Accept,
+                origin,
+            },
+        ];
+        base.counters.push(NamedCounter {
+            name: counter,
+            verdict: Verdict::Accept,
+        });
+        chains.push(Chain {
+            name,
+            kind: ChainKind::Audit { of, groups },
+            rules,
+        });
+    }
+}
+
+fn audit_prefix(groups: &[String]) -> String {
+    let mut g: String = groups
+        .join(",")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "._:/@+=-,".contains(*c))
+        .collect();
+    g.truncate(96);
+    format!("reyes audit {g}: ")
 }
 
 /// The names of each group's chain, member sets and source label, in group order.
@@ -447,7 +540,7 @@ fn base_chain(ctx: &HostContext) -> Vec<Rule> {
     r.push(Rule {
         matches: vec![],
         log: None,
-        counter: Some(COUNTER_DROPPED),
+        counter: Some(Name::from(COUNTER_DROPPED)),
         verdict: Verdict::Drop,
         origin: Origin::Base("no rule of the destination's groups allows it".into()),
     });
@@ -642,6 +735,7 @@ fn group_rule(sh: &mut Shared<'_>, gi: usize, index: usize, r: &DocRule, out: &m
     let log = ctx.log_accept.then(|| Log {
         prefix: log_prefix(gid, index),
     });
+    let accepted = Name::from(COUNTER_ACCEPTED);
     let mut push = |family: Family, addrs: AddrMatch, source: Name| {
         let mut matches = Vec::with_capacity(1 + proto.len());
         matches.push(Match::Saddr {
@@ -674,7 +768,7 @@ fn group_rule(sh: &mut Shared<'_>, gi: usize, index: usize, r: &DocRule, out: &m
         out.push(Rule {
             matches,
             log: None,
-            counter: Some(COUNTER_ACCEPTED),
+            counter: Some(accepted.clone()),
             verdict: Verdict::Accept,
             origin,
         });
