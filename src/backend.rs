@@ -171,6 +171,9 @@ pub struct Counters {
     pub accepted: Option<(u64, u64)>,
     /// Dropped packets, bytes.
     pub dropped: Option<(u64, u64)>,
+    /// Audit mode: would-be drops (packets, bytes) by audit counter, one per destination group
+    /// or profile (`audit_g_<group>`, `audit_p_<hash>`; in iptables, their counter chains).
+    pub audit: Vec<(String, (u64, u64))>,
 }
 
 /// A firewall backend.

@@ -381,6 +381,12 @@ pub fn status(cfg: &Config, backend: Option<BackendChoice>) -> CmdResult<String>
             fmt(c.accepted),
             fmt(c.dropped)
         ));
+        if !c.audit.is_empty() {
+            out.push_str("audit (accepted, would be dropped), by destination group chain:\n");
+            for (name, n) in &c.audit {
+                out.push_str(&format!("  {name}: {}\n", fmt(Some(*n))));
+            }
+        }
     }
     out.push_str(&format!("checked_at: {}\n", rfc3339(now)));
     if !present {

@@ -462,6 +462,7 @@ mod tests {
             counters: Some(Counters {
                 accepted: Some((3, 180)),
                 dropped: Some((1, 60)),
+                audit: vec![],
             }),
             drift_repairs: 0,
         };
