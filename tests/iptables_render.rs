@@ -83,3 +83,10 @@ fn all_groups() {
     c.target = Target::AllGroups;
     insta::assert_snapshot!(render(&c));
 }
+
+#[test]
+fn audit() {
+    let mut c = ctx(Enforce::Ipsec, false);
+    c.action = reyes::config::Action::Audit;
+    insta::assert_snapshot!(render(&c));
+}
