@@ -117,6 +117,30 @@ fn example_inventory_lists_as_rendered_in_every_mode() {
 }
 
 #[test]
+fn audit_mode_lists_as_rendered_through_netlink_and_nft() {
+    if !netns_available() {
+        return;
+    }
+    let ns = Netns::new("nl-audit");
+    let doc = example_document();
+    for target in [
+        Target::AllGroups,
+        Target::Host(vec!["10.1.0.12".parse().unwrap()]),
+    ] {
+        let cfg = config();
+        let mut ctx = HostContext::from_config(&cfg.follower, target);
+        ctx.action = reyes::config::Action::Audit;
+        let rs = compile::compile(&doc, &ctx).unwrap();
+        assert!(rs
+            .base
+            .counters
+            .iter()
+            .any(|c| c.name.starts_with("audit_")));
+        check_equivalent(&ns, &rs);
+    }
+}
+
+#[test]
 fn netlink_read_back_notices_a_different_table() {
     if !netns_available() {
         return;
