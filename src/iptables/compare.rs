@@ -199,7 +199,10 @@ pub fn present(tools: &Tools) -> Result<bool, BackendError> {
 
 /// Every counter chain whose name starts with `prefix`, with its packets and bytes summed
 /// over both tables, sorted by name.
-pub fn counters_with_prefix(tables: &[TableState], prefix: &str) -> Vec<(String, (u64, u64))> {
+pub fn counters_with_prefix(
+    tables: &[TableState],
+    prefix: &str,
+) -> Vec<crate::backend::NamedCount> {
     let names: std::collections::BTreeSet<&String> = tables
         .iter()
         .flat_map(|t| t.chains.keys())

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::backend::NamedCount;
 use crate::compile::TABLE;
 use crate::exec::{Runner, ToolFailure};
 
@@ -145,7 +146,7 @@ impl NftCli {
 
     /// Packets and bytes of every named counter of the table whose name starts with
     /// `prefix`, in listing order; empty when the table is absent.
-    pub fn counters(&self, prefix: &str) -> Result<Vec<(String, (u64, u64))>, NftError> {
+    pub fn counters(&self, prefix: &str) -> Result<Vec<NamedCount>, NftError> {
         let (ok, stdout, _) = self.run(&["list", "counters", "table", "inet", TABLE], None)?;
         if !ok {
             return Ok(Vec::new());
@@ -155,7 +156,7 @@ impl NftCli {
 }
 
 /// `counter NAME { packets P bytes B }` blocks of an `nft list counters` listing.
-fn parse_counters(text: &str, prefix: &str) -> Vec<(String, (u64, u64))> {
+fn parse_counters(text: &str, prefix: &str) -> Vec<NamedCount> {
     let words: Vec<&str> = text.split_whitespace().collect();
     let mut out = Vec::new();
     for (i, w) in words.iter().enumerate() {
