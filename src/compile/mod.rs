@@ -57,8 +57,10 @@ pub struct HostContext {
     pub log_drop: bool,
     /// Apply even if no group has one of the host's addresses.
     pub allow_unknown_host: bool,
-    /// Drop, or (audit) log, count and accept in-scope traffic no rule allows.
-    #[serde(default)]
+    /// Drop, or (audit) log, count and accept in-scope traffic no rule allows. Left out of
+    /// the serialised form when `drop`, so that the digest of a context from before this
+    /// setting existed does not change.
+    #[serde(default, skip_serializing_if = "is_drop")]
     pub action: Action,
 }
 
@@ -101,6 +103,10 @@ impl HostContext {
         let bytes = serde_json::to_vec(self).unwrap_or_default();
         format!("sha256:{}", crate::digest::hex(&Sha256::digest(bytes)))
     }
+}
+
+fn is_drop(a: &Action) -> bool {
+    *a == Action::Drop
 }
 
 /// The document cannot be compiled for this host.

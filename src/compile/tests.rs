@@ -164,3 +164,15 @@ fn audit_wraps_each_dispatched_chain_and_eval_still_denies() {
     assert_eq!(e.decision, Decision::Deny);
     assert!(!e.audited());
 }
+
+#[test]
+fn drop_mode_keeps_the_context_digest_audit_changes_it() {
+    let c = ctx(&["10.0.0.1"]);
+    let json = serde_json::to_string(&c).unwrap();
+    assert!(!json.contains("action"), "{json}");
+    let mut a = c.clone();
+    a.action = Action::Audit;
+    assert_ne!(a.digest(), c.digest());
+    let back: HostContext = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, c);
+}
