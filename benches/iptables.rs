@@ -131,6 +131,7 @@ fn ruleset(size: usize, serial: u64, shift: bool) -> reyes::compile::Ruleset {
         log_accept: false,
         log_drop: true,
         allow_unknown_host: false,
+        action: reyes::config::Action::Drop,
     };
     compile(&doc, &ctx).unwrap()
 }

@@ -171,7 +171,13 @@ pub struct Counters {
     pub accepted: Option<(u64, u64)>,
     /// Dropped packets, bytes.
     pub dropped: Option<(u64, u64)>,
+    /// Audit mode: would-be drops (packets, bytes) by audit counter, one per destination group
+    /// or profile (`audit_g_<group>`, `audit_p_<hash>`; in iptables, their counter chains).
+    pub audit: Vec<NamedCount>,
 }
+
+/// A named counter's name, and its packets and bytes.
+pub type NamedCount = (String, (u64, u64));
 
 /// A firewall backend.
 pub trait Backend {

@@ -330,6 +330,28 @@ fn restore_context(
     (ctx, false)
 }
 
+/// The counters part of `reyes status`: accepted, dropped, and in audit mode the would-be
+/// drops per destination group (or profile) chain.
+fn counters_text(c: &crate::backend::Counters) -> String {
+    let fmt = |c: Option<(u64, u64)>| {
+        c.map_or("-".to_string(), |(p, by)| {
+            format!("{p} packets, {by} bytes")
+        })
+    };
+    let mut out = format!(
+        "accepted: {}\ndropped: {}\n",
+        fmt(c.accepted),
+        fmt(c.dropped)
+    );
+    if !c.audit.is_empty() {
+        out.push_str("audit (accepted, would be dropped), by destination group chain:\n");
+        for (name, n) in &c.audit {
+            out.push_str(&format!("  {name}: {}\n", fmt(Some(*n))));
+        }
+    }
+    out
+}
+
 /// `reyes status`: what is live. Fails (exit 1) when reyes' rules are not live.
 pub fn status(cfg: &Config, backend: Option<BackendChoice>) -> CmdResult<String> {
     let state = StateDir::open(&cfg.follower.state_dir).runtime()?;
@@ -370,17 +392,7 @@ pub fn status(cfg: &Config, backend: Option<BackendChoice>) -> CmdResult<String>
         )),
     }
     if present {
-        let c = b.counters().runtime()?;
-        let fmt = |c: Option<(u64, u64)>| {
-            c.map_or("-".to_string(), |(p, by)| {
-                format!("{p} packets, {by} bytes")
-            })
-        };
-        out.push_str(&format!(
-            "accepted: {}\ndropped: {}\n",
-            fmt(c.accepted),
-            fmt(c.dropped)
-        ));
+        out.push_str(&counters_text(&b.counters().runtime()?));
     }
     out.push_str(&format!("checked_at: {}\n", rfc3339(now)));
     if !present {
@@ -389,4 +401,32 @@ pub fn status(cfg: &Config, backend: Option<BackendChoice>) -> CmdResult<String>
         )));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn status_lists_audit_counters_only_when_there_are_some() {
+        let mut c = crate::backend::Counters {
+            accepted: Some((3, 180)),
+            dropped: None,
+            audit: vec![],
+        };
+        assert_eq!(
+            super::counters_text(&c),
+            "accepted: 3 packets, 180 bytes\ndropped: -\n"
+        );
+        c.audit = vec![
+            ("audit_g_sg_web".into(), (2, 120)),
+            ("audit_p_1a2b".into(), (0, 0)),
+        ];
+        let t = super::counters_text(&c);
+        assert!(
+            t.ends_with(
+                "audit (accepted, would be dropped), by destination group chain:\n  \
+                 audit_g_sg_web: 2 packets, 120 bytes\n  audit_p_1a2b: 0 packets, 0 bytes\n"
+            ),
+            "{t}"
+        );
+    }
 }

@@ -224,6 +224,13 @@ pub struct Evaluation {
     pub chains: Vec<String>,
 }
 
+impl Evaluation {
+    /// A deny that audit mode accepts (and logs and counts) instead of dropping.
+    pub fn audited(&self) -> bool {
+        matches!(self.decided_by, Origin::Audit(_))
+    }
+}
+
 /// The ruleset is not one the kernel would have loaded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EvalError {
@@ -323,6 +330,11 @@ impl<'r> Evaluator<'r> {
                 Verdict::Drop => return Ok(Walk::Final(Decision::Deny, &rule.origin)),
                 // The rest of an open flow goes on, as the kernel would for those packets.
                 _ if cover == Cover::Part => continue,
+                // Audit mode accepts what no rule allows: the policy's answer is still deny,
+                // and the origin says that the follower lets it through.
+                Verdict::Accept if matches!(rule.origin, Origin::Audit(_)) => {
+                    return Ok(Walk::Final(Decision::Deny, &rule.origin))
+                }
                 Verdict::Accept => return Ok(Walk::Final(Decision::Allow, &rule.origin)),
                 Verdict::Continue => continue,
                 Verdict::Jump(name) => {
@@ -391,6 +403,7 @@ impl<'r> Evaluator<'r> {
         match self.rs.chain(chain).map(|c| &c.kind) {
             Some(ChainKind::Group(g)) => vec![g.clone()],
             Some(ChainKind::Profile(gs)) => gs.clone(),
+            Some(ChainKind::Audit { groups, .. }) => groups.clone(),
             None => vec![],
         }
     }

@@ -267,6 +267,19 @@ impl FollowerMetrics {
                 );
             }
         }
+        if !c.audit.is_empty() {
+            let packets: Vec<([(&str, &str); 1], f64)> = c
+                .audit
+                .iter()
+                .map(|(name, (p, _))| ([("counter", name.as_str())], *p as f64))
+                .collect();
+            w.labelled(
+                "reyes_audit_packets_total",
+                "Audit mode: packets no rule allows, accepted instead of dropped, by the named \
+                 counter of the destination's group or profile chain.",
+                &packets,
+            );
+        }
         w.out
     }
 }
@@ -462,6 +475,7 @@ mod tests {
             counters: Some(Counters {
                 accepted: Some((3, 180)),
                 dropped: Some((1, 60)),
+                audit: vec![("audit_g_sg_web".into(), (4, 240))],
             }),
             drift_repairs: 0,
         };
@@ -497,6 +511,7 @@ mod tests {
             "reyes_follower_fetches_total{result=\"error\"} 0\n",
             "reyes_accepted_packets_total 3\n",
             "reyes_dropped_bytes_total 60\n",
+            "reyes_audit_packets_total{counter=\"audit_g_sg_web\"} 4\n",
         ] {
             assert!(text.contains(line), "{line:?} missing from\n{text}");
         }

@@ -99,7 +99,7 @@ impl Feature {
                     .push(rule(Vec::new(), Verdict::Dispatch(Family::V6)));
             }
             Feature::NamedCounter => rs.input.push(Rule {
-                counter: Some(COUNTER_ACCEPTED),
+                counter: Some(COUNTER_ACCEPTED.into()),
                 ..rule(Vec::new(), Verdict::Continue)
             }),
             Feature::MetaIpsec => rs

@@ -67,6 +67,7 @@ fn config_example_is_the_shipped_file_and_checks_clean() {
         "iptables_variant: auto",
         "validity: 1h",
         "allow_unknown_host: false",
+        "action: drop",
         "directory: /var/lib/reyes/store",
     ] {
         assert!(s.contains(needle), "{needle} missing in:\n{s}");

@@ -38,6 +38,7 @@ fn host(addrs: &[&str], enforce: Enforce, managed: &[&str]) -> HostContext {
         log_accept: true,
         log_drop: true,
         allow_unknown_host: false,
+        action: reyes::config::Action::Drop,
     }
 }
 
@@ -1081,6 +1082,30 @@ fn probes(v: Variant) {
     let c = in_ns(&server, || b.counters().unwrap());
     assert!(c.accepted.unwrap().0 >= 5, "{c:?}");
     assert!(c.dropped.unwrap().0 >= 5, "{c:?}");
+
+    // Audit mode: the flow no rule allows passes, and is counted in its destination group's
+    // audit counter chain.
+    let mut audit = ctx.clone();
+    audit.action = reyes::config::Action::Audit;
+    let rs = ruleset(PROBE_ESTATE, &audit);
+    in_ns(&server, || b.apply(&rs).unwrap());
+    let _listener = in_ns(&server, || {
+        std::net::TcpListener::bind(("::", 8081)).unwrap()
+    });
+    let audited = std::thread::scope(|sc| {
+        sc.spawn(|| {
+            enter(&client.name);
+            tcp_reaches(ip("10.2.0.5"), SocketAddr::new(s4, 8081))
+        })
+        .join()
+        .unwrap()
+    });
+    let c = in_ns(&server, || b.counters().unwrap());
+    assert!(audited, "{}: audit mode dropped it", v.name());
+    assert!(
+        c.audit.len() == 1 && c.audit[0].0.starts_with("REYES-AUDIT_") && c.audit[0].1 .0 >= 1,
+        "{c:?}"
+    );
 }
 
 #[test]

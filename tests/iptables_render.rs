@@ -42,6 +42,7 @@ fn ctx(enforce: Enforce, logging: bool) -> HostContext {
         log_accept: logging,
         log_drop: logging,
         allow_unknown_host: false,
+        action: reyes::config::Action::Drop,
     }
 }
 
@@ -80,5 +81,12 @@ fn cidr_logging() {
 fn all_groups() {
     let mut c = ctx(Enforce::Ipsec, false);
     c.target = Target::AllGroups;
+    insta::assert_snapshot!(render(&c));
+}
+
+#[test]
+fn audit() {
+    let mut c = ctx(Enforce::Ipsec, false);
+    c.action = reyes::config::Action::Audit;
     insta::assert_snapshot!(render(&c));
 }

@@ -117,6 +117,30 @@ fn example_inventory_lists_as_rendered_in_every_mode() {
 }
 
 #[test]
+fn audit_mode_lists_as_rendered_through_netlink_and_nft() {
+    if !netns_available() {
+        return;
+    }
+    let ns = Netns::new("nl-audit");
+    let doc = example_document();
+    for target in [
+        Target::AllGroups,
+        Target::Host(vec!["10.1.0.12".parse().unwrap()]),
+    ] {
+        let cfg = config();
+        let mut ctx = HostContext::from_config(&cfg.follower, target);
+        ctx.action = reyes::config::Action::Audit;
+        let rs = compile::compile(&doc, &ctx).unwrap();
+        assert!(rs
+            .base
+            .counters
+            .iter()
+            .any(|c| c.name.starts_with("audit_")));
+        check_equivalent(&ns, &rs);
+    }
+}
+
+#[test]
 fn netlink_read_back_notices_a_different_table() {
     if !netns_available() {
         return;
@@ -587,7 +611,7 @@ fn arb_ruleset() -> impl Strategy<Value = Ruleset> {
                     origin: Origin::Base("log".into()),
                 },
                 Rule {
-                    counter: Some(reyes::compile::COUNTER_DROPPED),
+                    counter: Some(reyes::compile::COUNTER_DROPPED.into()),
                     ..base(vec![], Verdict::Drop)
                 },
             ];
@@ -648,7 +672,7 @@ fn rule_of(r: RuleSpec, chain: usize, index: usize, chains: usize) -> Option<Rul
         log: r.log.then(|| Log {
             prefix: format!("reyes c{chain}r{index}: "),
         }),
-        counter: r.counter.then_some(reyes::compile::COUNTER_ACCEPTED),
+        counter: r.counter.then(|| reyes::compile::COUNTER_ACCEPTED.into()),
         verdict,
         origin: Origin::Base(format!("prop {chain}/{index}")),
     })

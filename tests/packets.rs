@@ -98,6 +98,7 @@ fn context(enforce: Enforce, local: &[&str], failsafe: Vec<Failsafe>) -> HostCon
         log_accept: false,
         log_drop: true,
         allow_unknown_host: true,
+        action: reyes::config::Action::Drop,
     }
 }
 
@@ -225,6 +226,65 @@ fn cidr_mode_enforces_managed_sources_and_leaves_local_and_unmanaged_alone() {
             );
         }
     }
+}
+
+/// Packets and bytes of a named counter of the host's `inet reyes` table (`None`: absent).
+fn nft_counter(bed: &Testbed, name: &str) -> Option<u64> {
+    let out = bed
+        .host
+        .run(&["nft", "list", "counter", "inet", "reyes", name], None);
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let words: Vec<&str> = text.split_whitespace().collect();
+    words
+        .windows(2)
+        .find(|w| w[0] == "packets")
+        .and_then(|w| w[1].parse().ok())
+}
+
+#[test]
+fn audit_mode_accepts_and_counts_what_drop_mode_drops() {
+    let Some(bed) = bed() else { return };
+    let doc = document(POLICY, 1);
+    let mut ctx = context(Enforce::Cidr, &["10.30.0.0/16", "fd00:30::/32"], vec![]);
+    ctx.action = reyes::config::Action::Audit;
+    let rs = apply(&bed, &doc, &ctx);
+    let allowed = pf("10.20.0.1", "10.10.0.1", Probe::Tcp(443));
+    let denied = pf("10.20.0.1", "10.10.0.1", Probe::Tcp(22));
+    let denied6 = pf("fd00:20::1", "fd00:10::1", Probe::Udp(5432));
+
+    // An allowed flow passes and is not counted as a would-be drop.
+    let r = check(&bed, &rs, &[allowed]);
+    assert!(r[0].outcome.through(), "{}", r[0]);
+    assert_eq!(r[0].eval.decision, Decision::Allow);
+    assert_eq!(nft_counter(&bed, "audit_g_sg_host"), Some(0));
+    // A flow no rule allows passes too, is counted in its group's audit counter, and eval
+    // still calls it a deny (by audit).
+    let r = check(&bed, &rs, &[denied, denied6]);
+    for c in &r {
+        assert!(c.outcome.through(), "{c}");
+        assert_eq!(c.eval.decision, Decision::Deny, "{c}");
+        assert!(c.eval.audited(), "{c}");
+    }
+    let audited = nft_counter(&bed, "audit_g_sg_host").unwrap_or(0);
+    assert!(audited >= 2, "audit counter {audited}");
+    assert_eq!(nft_counter(&bed, "dropped"), Some(0));
+
+    // The same document in drop mode: the flow is dropped, there is no audit counter.
+    ctx.action = reyes::config::Action::Drop;
+    let rs = apply(&bed, &doc, &ctx);
+    let r = check(&bed, &rs, &[allowed, denied]);
+    assert_agree(&r);
+    assert!(
+        r[0].outcome.through() && !r[1].outcome.through(),
+        "{}\n{}",
+        r[0],
+        r[1]
+    );
+    assert_eq!(nft_counter(&bed, "audit_g_sg_host"), None);
+    assert!(nft_counter(&bed, "dropped").unwrap_or(0) >= 1);
 }
 
 #[test]
@@ -562,6 +622,7 @@ fn case() -> impl Strategy<Value = Case> {
                     log_accept: logs.0,
                     log_drop: logs.1,
                     allow_unknown_host: true,
+                    action: reyes::config::Action::Drop,
                 };
                 Case { inventory, excluded: excluded.map(|e| format!("sg-{e}")).into_iter().collect(), ctx, flows }
             })

@@ -232,6 +232,7 @@ fn kernel_rejection_leaves_previous_table_exactly() {
         log_accept: false,
         log_drop: false,
         allow_unknown_host: false,
+        action: reyes::config::Action::Drop,
     };
     let mut rs = reyes::compile::compile(&doc, &ctx).unwrap();
     // The last chain gets a name nft cannot parse: the whole transaction must fail.

@@ -196,6 +196,7 @@ fn metrics_files_pass_promtool() {
             counters: Some(Counters {
                 accepted: Some((12, 840)),
                 dropped: Some((3, 180)),
+                audit: vec![],
             }),
             drift_repairs: 1,
         },

@@ -177,3 +177,42 @@ fn reyes_render_prints_the_snapshotted_script() {
     let case = support::render_case(Inv::AwsFixtures, Tgt::Host, Enforce::Cidr, true);
     assert_eq!(String::from_utf8(out.stdout).unwrap(), case.script);
 }
+
+/// Audit mode (`follower.action: audit`) for web2 of the example (in two groups: a profile
+/// chain): the dispatch map jumps to audit chains that log, count per chain and accept.
+fn audit_script() -> String {
+    let mut ctx = reyes::compile::HostContext::new(reyes::compile::Target::Host(
+        support::STATIC_HOST
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect(),
+    ));
+    ctx.action = reyes::config::Action::Audit;
+    let rs = reyes::compile::compile(&support::static_built().document, &ctx).expect("compile");
+    reyes::nft::render::render(&rs).expect("render")
+}
+
+#[test]
+fn audit_static_example_host() {
+    insta::assert_snapshot!(
+        "audit__nft__static_example__host_web2_10_1_0_12__enforce_ipsec",
+        audit_script()
+    );
+}
+
+#[test]
+fn audit_script_is_taken_by_the_kernel_and_read_back_unchanged() {
+    if !common::netns_available() {
+        return;
+    }
+    let script = audit_script();
+    let ns = Netns::new("snapa");
+    ns.nft_apply(&script);
+    let live = ns
+        .nft_list_table("inet", "reyes")
+        .expect("table inet reyes after apply");
+    assert_eq!(
+        common::normalise(&live),
+        common::normalise(common::table_block(&script))
+    );
+}

@@ -17,6 +17,8 @@ pub const TABLE: &str = "reyes";
 pub const COUNTER_ACCEPTED: &str = "accepted";
 /// Named counter of dropped packets.
 pub const COUNTER_DROPPED: &str = "dropped";
+/// Prefix of the named counters of audit mode, one per dispatched chain (`audit_g_sg_0abc`).
+pub const AUDIT_COUNTER_PREFIX: &str = "audit_";
 /// Name of the base chain.
 pub const INPUT_CHAIN: &str = "input";
 
@@ -163,6 +165,9 @@ pub enum Origin {
     },
     /// A profile chain's jump to a group chain.
     Profile(Name),
+    /// Audit mode: no rule of these destination groups allows it, but it is accepted (and
+    /// counted and logged) instead of dropped.
+    Audit(Vec<String>),
 }
 
 /// One wording for every backend's comments and errors and for `query`.
@@ -177,6 +182,12 @@ impl std::fmt::Display for Origin {
                 source,
             } => write!(f, "{group} ingress[{rule}] from {source}"),
             Origin::Profile(g) => write!(f, "the rules of {g}"),
+            Origin::Audit(gs) => write!(
+                f,
+                "audit mode: no rule of {} allows it; accepted, logged and counted instead of \
+                 dropped",
+                gs.join(", ")
+            ),
         }
     }
 }
@@ -189,7 +200,7 @@ pub struct Rule {
     /// Log when matched.
     pub log: Option<Log>,
     /// Named counter to count matched packets in.
-    pub counter: Option<&'static str>,
+    pub counter: Option<Name>,
     /// Verdict.
     pub verdict: Verdict,
     /// Why the rule is there.
@@ -203,6 +214,15 @@ pub enum ChainKind {
     Group(String),
     /// Destinations in several groups: jumps to each group's chain (the union of their rules).
     Profile(Vec<String>),
+    /// Audit mode: what the dispatch map jumps to instead of the group or profile chain `of`
+    /// (whose destination groups are `groups`): a jump to `of`, then what no rule there
+    /// accepted is logged, counted and accepted.
+    Audit {
+        /// The group or profile chain.
+        of: Name,
+        /// Its destination groups.
+        groups: Vec<String>,
+    },
 }
 
 /// A regular (non-base) chain.
@@ -304,7 +324,7 @@ pub struct BaseChain {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NamedCounter {
     /// Its name ([`COUNTER_ACCEPTED`], [`COUNTER_DROPPED`]).
-    pub name: &'static str,
+    pub name: Name,
     /// What the rules counting into it do with the packet.
     pub verdict: Verdict,
 }
@@ -318,11 +338,11 @@ impl BaseChain {
             policy: ChainPolicy::Accept,
             counters: vec![
                 NamedCounter {
-                    name: COUNTER_ACCEPTED,
+                    name: Name::from(COUNTER_ACCEPTED),
                     verdict: Verdict::Accept,
                 },
                 NamedCounter {
-                    name: COUNTER_DROPPED,
+                    name: Name::from(COUNTER_DROPPED),
                     verdict: Verdict::Drop,
                 },
             ],

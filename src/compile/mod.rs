@@ -11,7 +11,13 @@
 //!    group (or a profile chain jumping to each of its groups): a rule there whose source,
 //!    protocol and ports match accepts;
 //! 5. everything else is dropped (logged at a limited rate if `log_drop`).
+//!
+//! In audit mode (`follower.action: audit`) the dispatch map jumps to an audit chain per
+//! group or profile chain instead: it jumps to that chain, and what no rule there accepted is
+//! logged (rate-limited), counted in a named counter of its own (`audit_<chain>`) and accepted.
+//! Destinations in no group still reach the final drop.
 
+mod audit;
 pub mod ir;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,13 +27,15 @@ use sha2::{Digest, Sha256};
 
 pub use ir::*;
 
-use crate::config::{AutoOr, Enforce, Failsafe, FollowerConfig};
+use crate::config::{Action, AutoOr, Enforce, Failsafe, FollowerConfig};
 use crate::document::{DocRule, Document, Policy};
 use crate::net::{self, Cidr, Family, Range};
 use crate::proto::{self, PortRange, Proto};
 
 /// Drop-log rate limit: packets per second, and burst.
 pub const LOG_DROP_RATE: (u32, u32) = (5, 10);
+/// Audit-log rate limit of each audit chain: packets per second, and burst.
+pub const LOG_AUDIT_RATE: (u32, u32) = (5, 10);
 /// Accept-log rate limit of each accepting rule: packets per second, and burst.
 pub const LOG_ACCEPT_RATE: (u32, u32) = (5, 10);
 
@@ -50,6 +58,11 @@ pub struct HostContext {
     pub log_drop: bool,
     /// Apply even if no group has one of the host's addresses.
     pub allow_unknown_host: bool,
+    /// Drop, or (audit) log, count and accept in-scope traffic no rule allows. Left out of
+    /// the serialised form when `drop`, so that the digest of a context from before this
+    /// setting existed does not change.
+    #[serde(default, skip_serializing_if = "is_drop")]
+    pub action: Action,
 }
 
 impl HostContext {
@@ -64,6 +77,7 @@ impl HostContext {
             log_accept: false,
             log_drop: false,
             allow_unknown_host: false,
+            action: Action::Drop,
         }
     }
 
@@ -81,6 +95,7 @@ impl HostContext {
             log_accept: cfg.log_accept,
             log_drop: cfg.log_drop,
             allow_unknown_host: cfg.allow_unknown_host,
+            action: cfg.action,
         }
     }
 
@@ -89,6 +104,10 @@ impl HostContext {
         let bytes = serde_json::to_vec(self).unwrap_or_default();
         format!("sha256:{}", crate::digest::hex(&Sha256::digest(bytes)))
     }
+}
+
+fn is_drop(a: &Action) -> bool {
+    *a == Action::Drop
 }
 
 /// The document cannot be compiled for this host.
@@ -254,6 +273,10 @@ pub fn compile(doc: &Document, ctx: &HostContext) -> Result<Ruleset, CompileErro
             rules,
         });
     }
+    let mut base = BaseChain::reyes();
+    if ctx.action == Action::Audit {
+        audit::audit_chains(&mut chains, [&mut dispatch4, &mut dispatch6], &mut base);
+    }
     chains.sort_by(|a, b| a.name.cmp(&b.name));
 
     let sets = sets(policy, ctx, &names, member_sets);
@@ -271,7 +294,7 @@ pub fn compile(doc: &Document, ctx: &HostContext) -> Result<Ruleset, CompileErro
         dispatch6,
         chains,
         input: base_chain(ctx),
-        base: BaseChain::reyes(),
+        base,
     })
 }
 
@@ -447,7 +470,7 @@ fn base_chain(ctx: &HostContext) -> Vec<Rule> {
     r.push(Rule {
         matches: vec![],
         log: None,
-        counter: Some(COUNTER_DROPPED),
+        counter: Some(Name::from(COUNTER_DROPPED)),
         verdict: Verdict::Drop,
         origin: Origin::Base("no rule of the destination's groups allows it".into()),
     });
@@ -642,6 +665,7 @@ fn group_rule(sh: &mut Shared<'_>, gi: usize, index: usize, r: &DocRule, out: &m
     let log = ctx.log_accept.then(|| Log {
         prefix: log_prefix(gid, index),
     });
+    let accepted = Name::from(COUNTER_ACCEPTED);
     let mut push = |family: Family, addrs: AddrMatch, source: Name| {
         let mut matches = Vec::with_capacity(1 + proto.len());
         matches.push(Match::Saddr {
@@ -674,7 +698,7 @@ fn group_rule(sh: &mut Shared<'_>, gi: usize, index: usize, r: &DocRule, out: &m
         out.push(Rule {
             matches,
             log: None,
-            counter: Some(COUNTER_ACCEPTED),
+            counter: Some(accepted.clone()),
             verdict: Verdict::Accept,
             origin,
         });

@@ -99,3 +99,80 @@ fn failsafe_and_cidr_scope() {
     assert!(rs.set("managed6").unwrap().elements.is_empty());
     assert!(rs.input.iter().any(|r| r.origin == Origin::Failsafe(0)));
 }
+
+#[test]
+fn audit_wraps_each_dispatched_chain_and_eval_still_denies() {
+    let d = doc(TWO);
+    let mut c = ctx(&["10.0.0.1", "10.0.0.2"]);
+    c.action = Action::Audit;
+    let rs = compile(&d, &c).unwrap();
+    let drop = compile(&d, &ctx(&["10.0.0.1", "10.0.0.2"])).unwrap();
+    // Every dispatch entry jumps to an audit chain of the chain it jumps to in drop mode.
+    assert_eq!(rs.dispatch4.len(), drop.dispatch4.len());
+    for (a, b) in rs.dispatch4.iter().zip(&drop.dispatch4) {
+        assert_eq!(&*a.chain, format!("a_{}", b.chain));
+        let w = rs.chain(&a.chain).unwrap();
+        assert_eq!(
+            w.kind,
+            ChainKind::Audit {
+                of: b.chain.clone(),
+                groups: match &drop.chain(&b.chain).unwrap().kind {
+                    ChainKind::Group(g) => vec![g.clone()],
+                    ChainKind::Profile(gs) => gs.clone(),
+                    other => panic!("{other:?}"),
+                }
+            }
+        );
+        let counter = format!("audit_{}", b.chain);
+        assert_eq!(w.rules[0].verdict, Verdict::Jump(b.chain.clone()));
+        assert!(w.rules[1]
+            .log
+            .as_ref()
+            .unwrap()
+            .prefix
+            .starts_with("reyes audit "));
+        assert!(matches!(w.rules[1].matches[..], [Match::Limit { .. }]));
+        assert_eq!(w.rules[1].verdict, Verdict::Continue);
+        assert_eq!(w.rules[2].counter.as_deref(), Some(counter.as_str()));
+        assert_eq!(w.rules[2].verdict, Verdict::Accept);
+        assert!(rs
+            .base
+            .counters
+            .iter()
+            .any(|n| *n.name == *counter && n.verdict == Verdict::Accept));
+    }
+    // The group and profile chains themselves, the base chain and the final drop are unchanged.
+    for ch in &drop.chains {
+        assert_eq!(rs.chain(&ch.name), Some(ch));
+    }
+    assert_eq!(rs.input, drop.input);
+    assert_eq!(rs.chains.len(), drop.chains.len() + drop.dispatch4.len());
+
+    // eval: what the policy allows is allowed; what it does not is still a deny, by audit.
+    use crate::eval::{evaluate, Decision, Flow};
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    let ok = Flow::new(ip("10.9.0.7"), ip("10.0.0.1"), Proto::Tcp).port(22);
+    let e = evaluate(&rs, &ok.via_ipsec(true)).unwrap();
+    assert_eq!(e.decision, Decision::Allow);
+    assert!(!e.audited());
+    let bad = Flow::new(ip("10.9.0.7"), ip("10.0.0.1"), Proto::Tcp).port(23);
+    let e = evaluate(&rs, &bad.clone().via_ipsec(true)).unwrap();
+    assert_eq!(e.decision, Decision::Deny);
+    assert!(e.audited(), "{:?}", e.decided_by);
+    assert_eq!(e.dest_groups, vec!["sg-a".to_string(), "sg-b".to_string()]);
+    let e = evaluate(&drop, &bad.via_ipsec(true)).unwrap();
+    assert_eq!(e.decision, Decision::Deny);
+    assert!(!e.audited());
+}
+
+#[test]
+fn drop_mode_keeps_the_context_digest_audit_changes_it() {
+    let c = ctx(&["10.0.0.1"]);
+    let json = serde_json::to_string(&c).unwrap();
+    assert!(!json.contains("action"), "{json}");
+    let mut a = c.clone();
+    a.action = Action::Audit;
+    assert_ne!(a.digest(), c.digest());
+    let back: HostContext = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, c);
+}

@@ -336,6 +336,19 @@ pub enum Enforce {
     Cidr,
 }
 
+/// What a follower does with in-scope traffic that no rule allows.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Drop it.
+    #[default]
+    Drop,
+    /// Log it (rate-limited), count it per destination group, and accept it (staged rollout).
+    Audit,
+}
+
 /// `auto`, or an explicit list.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum AutoOr<T> {
@@ -443,6 +456,8 @@ pub struct FollowerConfig {
     pub log_accept: bool,
     /// Log dropped packets, rate-limited.
     pub log_drop: bool,
+    /// drop | audit: what happens to in-scope traffic no rule allows.
+    pub action: Action,
     /// When present, the follower changes nothing and exits 0.
     pub disable_file: PathBuf,
     /// last-good document, applied record, lock.
@@ -479,6 +494,8 @@ struct RawFollower {
     log_accept: bool,
     #[serde(default)]
     log_drop: bool,
+    #[serde(default)]
+    action: Action,
     #[serde(default = "default_disable_file")]
     disable_file: PathBuf,
     #[serde(default = "default_state_dir")]
@@ -512,6 +529,7 @@ impl TryFrom<RawFollower> for FollowerConfig {
             failsafe: r.failsafe,
             log_accept: r.log_accept,
             log_drop: r.log_drop,
+            action: r.action,
             disable_file: r.disable_file,
             state_dir: r.state_dir,
             allow_unknown_host: r.allow_unknown_host,
@@ -534,6 +552,7 @@ impl Default for FollowerConfig {
             failsafe: Vec::new(),
             log_accept: false,
             log_drop: false,
+            action: Action::Drop,
             disable_file: default_disable_file(),
             state_dir: default_state_dir(),
             allow_unknown_host: false,

@@ -42,6 +42,7 @@ fn ctx(target: Target) -> HostContext {
         log_accept: false,
         log_drop: false,
         allow_unknown_host: true,
+        action: crate::config::Action::Drop,
     }
 }
 

@@ -197,6 +197,23 @@ pub fn present(tools: &Tools) -> Result<bool, BackendError> {
     Ok(true)
 }
 
+/// Every counter chain whose name starts with `prefix`, with its packets and bytes summed
+/// over both tables, sorted by name.
+pub fn counters_with_prefix(
+    tables: &[TableState],
+    prefix: &str,
+) -> Vec<crate::backend::NamedCount> {
+    let names: std::collections::BTreeSet<&String> = tables
+        .iter()
+        .flat_map(|t| t.chains.keys())
+        .filter(|c| c.starts_with(prefix))
+        .collect();
+    names
+        .into_iter()
+        .filter_map(|c| counter(tables, c).map(|n| (c.clone(), n)))
+        .collect()
+}
+
 /// Packets and bytes counted by a counter chain, summed over both tables; `None` if the chain
 /// exists in neither.
 pub fn counter(tables: &[TableState], chain: &str) -> Option<(u64, u64)> {

@@ -36,7 +36,7 @@ mod translate;
 use std::sync::{Arc, OnceLock};
 
 use crate::backend::{Backend, BackendError, Counters, Unsupported};
-use crate::compile::{Ruleset, COUNTER_ACCEPTED, COUNTER_DROPPED};
+use crate::compile::{Ruleset, AUDIT_COUNTER_PREFIX, COUNTER_ACCEPTED, COUNTER_DROPPED};
 use crate::config::IptablesVariant;
 use crate::exec::{Output, Runner, ToolFailure};
 use crate::net::Family;
@@ -495,6 +495,10 @@ impl Backend for IptablesBackend {
         Ok(Counters {
             accepted: compare::counter(&tables, &names::counter_chain(COUNTER_ACCEPTED)),
             dropped: compare::counter(&tables, &names::counter_chain(COUNTER_DROPPED)),
+            audit: compare::counters_with_prefix(
+                &tables,
+                &names::counter_chain(AUDIT_COUNTER_PREFIX),
+            ),
         })
     }
 

@@ -355,7 +355,7 @@ impl<'a> Translator<'a> {
             return Ok(());
         };
         let comment = Some(origin_text(&rule.origin));
-        let term: Option<String> = match (&rule.verdict, rule.counter) {
+        let term: Option<String> = match (&rule.verdict, rule.counter.as_deref()) {
             (v, Some(c)) => Some(self.counter_target(c, v)?),
             (Verdict::Accept, None) => Some("-j RETURN".into()),
             (Verdict::Drop, None) => Some("-j DROP".into()),
@@ -436,7 +436,7 @@ impl<'a> Translator<'a> {
                 &only.verdict,
                 only.matches.is_empty(),
                 &only.log,
-                only.counter,
+                &only.counter,
             ) {
                 return Ok(Cont::Chain(self.variant(c, k)?));
             }
@@ -472,6 +472,7 @@ impl<'a> Translator<'a> {
         let end = match &chain.kind {
             crate::compile::ChainKind::Group(g) => format!("no rule of {} accepts it", clean(g)),
             crate::compile::ChainKind::Profile(_) => "end of the profile".to_string(),
+            crate::compile::ChainKind::Audit { .. } => "end of the audit chain".to_string(),
         };
         self.seq(&name, &chain.rules, k, &mut seg, &end)?;
         Ok(name)
@@ -595,7 +596,7 @@ impl<'a> Translator<'a> {
         }
         self.declare(BASE_CHAIN)?;
         for c in &rs.base.counters {
-            self.counter_target(c.name, &c.verdict)?;
+            self.counter_target(&c.name, &c.verdict)?;
         }
         let mut seg = 0;
         self.seq(BASE_CHAIN, &rs.input, &Cont::Exit, &mut seg, "end of chain")?;

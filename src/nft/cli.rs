@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::backend::NamedCount;
 use crate::compile::TABLE;
 use crate::exec::{Runner, ToolFailure};
 
@@ -141,5 +142,58 @@ impl NftCli {
                 .and_then(|w| w[1].parse::<u64>().ok())
         };
         Ok(num("packets").zip(num("bytes")))
+    }
+
+    /// Packets and bytes of every named counter of the table whose name starts with
+    /// `prefix`, in listing order; empty when the table is absent.
+    pub fn counters(&self, prefix: &str) -> Result<Vec<NamedCount>, NftError> {
+        let (ok, stdout, _) = self.run(&["list", "counters", "table", "inet", TABLE], None)?;
+        if !ok {
+            return Ok(Vec::new());
+        }
+        Ok(parse_counters(&stdout, prefix))
+    }
+}
+
+/// `counter NAME { packets P bytes B }` blocks of an `nft list counters` listing.
+fn parse_counters(text: &str, prefix: &str) -> Vec<NamedCount> {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let mut out = Vec::new();
+    for (i, w) in words.iter().enumerate() {
+        let (Some(name), Some(&"{")) = (words.get(i + 1), words.get(i + 2)) else {
+            continue;
+        };
+        if *w != "counter" || !name.starts_with(prefix) {
+            continue;
+        }
+        let rest = &words[i + 3..];
+        let end = rest.iter().position(|w| *w == "}").unwrap_or(rest.len());
+        let num = |key: &str| {
+            rest[..end]
+                .windows(2)
+                .find(|w| w[0] == key)
+                .and_then(|w| w[1].parse::<u64>().ok())
+        };
+        if let Some(c) = num("packets").zip(num("bytes")) {
+            out.push((name.to_string(), c));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod counter_tests {
+    #[test]
+    fn parses_named_counters_by_prefix() {
+        let text = "table inet reyes {\n\tcounter accepted {\n\t\tpackets 3 bytes 180\n\t}\n\
+                    \tcounter audit_g_sg_a {\n\t\tpackets 2 bytes 120\n\t}\n\
+                    \tcounter audit_p_1a2b {\n\t\tpackets 0 bytes 0\n\t}\n}\n";
+        assert_eq!(
+            super::parse_counters(text, "audit_"),
+            vec![
+                ("audit_g_sg_a".to_string(), (2, 120)),
+                ("audit_p_1a2b".to_string(), (0, 0))
+            ]
+        );
     }
 }

@@ -15,7 +15,7 @@ mod rollback_tests;
 use std::sync::Arc;
 
 use crate::backend::{Backend, BackendError, Counters, Mismatch, Undo};
-use crate::compile::{Ruleset, COUNTER_ACCEPTED, COUNTER_DROPPED};
+use crate::compile::{Ruleset, AUDIT_COUNTER_PREFIX, COUNTER_ACCEPTED, COUNTER_DROPPED};
 
 use kernel::Kernel;
 
@@ -320,6 +320,7 @@ impl Backend for NftBackend {
         Ok(Counters {
             accepted: self.cli.counter(COUNTER_ACCEPTED).map_err(err)?,
             dropped: self.cli.counter(COUNTER_DROPPED).map_err(err)?,
+            audit: self.cli.counters(AUDIT_COUNTER_PREFIX).map_err(err)?,
         })
     }
 

@@ -217,7 +217,7 @@ pub fn rule_text(r: &Rule) -> String {
     if let Some(log) = &r.log {
         parts.push(format!("log prefix \"{}\"", log.prefix.replace('"', "")));
     }
-    if let Some(c) = r.counter {
+    if let Some(c) = &r.counter {
         parts.push(format!("counter name \"{c}\""));
     }
     match &r.verdict {
@@ -314,7 +314,7 @@ pub fn render(rs: &Ruleset) -> Result<String, RenderError> {
         policy_digest => rs.meta.policy_digest,
         target => target_text(&rs.meta.target),
         enforce => enforce,
-        counters => rs.base.counters.iter().map(|c| c.name).collect::<Vec<_>>(),
+        counters => rs.base.counters.iter().map(|c| &*c.name).collect::<Vec<_>>(),
         sets => sets,
         maps => maps,
         chains => chains,

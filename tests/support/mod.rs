@@ -223,6 +223,7 @@ pub fn render_case(inv: Inv, tgt: Tgt, enforce: Enforce, logging: bool) -> Case 
         log_accept: logging,
         log_drop: logging,
         allow_unknown_host: false,
+        action: reyes::config::Action::Drop,
     };
     let rs = compile::compile(&built.document, &ctx).expect("compile");
     let script = reyes::nft::render::render(&rs).expect("render");

@@ -227,6 +227,7 @@ prop_compose! {
             log_accept: logs.0,
             log_drop: logs.1,
             allow_unknown_host: true,
+            action: crate::config::Action::Drop,
         }
     }
 }

@@ -339,7 +339,7 @@ impl<'f> Encoder<'f> {
             let n = self.batch.add_name(name.clone());
             self.batch.push_labelled(chain.message(), Label::Chain(n));
         }
-        for name in base.counters.iter().map(|c| c.name) {
+        for name in base.counters.iter().map(|c| &c.name) {
             let c = Counter {
                 table: t,
                 name: name.to_string(),
@@ -528,7 +528,7 @@ impl<'f> Encoder<'f> {
                 prefix: log.prefix.replace('"', ""),
             }));
         }
-        if let Some(c) = r.counter {
+        if let Some(c) = &r.counter {
             x.push(Expr::Objref(Objref {
                 counter: c.to_string(),
             }));
