@@ -485,3 +485,30 @@ fn flow_checks() {
 }
 
 mod properties;
+
+/// Audit mode: what the policy allows is allowed; what it does not is still a deny, decided by
+/// the audit chain (accepted, logged and counted by the kernel).
+#[test]
+fn audit_mode_still_denies_what_the_policy_does_not_allow() {
+    use crate::compile::tests::{ctx, doc, TWO};
+    use crate::config::Action;
+    let d = doc(TWO);
+    let mut c = ctx(&["10.0.0.1", "10.0.0.2"]);
+    c.action = Action::Audit;
+    let rs = compile(&d, &c).unwrap();
+    let drop = compile(&d, &ctx(&["10.0.0.1", "10.0.0.2"])).unwrap();
+    // eval: what the policy allows is allowed; what it does not is still a deny, by audit.
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    let ok = Flow::new(ip("10.9.0.7"), ip("10.0.0.1"), Proto::Tcp).port(22);
+    let e = evaluate(&rs, &ok.via_ipsec(true)).unwrap();
+    assert_eq!(e.decision, Decision::Allow);
+    assert!(!e.audited());
+    let bad = Flow::new(ip("10.9.0.7"), ip("10.0.0.1"), Proto::Tcp).port(23);
+    let e = evaluate(&rs, &bad.clone().via_ipsec(true)).unwrap();
+    assert_eq!(e.decision, Decision::Deny);
+    assert!(e.audited(), "{:?}", e.decided_by);
+    assert_eq!(e.dest_groups, vec!["sg-a".to_string(), "sg-b".to_string()]);
+    let e = evaluate(&drop, &bad.via_ipsec(true)).unwrap();
+    assert_eq!(e.decision, Decision::Deny);
+    assert!(!e.audited());
+}
