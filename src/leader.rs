@@ -219,7 +219,24 @@ fn inventory_config(cfg: &Config) -> CmdResult<&crate::config::InventoryConfig> 
 
 fn dry_run(cfg: &Config, inv: &Inventory, opts: &LeaderOptions, now: SystemTime) -> CmdResult<()> {
     let now_secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let built = document::build(inv, &build_options(cfg, now_secs, now)?).runtime()?;
+    let built = build_and_write(cfg, inv, opts, now_secs, now)?;
+    if opts.output.is_none() {
+        use std::io::Write;
+        std::io::stdout().write_all(&built.bytes).runtime()?;
+    }
+    Ok(())
+}
+
+/// Build the document with this serial, report its warnings, and write it to `--output` when
+/// given.
+fn build_and_write(
+    cfg: &Config,
+    inv: &Inventory,
+    opts: &LeaderOptions,
+    serial: u64,
+    now: SystemTime,
+) -> CmdResult<document::Built> {
+    let built = document::build(inv, &build_options(cfg, serial, now)?).runtime()?;
     for w in &built.warnings {
         tracing::warn!("{w}");
     }
@@ -227,11 +244,8 @@ fn dry_run(cfg: &Config, inv: &Inventory, opts: &LeaderOptions, now: SystemTime)
         std::fs::write(out, &built.bytes)
             .runtime()
             .map_err(|f| f.context(format!("cannot write {}", out.display())))?;
-    } else {
-        use std::io::Write;
-        std::io::stdout().write_all(&built.bytes).runtime()?;
     }
-    Ok(())
+    Ok(built)
 }
 
 /// One leader run.
@@ -263,15 +277,7 @@ pub fn run_once(cfg: &Config, opts: &LeaderOptions, now: SystemTime) -> CmdResul
     }
     let now_secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let serial = next_serial(previous.as_ref(), now_secs)?;
-    let built = document::build(&inv, &build_options(cfg, serial, now)?).runtime()?;
-    for w in &built.warnings {
-        tracing::warn!("{w}");
-    }
-    if let Some(out) = &opts.output {
-        std::fs::write(out, &built.bytes)
-            .runtime()
-            .map_err(|f| f.context(format!("cannot write {}", out.display())))?;
-    }
+    let built = build_and_write(cfg, &inv, opts, serial, now)?;
     if let Some(p) = &previous {
         let fresh_until = p
             .document
