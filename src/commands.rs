@@ -11,7 +11,7 @@ use std::time::SystemTime;
 
 use crate::compile::{HostContext, Target};
 use crate::config::{Backend as BackendChoice, Config, Enforce};
-use crate::document::{rfc3339, Document};
+use crate::document::Document;
 use crate::error::{Classify, CmdResult, Failure};
 use crate::follower::{self, FollowerOptions, Outcome};
 use crate::fsutil::write_atomic;
