@@ -498,6 +498,7 @@ fn switching_backend_removes_the_other_and_flush_removes_both() {
     let o = rig.reyes_in(&rig.ns, &["flush"]);
     assert_eq!(code(&o), 0, "{}", text(&o));
     let said = String::from_utf8_lossy(&o.stdout).into_owned();
+    eprintln!("flush: {said}");
     assert!(
         said.starts_with("removed: ") && said.contains("chains REYES-") && said.contains("ipsets reyes-"),
         "{said}"
