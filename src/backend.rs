@@ -212,7 +212,9 @@ pub trait Backend {
     /// none are live: equal digests mean nothing of ours was added, removed or altered in
     /// between. Counter values are left out. Only reads.
     fn digest(&self) -> Result<Option<String>, BackendError> {
-        Ok(self.live()?.map(|text| crate::digest::sha256(text.as_bytes())))
+        Ok(self
+            .live()?
+            .map(|text| crate::digest::sha256(text.as_bytes())))
     }
     /// Accept/drop counters.
     fn counters(&self) -> Result<Counters, BackendError>;

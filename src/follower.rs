@@ -474,15 +474,8 @@ pub fn run_reported(
                 }
             }
             tracing::info!(serial = a.serial, store = %store.describe(), "not modified");
-            let outcome = drift::heal_not_modified(
-                cfg,
-                &trust,
-                &ctx,
-                backend.as_ref(),
-                &state,
-                now,
-                report,
-            )?;
+            let outcome =
+                drift::heal_not_modified(cfg, &trust, &ctx, backend.as_ref(), &state, now, report)?;
             if cfg.follower.metrics_file.is_some() {
                 report.counters = backend.counters().ok();
             }

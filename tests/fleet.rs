@@ -330,7 +330,10 @@ fn an_ipv4_set(ns: &Netns) -> String {
     let t = ns.nft_list_table("inet", "reyes").expect("table");
     let mut name = None;
     for l in t.lines().map(str::trim) {
-        if let Some(n) = l.strip_prefix("set ").and_then(|r| r.split_whitespace().next()) {
+        if let Some(n) = l
+            .strip_prefix("set ")
+            .and_then(|r| r.split_whitespace().next())
+        {
             name = Some(n.to_string());
         } else if l == "type ipv4_addr" {
             if let Some(n) = name.take() {
@@ -373,7 +376,11 @@ fn unchanged_runs_write_nothing_and_drift_is_repaired() {
         let log = follow_logged(&rig, &[]);
         assert!(log.contains("nothing to change"), "{log}");
     }
-    assert_eq!(generation(&rig.ns), gen, "an unchanged run committed a transaction");
+    assert_eq!(
+        generation(&rig.ns),
+        gen,
+        "an unchanged run committed a transaction"
+    );
     assert_eq!(
         metric(&rig, "reyes_follower_drift_repairs_total"),
         "reyes_follower_drift_repairs_total 0"
@@ -382,7 +389,13 @@ fn unchanged_runs_write_nothing_and_drift_is_repaired() {
     // An element added by someone else: found, logged, re-applied, counted.
     let set = an_ipv4_set(&rig.ns);
     rig.ns.ok(&[
-        "nft", "add", "element", "inet", "reyes", &set, "{ 192.0.2.99 }",
+        "nft",
+        "add",
+        "element",
+        "inet",
+        "reyes",
+        &set,
+        "{ 192.0.2.99 }",
     ]);
     assert_ne!(rig.live(&rig.ns).as_deref(), Some(applied.as_str()));
     let log = follow_logged(&rig, &[]);
@@ -397,11 +410,17 @@ fn unchanged_runs_write_nothing_and_drift_is_repaired() {
     );
 
     // A rule deleted by someone else.
-    let listing = rig.ns.ok(&["nft", "-a", "list", "chain", "inet", "reyes", "input"]);
+    let listing = rig
+        .ns
+        .ok(&["nft", "-a", "list", "chain", "inet", "reyes", "input"]);
     let handle = listing
         .lines()
-        .filter_map(|l| l.rsplit_once("# handle ").map(|(_, h)| h.trim().to_string()))
-        .last()
+        .rev()
+        .filter_map(|l| {
+            l.rsplit_once("# handle ")
+                .map(|(_, h)| h.trim().to_string())
+        })
+        .next()
         .expect("a rule with a handle");
     rig.ns.ok(&[
         "nft", "delete", "rule", "inet", "reyes", "input", "handle", &handle,
@@ -443,12 +462,14 @@ fn iptables_reyes(ns: &Netns) -> Vec<String> {
 }
 
 fn iptables_available() -> bool {
-    let ok = ["iptables-save", "ip6tables-save", "ipset"].iter().all(|t| {
-        Command::new(t)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
+    let ok = ["iptables-save", "ip6tables-save", "ipset"]
+        .iter()
+        .all(|t| {
+            Command::new(t)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
     if !ok {
         common::skipped("iptables-save, ip6tables-save or ipset is not installed");
     }
@@ -478,14 +499,20 @@ fn switching_backend_removes_the_other_and_flush_removes_both() {
     assert!(log.contains("removed the nft backend's objects"), "{log}");
     assert!(rig.live(&rig.ns).is_none(), "nft table left behind");
     let ipt = iptables_reyes(&rig.ns);
-    assert!(ipt.iter().any(|l| l.contains("-A INPUT -j REYES-INPUT")), "{ipt:?}");
+    assert!(
+        ipt.iter().any(|l| l.contains("-A INPUT -j REYES-INPUT")),
+        "{ipt:?}"
+    );
     let (c, s) = status(&rig, &rig.ns, &[]);
     assert_eq!(c, 0, "{s}");
     assert!(s.starts_with("backend: iptables\nlive: yes\n"), "{s}");
 
     // And back (the config says nft): nft live, the iptables chains and sets removed.
     let log = follow_logged(&rig, &[]);
-    assert!(log.contains("removed the iptables backend's objects"), "{log}");
+    assert!(
+        log.contains("removed the iptables backend's objects"),
+        "{log}"
+    );
     assert!(rig.live(&rig.ns).is_some());
     assert_eq!(iptables_reyes(&rig.ns), Vec::<String>::new());
     let (c, s) = status(&rig, &rig.ns, &[]);
@@ -500,7 +527,9 @@ fn switching_backend_removes_the_other_and_flush_removes_both() {
     let said = String::from_utf8_lossy(&o.stdout).into_owned();
     eprintln!("flush: {said}");
     assert!(
-        said.starts_with("removed: ") && said.contains("chains REYES-") && said.contains("ipsets reyes-"),
+        said.starts_with("removed: ")
+            && said.contains("chains REYES-")
+            && said.contains("ipsets reyes-"),
         "{said}"
     );
     assert_eq!(iptables_reyes(&rig.ns), Vec::<String>::new());
@@ -521,7 +550,10 @@ fn iptables_rule_deleted_from_a_reyes_chain_is_repaired() {
     }
     let rig = Rig::new("iptdrift", &format!("[{HOST}]"));
     let cfg = std::fs::read_to_string(rig.p("reyes.yaml")).unwrap();
-    write(&rig.p("reyes.yaml"), &cfg.replace("backend: nft", "backend: iptables"));
+    write(
+        &rig.p("reyes.yaml"),
+        &cfg.replace("backend: nft", "backend: iptables"),
+    );
     rig.lead();
     rig.follow();
     let applied = iptables_reyes(&rig.ns);
@@ -535,7 +567,10 @@ fn iptables_rule_deleted_from_a_reyes_chain_is_repaired() {
     rig.ns.ok(&del);
     assert_ne!(iptables_reyes(&rig.ns), applied);
     let log = follow_logged(&rig, &[]);
-    assert!(log.contains("backend=iptables") || log.contains("iptables"), "{log}");
+    assert!(
+        log.contains("backend=iptables") || log.contains("iptables"),
+        "{log}"
+    );
     assert!(log.contains("different from what was applied"), "{log}");
     assert_eq!(iptables_reyes(&rig.ns), applied);
     let log = follow_logged(&rig, &[]);
@@ -558,7 +593,14 @@ fn status_without_the_nft_binary_and_as_json() {
     // No nft (nor anything else) in PATH.
     let no_nft = |args: &[&str]| {
         let cfg = rig.cfg();
-        let mut argv = vec!["env", "PATH=/nonexistent", reyes_bin(), "--config", &cfg, "status"];
+        let mut argv = vec![
+            "env",
+            "PATH=/nonexistent",
+            reyes_bin(),
+            "--config",
+            &cfg,
+            "status",
+        ];
         argv.extend_from_slice(args);
         let o = rig.ns.run(&argv, None);
         (code(&o), String::from_utf8_lossy(&o.stdout).into_owned(), o)
@@ -589,7 +631,13 @@ fn status_without_the_nft_binary_and_as_json() {
     // Altered by someone else: both formats say so.
     let set = an_ipv4_set(&rig.ns);
     rig.ns.ok(&[
-        "nft", "add", "element", "inet", "reyes", &set, "{ 192.0.2.99 }",
+        "nft",
+        "add",
+        "element",
+        "inet",
+        "reyes",
+        &set,
+        "{ 192.0.2.99 }",
     ]);
     let (_, s, _) = no_nft(&[]);
     assert!(s.contains("rules: DIFFERENT from what was applied"), "{s}");

@@ -85,7 +85,10 @@ fn nft_unchanged_kernel_gets_zero_writes_and_drift_is_repaired() {
         assert_eq!(run(&b, &state), (Outcome::Unchanged { serial: 1 }, 0));
     }
     assert_eq!(writes(), 1, "an unchanged kernel gets no batch");
-    assert!(kernel.state.lock().unwrap().reads > reads, "but it is looked at");
+    assert!(
+        kernel.state.lock().unwrap().reads > reads,
+        "but it is looked at"
+    );
 
     // Someone altered the table: re-applied, counted.
     set(&|s| {
@@ -132,7 +135,11 @@ fn iptables_unchanged_host_gets_zero_writes_and_a_deleted_rule_is_repaired() {
     for _ in 0..3 {
         assert_eq!(run(&b, &state), (Outcome::Unchanged { serial: 1 }, 0));
     }
-    assert_eq!(writes(), before, "an unchanged host gets no restore or destroy");
+    assert_eq!(
+        writes(),
+        before,
+        "an unchanged host gets no restore or destroy"
+    );
 
     // Someone deleted a rule from one of reyes' chains.
     host.edit(|st| {
@@ -147,6 +154,10 @@ fn iptables_unchanged_host_gets_zero_writes_and_a_deleted_rule_is_repaired() {
     assert_ne!(host.state(), applied);
     assert_eq!(drift::check(&b, &state), Drift::Different);
     assert_eq!(run(&b, &state), (Outcome::Applied { serial: 1 }, 1));
-    assert_eq!(host.state(), applied, "repaired to exactly what was applied");
+    assert_eq!(
+        host.state(),
+        applied,
+        "repaired to exactly what was applied"
+    );
     assert_eq!(run(&b, &state), (Outcome::Unchanged { serial: 1 }, 0));
 }

@@ -260,9 +260,8 @@ pub fn owned_chains(tools: &Tools) -> Result<Option<String>, BackendError> {
         return Ok(None);
     }
     let chains: Vec<String> = chains.into_iter().collect();
-    let plural = |n: usize, one: &str, many: &str| {
-        format!("{n} {}", if n == 1 { one } else { many })
-    };
+    let plural =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     Ok(Some(format!(
         "{} chains {} ({}, {} from {HOOK_CHAIN})",
         tools.variant.name(),

@@ -142,7 +142,12 @@ fn records(sock: &Socket) -> Result<Vec<Vec<u8>>, NetlinkError> {
     let mut chains = Vec::new();
     for (_, body) in sock.dump(dump(MsgType::GetChain, vec![]), 2)? {
         if ours(&body, NFTA_CHAIN_TABLE) {
-            let skip = [NFTA_CHAIN_HANDLE, NFTA_CHAIN_USE, NFTA_CHAIN_COUNTERS, NFTA_CHAIN_ID];
+            let skip = [
+                NFTA_CHAIN_HANDLE,
+                NFTA_CHAIN_USE,
+                NFTA_CHAIN_COUNTERS,
+                NFTA_CHAIN_ID,
+            ];
             chains.push(record("chain", &[&keep(&body, &skip)]));
         }
     }
@@ -180,7 +185,12 @@ fn records(sock: &Socket) -> Result<Vec<Vec<u8>>, NetlinkError> {
             NFTA_SET_OBJ_TYPE,
         ]
         .iter()
-        .flat_map(|ty| record("a", &[&ty.to_be_bytes(), find(&body, *ty).unwrap_or_default()]))
+        .flat_map(|ty| {
+            record(
+                "a",
+                &[&ty.to_be_bytes(), find(&body, *ty).unwrap_or_default()],
+            )
+        })
         .collect();
         sets.push((name, kept));
     }
@@ -214,8 +224,11 @@ fn records(sock: &Socket) -> Result<Vec<Vec<u8>>, NetlinkError> {
     Ok(out)
 }
 
-/// Our table's named objects: name, type, and for counters (packets, bytes).
-fn objects(sock: &Socket) -> Result<Vec<(String, u32, Option<(u64, u64)>)>, NetlinkError> {
+/// A named object: name, type, and for a counter its packets and bytes.
+type Object = (String, u32, Option<(u64, u64)>);
+
+/// Our table's named objects.
+fn objects(sock: &Socket) -> Result<Vec<Object>, NetlinkError> {
     let req = dump(
         MsgType::GetObj,
         vec![Attr::str(NFTA_OBJ_TABLE, Table::REYES.name())],
@@ -253,7 +266,10 @@ pub fn digest(sock: &Socket) -> Result<Option<String>, NetlinkError> {
     for r in records(sock)? {
         h.update(&r);
     }
-    Ok(Some(format!("sha256:{}", crate::digest::hex(&h.finalize()))))
+    Ok(Some(format!(
+        "sha256:{}",
+        crate::digest::hex(&h.finalize())
+    )))
 }
 
 /// Every named counter of our table with its packets and bytes, sorted by name; empty when
