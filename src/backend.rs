@@ -208,6 +208,14 @@ pub trait Backend {
     }
     /// Remove our objects, and nothing else.
     fn flush(&self) -> Result<(), BackendError>;
+    /// A digest of our objects as the kernel holds them now (`sha256:<hex>`), or `None` when
+    /// none are live: equal digests mean nothing of ours was added, removed or altered in
+    /// between. Counter values are left out. Only reads.
+    fn digest(&self) -> Result<Option<String>, BackendError> {
+        Ok(self
+            .live()?
+            .map(|text| crate::digest::sha256(text.as_bytes())))
+    }
     /// Accept/drop counters.
     fn counters(&self) -> Result<Counters, BackendError>;
     /// What applying `rs` would change: lines only live (`- `) and only in `rs` (`+ `).

@@ -1,5 +1,9 @@
 //! The smaller commands: render, verify, sign, keygen, flush, restore, status.
 
+mod status;
+
+pub use status::{status, StatusFormat};
+
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -7,11 +11,12 @@ use std::time::SystemTime;
 
 use crate::compile::{HostContext, Target};
 use crate::config::{Backend as BackendChoice, Config, Enforce};
-use crate::document::{rfc3339, Document};
+use crate::document::Document;
 use crate::error::{Classify, CmdResult, Failure};
 use crate::follower::{self, FollowerOptions, Outcome};
 use crate::fsutil::write_atomic;
 use crate::hostrecord::{self, HostRecord};
+use crate::live::Kind;
 use crate::load::{compile_for, load_document, read_document, read_signature};
 use crate::signing::{self, read_passphrase, SigningError, SigningKey};
 use crate::state::StateDir;
@@ -210,9 +215,12 @@ pub fn keygen(name: &str, dir: &Path, passphrase_file: Option<&Path>) -> CmdResu
     Ok(fp)
 }
 
-/// `reyes flush`. Takes the follower's lock first (the configured state directory, or the
-/// default one when it exists), so it never interleaves with an apply.
-pub fn flush(cfg: Option<&Config>, backend: Option<BackendChoice>) -> CmdResult<()> {
+/// `reyes flush`: removes every reyes object of both backends, whatever the config says (an
+/// emergency must not depend on which backend the config names), or of the one `backend`
+/// names; returns a line saying what was removed. Takes the follower's lock first (the
+/// configured state directory, or the default one when it exists), so it never interleaves
+/// with an apply.
+pub fn flush(cfg: Option<&Config>, backend: Option<BackendChoice>) -> CmdResult<String> {
     let fcfg = cfg.map(|c| c.follower.clone()).unwrap_or_default();
     let _lock = if cfg.is_some() || fcfg.state_dir.is_dir() {
         let state = StateDir::open(&fcfg.state_dir).runtime()?;
@@ -220,13 +228,17 @@ pub fn flush(cfg: Option<&Config>, backend: Option<BackendChoice>) -> CmdResult<
     } else {
         None
     };
-    let choice = backend
-        .or(cfg.map(|c| c.follower.backend))
-        .unwrap_or_default();
-    let transport = cfg.map(|c| c.follower.nft_transport).unwrap_or_default();
-    let variant = cfg.map(|c| c.follower.iptables_variant).unwrap_or_default();
-    let b = crate::probe::select(choice, transport, variant).usage()?;
-    b.flush().map_err(backend_failure)
+    let kinds: &[Kind] = match backend {
+        Some(BackendChoice::Nft) => &[Kind::Nft],
+        Some(BackendChoice::Iptables) => &[Kind::Iptables],
+        Some(BackendChoice::Auto) | None => &Kind::BOTH,
+    };
+    let removed = crate::live::remove(kinds).map_err(backend_failure)?;
+    Ok(if removed.is_empty() {
+        "removed: nothing (no reyes objects were live)\n".to_string()
+    } else {
+        format!("removed: {}\n", removed.join("; "))
+    })
 }
 
 /// A backend that cannot work on this host (missing tools, mixed iptables variants) is a
@@ -244,9 +256,10 @@ fn backend_failure(e: crate::backend::BackendError) -> Failure {
 ///
 /// It never refuses for an unknown host: at boot (before `network-pre.target`) the interfaces
 /// have no addresses yet, so when discovery finds none, or finds addresses the document does
-/// not name, the host context recorded with the last apply is used (addresses, options, and
-/// the backend, unless `--backend` names one); without a record, the table is applied for no
-/// known address (in-scope traffic dropped, failsafe entries kept) rather than none.
+/// not name, the host context recorded with the last apply is used (addresses and options);
+/// without a record, the table is applied for no known address (in-scope traffic dropped,
+/// failsafe entries kept) rather than none. The backend and transport are always the
+/// recorded ones, unless `--backend` names one.
 pub fn restore(cfg: &Config, opts: &FollowerOptions) -> CmdResult<Outcome> {
     let state = StateDir::open(&cfg.follower.state_dir).runtime()?;
     let _lock = state.lock(cfg.follower.lock_timeout).runtime()?;
@@ -267,18 +280,16 @@ pub fn restore(cfg: &Config, opts: &FollowerOptions) -> CmdResult<Outcome> {
         tracing::warn!(error = %e, "host record unusable; restoring with discovered addresses");
         None
     });
-    let (ctx, from_record) = restore_context(cfg, opts, &v.document, recorded.as_ref());
-    let choice = opts.backend.or_else(|| {
-        recorded
-            .as_ref()
-            .filter(|_| from_record)
-            .and_then(|r| match r.backend.as_str() {
-                "nft" => Some(BackendChoice::Nft),
-                "iptables" => Some(BackendChoice::Iptables),
-                _ => None,
-            })
-    });
-    let backend = follower::open_backend(cfg, choice)?;
+    let (ctx, _) = restore_context(cfg, opts, &v.document, recorded.as_ref());
+    // The backend (and transport) of the last apply: state, not config.
+    let from_record = recorded
+        .as_ref()
+        .filter(|_| opts.backend.is_none())
+        .and_then(|r| crate::live::open_recorded(&cfg.follower, r));
+    let backend = match from_record {
+        Some(b) => b,
+        None => follower::open_backend(cfg, opts.backend)?,
+    };
     follower::apply_verified(
         &v,
         &ctx,
@@ -328,105 +339,4 @@ fn restore_context(
         ctx.allow_unknown_host = true;
     }
     (ctx, false)
-}
-
-/// The counters part of `reyes status`: accepted, dropped, and in audit mode the would-be
-/// drops per destination group (or profile) chain.
-fn counters_text(c: &crate::backend::Counters) -> String {
-    let fmt = |c: Option<(u64, u64)>| {
-        c.map_or("-".to_string(), |(p, by)| {
-            format!("{p} packets, {by} bytes")
-        })
-    };
-    let mut out = format!(
-        "accepted: {}\ndropped: {}\n",
-        fmt(c.accepted),
-        fmt(c.dropped)
-    );
-    if !c.audit.is_empty() {
-        out.push_str("audit (accepted, would be dropped), by destination group chain:\n");
-        for (name, n) in &c.audit {
-            out.push_str(&format!("  {name}: {}\n", fmt(Some(*n))));
-        }
-    }
-    out
-}
-
-/// `reyes status`: what is live. Fails (exit 1) when reyes' rules are not live.
-pub fn status(cfg: &Config, backend: Option<BackendChoice>) -> CmdResult<String> {
-    let state = StateDir::open(&cfg.follower.state_dir).runtime()?;
-    let applied = state.applied().runtime()?;
-    let b = follower::open_backend(cfg, backend)?;
-    let present = b.present().map_err(backend_failure)?;
-    let mut out = String::new();
-    let now = SystemTime::now();
-    match &applied {
-        Some(a) => {
-            let age = crate::document::parse_time(&a.issued_at)
-                .ok()
-                .and_then(|t| now.duration_since(t).ok())
-                .map(|d| {
-                    humantime::format_duration(std::time::Duration::from_secs(d.as_secs()))
-                        .to_string()
-                })
-                .unwrap_or_else(|| "?".into());
-            let expired = crate::document::parse_time(&a.not_after).is_ok_and(|t| t < now);
-            out.push_str(&format!(
-                "backend: {}\nlive: {}\nserial: {}\nenvironment: {}\nissued_at: {} (age {age})\nnot_after: {}{}\npolicy_digest: {}\napplied_at: {}\nsigner: {}\n",
-                a.backend,
-                if present { "yes" } else { "NO (table missing: run `reyes restore`)" },
-                a.serial,
-                a.environment,
-                a.issued_at,
-                a.not_after,
-                if expired { " (EXPIRED: is the leader publishing?)" } else { "" },
-                a.policy_digest,
-                a.applied_at,
-                a.signer,
-            ));
-        }
-        None => out.push_str(&format!(
-            "nothing applied yet (state {})\nlive: {}\n",
-            state.path().display(),
-            if present { "yes" } else { "no" }
-        )),
-    }
-    if present {
-        out.push_str(&counters_text(&b.counters().runtime()?));
-    }
-    out.push_str(&format!("checked_at: {}\n", rfc3339(now)));
-    if !present {
-        return Err(Failure::runtime(anyhow::anyhow!(
-            "{out}reyes rules are not live"
-        )));
-    }
-    Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn status_lists_audit_counters_only_when_there_are_some() {
-        let mut c = crate::backend::Counters {
-            accepted: Some((3, 180)),
-            dropped: None,
-            audit: vec![],
-        };
-        assert_eq!(
-            super::counters_text(&c),
-            "accepted: 3 packets, 180 bytes\ndropped: -\n"
-        );
-        c.audit = vec![
-            ("audit_g_sg_web".into(), (2, 120)),
-            ("audit_p_1a2b".into(), (0, 0)),
-        ];
-        let t = super::counters_text(&c);
-        assert!(
-            t.ends_with(
-                "audit (accepted, would be dropped), by destination group chain:\n  \
-                 audit_g_sg_web: 2 packets, 120 bytes\n  audit_p_1a2b: 0 packets, 0 bytes\n"
-            ),
-            "{t}"
-        );
-    }
 }

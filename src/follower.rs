@@ -1,6 +1,10 @@
 //! The follower: fetch, verify the bytes, parse, check environment / expiry / serial, compile
 //! for this host, apply in one transaction, record. Every refusal leaves the live rules exactly
-//! as they were.
+//! as they were. Every run also compares the kernel with what was applied ([`drift`]).
+
+pub mod drift;
+#[cfg(test)]
+mod tests;
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -248,6 +252,22 @@ fn backend_failure(e: BackendError) -> Failure {
     }
 }
 
+/// The backend for a run: the flag's, else the config's, keeping the recorded backend where
+/// the choice leaves room (see [`crate::live::select`]).
+pub fn open_live_backend(
+    cfg: &Config,
+    choice: Option<BackendChoice>,
+    state: &StateDir,
+) -> CmdResult<Box<dyn Backend>> {
+    let recorded = hostrecord::load(state).ok().flatten();
+    crate::live::select(
+        &cfg.follower,
+        choice.unwrap_or(cfg.follower.backend),
+        recorded.as_ref(),
+    )
+    .map_err(backend_failure)
+}
+
 /// Open the configured (or overridden) backend.
 pub fn open_backend(cfg: &Config, choice: Option<BackendChoice>) -> CmdResult<Box<dyn Backend>> {
     crate::probe::select(
@@ -261,7 +281,8 @@ pub fn open_backend(cfg: &Config, choice: Option<BackendChoice>) -> CmdResult<Bo
 pub use crate::digest::sha256;
 
 /// Apply a verified document through a backend and record it. Skips the kernel when the
-/// policy and host context are what is live already.
+/// policy and host context are what was applied and the kernel still holds exactly that (no
+/// drift); after switching backend, removes the previous backend's objects.
 pub fn apply_verified(
     v: &Verified,
     ctx: &HostContext,
@@ -294,7 +315,12 @@ pub fn apply_verified(
             && a.context_digest == context_digest
             && a.backend == backend.name()
             && a.reyes_version == record.reyes_version;
-        if same && backend.present().map_err(backend_failure)? {
+        let drift = if same {
+            drift::check(backend, state)
+        } else {
+            drift::Drift::Unknown
+        };
+        if same && drift == drift::Drift::Intact {
             if a.serial != doc.serial {
                 state.save_last_good(&v.bytes, &v.signature).runtime()?;
                 state
@@ -313,6 +339,9 @@ pub fn apply_verified(
             record_host(state, ctx, backend);
             return Ok(Outcome::Unchanged { serial: doc.serial });
         }
+        if same {
+            drift::note(drift, backend, doc.serial, report);
+        }
     }
     // The last good document, for a backend that cannot read the live rules back in full.
     let previous = || {
@@ -324,6 +353,8 @@ pub fn apply_verified(
         .apply_replacing(&rs, &previous)
         .map_err(backend_failure)?;
     report.apply_seconds = Some(started.elapsed().as_secs_f64());
+    drift::record(backend, state);
+    crate::live::remove_previous(backend, applied.as_ref().map(|a| a.backend.as_str()));
     state.save_last_good(&v.bytes, &v.signature).runtime()?;
     state.record(&record).runtime()?;
     record_host(state, ctx, backend);
@@ -394,10 +425,10 @@ pub fn run_reported(
     }
     let trust = trust_root(cfg)?;
     let store = store::open(&cfg.store).map_err(store_failure)?;
-    let backend = open_backend(cfg, opts.backend)?;
-    let ctx = host_context(cfg, opts)?;
     let state = StateDir::open(&cfg.follower.state_dir).runtime()?;
     let _lock = state.lock(cfg.follower.lock_timeout).runtime()?;
+    let backend = open_live_backend(cfg, opts.backend, &state)?;
+    let ctx = host_context(cfg, opts)?;
 
     let applied = state.applied().runtime()?;
     let cond = if opts.dry_run {
@@ -443,10 +474,12 @@ pub fn run_reported(
                 }
             }
             tracing::info!(serial = a.serial, store = %store.describe(), "not modified");
+            let outcome =
+                drift::heal_not_modified(cfg, &trust, &ctx, backend.as_ref(), &state, now, report)?;
             if cfg.follower.metrics_file.is_some() {
                 report.counters = backend.counters().ok();
             }
-            return Ok(Outcome::NotModified);
+            return Ok(outcome);
         }
     };
     check_serial(&v, applied.as_ref())?;

@@ -31,6 +31,7 @@ pub mod hostrecord;
 pub mod inventory;
 pub mod iptables;
 pub mod leader;
+pub mod live;
 pub mod load;
 pub mod metrics;
 pub mod net;

@@ -167,11 +167,15 @@ enum Command {
         #[arg(long)]
         passphrase_file: Option<PathBuf>,
     },
-    /// What is live: backend, serial, age, counters.
+    /// What is live: backend, serial, age, counters, drift. Exit 1 when reyes' rules are not
+    /// live.
     Status {
-        /// Backend (overrides follower.backend).
+        /// Backend to look at (default: the one the last apply went through).
         #[arg(long, value_enum)]
         backend: Option<Backend>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = StatusFormatArg::Text)]
+        format: StatusFormatArg,
     },
     /// Re-apply the last good document (boot time).
     Restore {
@@ -182,9 +186,10 @@ enum Command {
         #[arg(long)]
         allow_unknown_host: bool,
     },
-    /// Remove reyes' own table (or chains and sets), nothing else.
+    /// Remove reyes' own table, chains and sets of both backends, nothing else; says what
+    /// was removed.
     Flush {
-        /// Backend (overrides follower.backend).
+        /// Only this backend's objects (default: both, whatever the config says).
         #[arg(long, value_enum)]
         backend: Option<Backend>,
     },
@@ -317,6 +322,12 @@ impl ScopeArgs {
             established: self.established,
         }
     }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum StatusFormatArg {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -479,14 +490,25 @@ fn run_host(config: &Option<PathBuf>, command: Command) -> CmdResult<u8> {
                 .map(|o| tracing::debug!(?o))
                 .map(|()| 0)
         }
-        Command::Status { backend } => {
+        Command::Status { backend, format } => {
             let cfg = load_config(&config_path(config))?;
-            print!("{}", commands::status(&cfg, backend)?);
-            Ok(0)
+            let format = match format {
+                StatusFormatArg::Text => commands::StatusFormat::Text,
+                StatusFormatArg::Json => commands::StatusFormat::Json,
+            };
+            let (out, live) = commands::status(&cfg, backend, format)?;
+            print!("{out}");
+            if live {
+                Ok(0)
+            } else {
+                tracing::error!("reyes rules are not live");
+                Ok(1)
+            }
         }
         Command::Flush { backend } => {
             let cfg = optional_config(config)?;
-            commands::flush(cfg.as_ref(), backend).map(|()| 0)
+            print!("{}", commands::flush(cfg.as_ref(), backend)?);
+            Ok(0)
         }
         _ => unreachable!("run() dispatches only these commands here"),
     }

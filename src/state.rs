@@ -1,6 +1,7 @@
 //! The follower's state directory: `last-good/rules.json` + `.sig` (the last document applied,
 //! verified), `applied.json` (what is live), `store-version.json` (the store's version tag, an
-//! ETag, of that document, for conditional fetches) and `lock` (one follower at a time).
+//! ETag, of that document, for conditional fetches), `live-digest.json` (the digest of what
+//! the kernel held after that apply, to notice drift) and `lock` (one follower at a time).
 //! Everything is written atomically (write, fsync, rename).
 
 use std::fs::{self, File};
@@ -62,6 +63,18 @@ pub struct StoreVersion {
 }
 
 const STORE_VERSION: &str = "store-version.json";
+
+/// The digest of reyes' objects as the kernel held them right after the last apply (see
+/// [`crate::backend::Backend::digest`]): each run compares the kernel with it to find drift.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveDigest {
+    /// The backend it was read through.
+    pub backend: String,
+    /// `sha256:<hex>`.
+    pub digest: String,
+}
+
+const LIVE_DIGEST: &str = "live-digest.json";
 
 /// An open state directory.
 #[derive(Debug, Clone)]
@@ -179,6 +192,24 @@ impl StateDir {
                 _ => Ok(()),
             },
         }
+    }
+
+    /// The digest recorded after the last apply, if any (a corrupt record is ignored: it
+    /// only costs one apply).
+    pub fn live_digest(&self) -> Option<LiveDigest> {
+        let b = fs::read(self.root.join(LIVE_DIGEST)).ok()?;
+        serde_json::from_slice(&b).ok()
+    }
+
+    /// Record the digest read after an apply (unless it is what is recorded already).
+    pub fn record_live_digest(&self, d: &LiveDigest) -> Result<(), StateError> {
+        if self.live_digest().as_ref() == Some(d) {
+            return Ok(());
+        }
+        let mut bytes = serde_json::to_vec_pretty(d).map_err(|e| self.err(e.to_string()))?;
+        bytes.push(b'\n');
+        write_atomic(&self.root.join(LIVE_DIGEST), &bytes)
+            .map_err(|e| self.err(format!("cannot write {LIVE_DIGEST}: {e}")))
     }
 
     /// Keep the verified document and signature as last-good (both or neither).

@@ -1200,6 +1200,77 @@ fn not_modified_but_expired_is_still_refused() {
 }
 
 #[test]
+fn drift_is_repaired_when_s3_answers_not_modified() {
+    if !netns_available() {
+        return;
+    }
+    let Some(rig) = Rig::new() else { return };
+    let ns = Netns::new("s3d");
+    let _fwd = forward_into(&ns, rig.port);
+    rig.lead();
+    let o = rig.follower_in(&ns, "reyes.yaml");
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let live = ns.nft_list_table("inet", "reyes").expect("table applied");
+    let applied = rig.applied();
+
+    // The table deleted by someone else: the next run gets 304, looks, and re-applies
+    // last-good.
+    ns.ok(&["nft", "delete", "table", "inet", "reyes"]);
+    let o = rig.follower_in(&ns, "reyes.yaml");
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let log = stderr(&o);
+    assert!(log.contains("not modified"), "{log}");
+    assert!(log.contains("drift") && log.contains("missing"), "{log}");
+    assert_eq!(
+        ns.nft_list_table("inet", "reyes").as_deref(),
+        Some(live.as_str())
+    );
+    assert_eq!(rig.applied()["serial"], applied["serial"]);
+
+    // An element added by someone else: 304 again, repaired again.
+    // A named set of IPv4 addresses (not a map).
+    let mut name = None;
+    let mut set = None;
+    for l in live.lines().map(str::trim) {
+        if let Some(n) = l
+            .strip_prefix("set ")
+            .and_then(|r| r.split_whitespace().next())
+        {
+            name = Some(n.to_string());
+        } else if l == "type ipv4_addr" && set.is_none() {
+            set = name.take();
+        }
+    }
+    let set = set.unwrap_or_else(|| panic!("no IPv4 set in\n{live}"));
+    ns.ok(&[
+        "nft",
+        "add",
+        "element",
+        "inet",
+        "reyes",
+        &set,
+        "{ 192.0.2.99 }",
+    ]);
+    let o = rig.follower_in(&ns, "reyes.yaml");
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let log = stderr(&o);
+    assert!(log.contains("not modified"), "{log}");
+    assert!(log.contains("different from what was applied"), "{log}");
+    assert_eq!(
+        ns.nft_list_table("inet", "reyes").as_deref(),
+        Some(live.as_str())
+    );
+
+    // Nothing drifted: 304, and nothing else.
+    let o = rig.follower_in(&ns, "reyes.yaml");
+    let log = stderr(&o);
+    assert!(
+        log.contains("not modified") && !log.contains("drift"),
+        "{log}"
+    );
+}
+
+#[test]
 fn s3_store_conditional_fetches_and_torn_pairs() {
     use reyes::store::{s3::S3Store, FetchOutcome, Store, StoreError};
     let Some(rig) = Rig::new() else { return };

@@ -316,3 +316,339 @@ fn follower_metrics_file_after_an_apply_passes_promtool() {
         Err(e) => panic!("promtool is needed under CI: {e}"),
     }
 }
+
+/// The ruleset generation inside `ns` (bumped by every committed nf_tables transaction).
+fn generation(ns: &Netns) -> u32 {
+    common::in_netns(&ns.name, || {
+        let sock = reyes::nft::netlink::Socket::open().unwrap();
+        reyes::nft::netlink::digest::generation(&sock).unwrap()
+    })
+}
+
+/// The first named set of `table inet reyes` whose elements are IPv4 addresses.
+fn an_ipv4_set(ns: &Netns) -> String {
+    let t = ns.nft_list_table("inet", "reyes").expect("table");
+    let mut name = None;
+    for l in t.lines().map(str::trim) {
+        if let Some(n) = l
+            .strip_prefix("set ")
+            .and_then(|r| r.split_whitespace().next())
+        {
+            name = Some(n.to_string());
+        } else if l == "type ipv4_addr" {
+            if let Some(n) = name.take() {
+                return n;
+            }
+        }
+    }
+    panic!("no IPv4 set in\n{t}");
+}
+
+fn follow_logged(rig: &Rig, args: &[&str]) -> String {
+    let mut a = vec!["follower", "--once"];
+    a.extend_from_slice(args);
+    let o = rig.reyes_in(&rig.ns, &a);
+    assert_eq!(code(&o), 0, "follower: {}", text(&o));
+    stderr(&o)
+}
+
+fn metric(rig: &Rig, name: &str) -> String {
+    let m = std::fs::read_to_string(rig.p("follower.prom")).unwrap();
+    m.lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("{name} missing:\n{m}"))
+        .to_string()
+}
+
+#[test]
+fn unchanged_runs_write_nothing_and_drift_is_repaired() {
+    if !netns_available() {
+        return;
+    }
+    let rig = Rig::new("drift", &format!("[{HOST}]"));
+    rig.lead();
+    rig.follow();
+    let applied = rig.live(&rig.ns).expect("table");
+
+    // Unchanged: the kernel is read, never written (the generation stays where it was).
+    let gen = generation(&rig.ns);
+    for _ in 0..2 {
+        let log = follow_logged(&rig, &[]);
+        assert!(log.contains("nothing to change"), "{log}");
+    }
+    assert_eq!(
+        generation(&rig.ns),
+        gen,
+        "an unchanged run committed a transaction"
+    );
+    assert_eq!(
+        metric(&rig, "reyes_follower_drift_repairs_total"),
+        "reyes_follower_drift_repairs_total 0"
+    );
+
+    // An element added by someone else: found, logged, re-applied, counted.
+    let set = an_ipv4_set(&rig.ns);
+    rig.ns.ok(&[
+        "nft",
+        "add",
+        "element",
+        "inet",
+        "reyes",
+        &set,
+        "{ 192.0.2.99 }",
+    ]);
+    assert_ne!(rig.live(&rig.ns).as_deref(), Some(applied.as_str()));
+    let log = follow_logged(&rig, &[]);
+    assert!(
+        log.contains("drift") && log.contains("different from what was applied"),
+        "{log}"
+    );
+    assert_eq!(rig.live(&rig.ns).as_deref(), Some(applied.as_str()));
+    assert_eq!(
+        metric(&rig, "reyes_follower_drift_repairs_total"),
+        "reyes_follower_drift_repairs_total 1"
+    );
+
+    // A rule deleted by someone else.
+    let listing = rig
+        .ns
+        .ok(&["nft", "-a", "list", "chain", "inet", "reyes", "input"]);
+    let handle = listing
+        .lines()
+        .rev()
+        .filter_map(|l| {
+            l.rsplit_once("# handle ")
+                .map(|(_, h)| h.trim().to_string())
+        })
+        .next()
+        .expect("a rule with a handle");
+    rig.ns.ok(&[
+        "nft", "delete", "rule", "inet", "reyes", "input", "handle", &handle,
+    ]);
+    let log = follow_logged(&rig, &[]);
+    assert!(log.contains("different from what was applied"), "{log}");
+    assert_eq!(rig.live(&rig.ns).as_deref(), Some(applied.as_str()));
+
+    // The table deleted.
+    rig.ns.ok(&["nft", "delete", "table", "inet", "reyes"]);
+    let log = follow_logged(&rig, &[]);
+    assert!(log.contains("drift") && log.contains("missing"), "{log}");
+    assert_eq!(rig.live(&rig.ns).as_deref(), Some(applied.as_str()));
+
+    // And quiet again.
+    let gen = generation(&rig.ns);
+    follow_logged(&rig, &[]);
+    assert_eq!(generation(&rig.ns), gen);
+}
+
+/// `iptables-save` and `ip6tables-save` lines of reyes' own, and reyes' ipsets.
+fn iptables_reyes(ns: &Netns) -> Vec<String> {
+    let mut out = Vec::new();
+    for tool in ["iptables-save", "ip6tables-save"] {
+        out.extend(
+            ns.ok(&[tool])
+                .lines()
+                .filter(|l| l.contains("REYES"))
+                .map(str::to_string),
+        );
+    }
+    out.extend(
+        ns.ok(&["ipset", "list", "-n"])
+            .lines()
+            .filter(|l| l.starts_with("reyes-"))
+            .map(str::to_string),
+    );
+    out
+}
+
+fn iptables_available() -> bool {
+    let ok = ["iptables-save", "ip6tables-save", "ipset"]
+        .iter()
+        .all(|t| {
+            Command::new(t)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    if !ok {
+        common::skipped("iptables-save, ip6tables-save or ipset is not installed");
+    }
+    ok
+}
+
+fn status(rig: &Rig, ns: &Netns, args: &[&str]) -> (i32, String) {
+    let mut a = vec!["status"];
+    a.extend_from_slice(args);
+    let o = rig.reyes_in(ns, &a);
+    (code(&o), String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+#[test]
+fn switching_backend_removes_the_other_and_flush_removes_both() {
+    if !netns_available() || !iptables_available() {
+        return;
+    }
+    let rig = Rig::new("switch", &format!("[{HOST}]"));
+    rig.lead();
+    rig.follow();
+    assert!(rig.live(&rig.ns).is_some());
+    assert!(iptables_reyes(&rig.ns).is_empty());
+
+    // nft -> iptables (by flag): iptables live, then the nft table removed.
+    let log = follow_logged(&rig, &["--backend", "iptables"]);
+    assert!(log.contains("removed the nft backend's objects"), "{log}");
+    assert!(rig.live(&rig.ns).is_none(), "nft table left behind");
+    let ipt = iptables_reyes(&rig.ns);
+    assert!(
+        ipt.iter().any(|l| l.contains("-A INPUT -j REYES-INPUT")),
+        "{ipt:?}"
+    );
+    let (c, s) = status(&rig, &rig.ns, &[]);
+    assert_eq!(c, 0, "{s}");
+    assert!(s.starts_with("backend: iptables\nlive: yes\n"), "{s}");
+
+    // And back (the config says nft): nft live, the iptables chains and sets removed.
+    let log = follow_logged(&rig, &[]);
+    assert!(
+        log.contains("removed the iptables backend's objects"),
+        "{log}"
+    );
+    assert!(rig.live(&rig.ns).is_some());
+    assert_eq!(iptables_reyes(&rig.ns), Vec::<String>::new());
+    let (c, s) = status(&rig, &rig.ns, &[]);
+    assert_eq!(c, 0, "{s}");
+    assert!(s.starts_with("backend: nft"), "{s}");
+
+    // Applied with iptables, flushed with the config saying nft: nothing of reyes' is left,
+    // and flush says what it removed.
+    follow_logged(&rig, &["--backend", "iptables"]);
+    let o = rig.reyes_in(&rig.ns, &["flush"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let said = String::from_utf8_lossy(&o.stdout).into_owned();
+    eprintln!("flush: {said}");
+    assert!(
+        said.starts_with("removed: ")
+            && said.contains("chains REYES-")
+            && said.contains("ipsets reyes-"),
+        "{said}"
+    );
+    assert_eq!(iptables_reyes(&rig.ns), Vec::<String>::new());
+    assert!(rig.live(&rig.ns).is_none());
+    let o = rig.reyes_in(&rig.ns, &["flush"]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "removed: nothing (no reyes objects were live)\n"
+    );
+    let (c, s) = status(&rig, &rig.ns, &[]);
+    assert_eq!(c, 1, "status must fail when nothing is live: {s}");
+}
+
+#[test]
+fn iptables_rule_deleted_from_a_reyes_chain_is_repaired() {
+    if !netns_available() || !iptables_available() {
+        return;
+    }
+    let rig = Rig::new("iptdrift", &format!("[{HOST}]"));
+    let cfg = std::fs::read_to_string(rig.p("reyes.yaml")).unwrap();
+    write(
+        &rig.p("reyes.yaml"),
+        &cfg.replace("backend: nft", "backend: iptables"),
+    );
+    rig.lead();
+    rig.follow();
+    let applied = iptables_reyes(&rig.ns);
+    let rule = applied
+        .iter()
+        .find(|l| l.starts_with("-A REYES-") && !l.starts_with("-A REYES-INPUT"))
+        .expect("a rule in a REYES chain")
+        .clone();
+    let mut del = vec!["iptables", "-D"];
+    del.extend(rule.trim_start_matches("-A ").split_whitespace());
+    rig.ns.ok(&del);
+    assert_ne!(iptables_reyes(&rig.ns), applied);
+    let log = follow_logged(&rig, &[]);
+    assert!(
+        log.contains("backend=iptables") || log.contains("iptables"),
+        "{log}"
+    );
+    assert!(log.contains("different from what was applied"), "{log}");
+    assert_eq!(iptables_reyes(&rig.ns), applied);
+    let log = follow_logged(&rig, &[]);
+    assert!(log.contains("nothing to change"), "{log}");
+}
+
+#[test]
+fn status_without_the_nft_binary_and_as_json() {
+    if !netns_available() {
+        return;
+    }
+    let rig = Rig::new("status", &format!("[{HOST}]"));
+    let cfg = std::fs::read_to_string(rig.p("reyes.yaml")).unwrap();
+    write(
+        &rig.p("reyes.yaml"),
+        &cfg.replace("backend: nft\n", "backend: nft\n  nft_transport: netlink\n"),
+    );
+    rig.lead();
+    rig.follow();
+    // No nft (nor anything else) in PATH.
+    let no_nft = |args: &[&str]| {
+        let cfg = rig.cfg();
+        let mut argv = vec![
+            "env",
+            "PATH=/nonexistent",
+            reyes_bin(),
+            "--config",
+            &cfg,
+            "status",
+        ];
+        argv.extend_from_slice(args);
+        let o = rig.ns.run(&argv, None);
+        (code(&o), String::from_utf8_lossy(&o.stdout).into_owned(), o)
+    };
+    let (c, s, o) = no_nft(&[]);
+    assert_eq!(c, 0, "{}", text(&o));
+    assert!(
+        s.starts_with("backend: nft (netlink)\nlive: yes\nserial: "),
+        "{s}"
+    );
+    assert!(s.contains("accepted: 0 packets, 0 bytes\ndropped: "), "{s}");
+
+    let (c, j, o) = no_nft(&["--format", "json"]);
+    assert_eq!(c, 0, "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_str(&j).unwrap_or_else(|e| panic!("{e}: {j}"));
+    let applied: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(rig.p("state/applied.json")).unwrap()).unwrap();
+    assert_eq!(v["backend"], "nft");
+    assert_eq!(v["transport"], "netlink");
+    assert_eq!(v["live"], true);
+    assert_eq!(v["rules"], "as_applied");
+    assert_eq!(v["applied"]["serial"], applied["serial"]);
+    assert_eq!(v["applied"]["policy_digest"], applied["policy_digest"]);
+    assert_eq!(v["counters"]["accepted"]["packets"], 0);
+    assert!(v["counters"]["dropped"]["bytes"].is_u64(), "{j}");
+    assert_eq!(v["other_backend_live"], serde_json::json!([]));
+
+    // Altered by someone else: both formats say so.
+    let set = an_ipv4_set(&rig.ns);
+    rig.ns.ok(&[
+        "nft",
+        "add",
+        "element",
+        "inet",
+        "reyes",
+        &set,
+        "{ 192.0.2.99 }",
+    ]);
+    let (_, s, _) = no_nft(&[]);
+    assert!(s.contains("rules: DIFFERENT from what was applied"), "{s}");
+    let (_, j, _) = no_nft(&["--format", "json"]);
+    assert!(j.contains("\"rules\": \"different\""), "{j}");
+
+    // Not live: exit 1, and the JSON says so.
+    rig.ns.ok(&["nft", "delete", "table", "inet", "reyes"]);
+    let (c, j, _) = no_nft(&["--format", "json"]);
+    assert_eq!(c, 1);
+    let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+    assert_eq!(v["live"], false);
+    assert_eq!(v["counters"], serde_json::Value::Null);
+}

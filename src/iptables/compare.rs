@@ -228,3 +228,51 @@ pub fn counter(tables: &[TableState], chain: &str) -> Option<(u64, u64)> {
     }
     found
 }
+
+/// Names, at most four, then how many more.
+fn some_names(names: &[String]) -> String {
+    const SHOWN: usize = 4;
+    let mut s = names
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        s.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    s
+}
+
+/// What reyes owns in one variant's filter tables (both families), as one phrase such as
+/// `iptables-nft chains REYES-INPUT, REYES-G-WEB (12 rules, 2 jumps from INPUT)`; `None`
+/// when it owns nothing there.
+pub fn owned_chains(tools: &Tools) -> Result<Option<String>, BackendError> {
+    let mut chains = BTreeSet::new();
+    let (mut rules, mut jumps) = (0, 0);
+    for fam in Family::BOTH {
+        let st = read_table(tools, fam, Counters::Without)?;
+        rules += st.chains.values().map(Vec::len).sum::<usize>();
+        jumps += st.jumps;
+        chains.extend(st.chains.into_keys());
+    }
+    if chains.is_empty() && jumps == 0 {
+        return Ok(None);
+    }
+    let chains: Vec<String> = chains.into_iter().collect();
+    let plural =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    Ok(Some(format!(
+        "{} chains {} ({}, {} from {HOOK_CHAIN})",
+        tools.variant.name(),
+        some_names(&chains),
+        plural(rules, "rule", "rules"),
+        plural(jumps, "jump", "jumps"),
+    )))
+}
+
+/// reyes' ipsets as one phrase (`ipsets reyes-a, reyes-b`), or `None` when there are none.
+pub fn owned_sets(tools: &Tools) -> Result<Option<String>, BackendError> {
+    let sets = super::save::list_sets(tools)?;
+    Ok((!sets.is_empty()).then(|| format!("ipsets {}", some_names(&sets))))
+}

@@ -71,6 +71,11 @@ impl FakeHost {
         self.inner.lock().expect("fake host lock").state.clone()
     }
 
+    /// Change what the host holds (someone else's edit).
+    pub fn edit(&self, f: impl FnOnce(&mut HostState)) {
+        f(&mut self.inner.lock().expect("fake host lock").state)
+    }
+
     /// Fail the `n`th call (0-based, counted from the host's creation).
     pub fn fail_call(&self, n: usize, how: Injected) {
         self.inner

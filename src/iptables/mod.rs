@@ -23,7 +23,7 @@
 pub mod apply;
 pub mod compare;
 #[cfg(test)]
-mod fake_host;
+pub(crate) mod fake_host;
 pub mod matches;
 pub mod names;
 pub mod plan;
@@ -373,6 +373,39 @@ pub fn detect(choice: IptablesVariant) -> Result<Tools, BackendError> {
         },
     };
     Ok(Tools::find(v)?)
+}
+
+/// The tools of every variant installed here. Finding and removing reyes' own objects never
+/// mixes variants, so this is how both are looked at whatever the config says.
+pub fn installed() -> Vec<Tools> {
+    [Variant::Legacy, Variant::Nft]
+        .into_iter()
+        .filter_map(|v| Tools::find(v).ok())
+        .collect()
+}
+
+/// What reyes owns in the filter tables of `variants` and in ipset, one phrase each (empty
+/// when nothing).
+pub fn owned(variants: &[Tools]) -> Result<Vec<String>, BackendError> {
+    let mut out = Vec::new();
+    for tools in variants {
+        out.extend(compare::owned_chains(tools)?);
+    }
+    if let Some(first) = variants.first() {
+        out.extend(compare::owned_sets(first)?);
+    }
+    Ok(out)
+}
+
+/// Remove everything reyes owns in iptables and ipset, in every installed variant, whatever
+/// the config says; returns what was removed (empty when nothing was there).
+pub fn remove_owned() -> Result<Vec<String>, BackendError> {
+    let variants = installed();
+    let found = owned(&variants)?;
+    if !found.is_empty() {
+        apply::flush(&variants)?;
+    }
+    Ok(found)
 }
 
 /// ipset + iptables-restore in reyes' own chains.

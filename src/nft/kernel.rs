@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use super::netlink::{self, readback::Outline, Batch, NetlinkError, Socket};
+use crate::backend::NamedCount;
 
 /// What the nft backend asks of nf_tables over netlink.
 pub trait Kernel: fmt::Debug + Send + Sync {
@@ -14,6 +15,10 @@ pub trait Kernel: fmt::Debug + Send + Sync {
     fn table_present(&self) -> Result<bool, NetlinkError>;
     /// Our table in outline (chains, rule counts, set and map elements).
     fn outline(&self) -> Result<Outline, NetlinkError>;
+    /// The digest of our table as it is (see [`netlink::digest`]), `None` without a table.
+    fn digest(&self) -> Result<Option<String>, NetlinkError>;
+    /// Our named counters' packets and bytes.
+    fn counters(&self) -> Result<Vec<NamedCount>, NetlinkError>;
 }
 
 /// The kernel, through a NETLINK_NETFILTER socket opened per call.
@@ -32,6 +37,14 @@ impl Kernel for Netlink {
     fn outline(&self) -> Result<Outline, NetlinkError> {
         netlink::readback::outline(&Socket::open()?)
     }
+
+    fn digest(&self) -> Result<Option<String>, NetlinkError> {
+        netlink::digest::digest(&Socket::open()?)
+    }
+
+    fn counters(&self) -> Result<Vec<NamedCount>, NetlinkError> {
+        netlink::digest::counters(&Socket::open()?)
+    }
 }
 
 /// What a [`FakeKernel`] answers to the next call of each kind.
@@ -45,6 +58,14 @@ pub struct FakeState {
     pub present: bool,
     /// Outlines for the next `outline` calls, in order (then the empty outline).
     pub outlines: Vec<Outline>,
+    /// What the next `digest` calls answer, in order (then `digest`).
+    pub digests: Vec<Option<String>>,
+    /// What `digest` answers (`None`: no table).
+    pub digest: Option<String>,
+    /// What `counters` answers.
+    pub counters: Vec<NamedCount>,
+    /// Read requests answered (table presence, outline, digest, counters).
+    pub reads: usize,
 }
 
 /// A kernel for tests: records the batches it is sent and answers from [`FakeState`].
@@ -76,16 +97,38 @@ impl Kernel for FakeKernel {
     }
 
     fn table_present(&self) -> Result<bool, NetlinkError> {
-        self.with(|s| s.present)
+        self.with(|s| {
+            s.reads += 1;
+            s.present
+        })
     }
 
     fn outline(&self) -> Result<Outline, NetlinkError> {
         self.with(|s| {
+            s.reads += 1;
             if s.outlines.is_empty() {
                 Outline::default()
             } else {
                 s.outlines.remove(0)
             }
+        })
+    }
+
+    fn digest(&self) -> Result<Option<String>, NetlinkError> {
+        self.with(|s| {
+            s.reads += 1;
+            if s.digests.is_empty() {
+                s.digest.clone()
+            } else {
+                s.digests.remove(0)
+            }
+        })
+    }
+
+    fn counters(&self) -> Result<Vec<NamedCount>, NetlinkError> {
+        self.with(|s| {
+            s.reads += 1;
+            s.counters.clone()
         })
     }
 }

@@ -245,6 +245,36 @@ impl NftBackend {
     }
 }
 
+/// What reyes owns in nftables, as one phrase (`nft table inet reyes (5 chains, 40 rules, 7
+/// sets)`), or `None`. Read over netlink, so no `nft` binary is needed; a kernel without
+/// nf_tables holds nothing of ours.
+pub fn owned() -> Result<Option<String>, BackendError> {
+    let Ok(sock) = netlink::Socket::open() else {
+        return Ok(None);
+    };
+    let read = |e| BackendError::io("reading our table over netlink", e);
+    if !netlink::digest::table_exists(&sock).map_err(read)? {
+        return Ok(None);
+    }
+    let o = netlink::readback::outline(&sock).map_err(read)?;
+    Ok(Some(format!(
+        "nft table inet {} ({} chains, {} rules, {} sets and maps)",
+        crate::compile::TABLE,
+        o.chains.len(),
+        o.chains.values().sum::<usize>(),
+        o.sets.len()
+    )))
+}
+
+/// Remove our table (over netlink), whatever the config says; returns what was removed.
+pub fn remove_owned() -> Result<Option<String>, BackendError> {
+    let found = owned()?;
+    if found.is_some() {
+        NftBackend::netlink().flush()?;
+    }
+    Ok(found)
+}
+
 fn err(e: cli::NftError) -> BackendError {
     match e {
         cli::NftError::Refused(_) => BackendError::refused("nft", e),
@@ -316,7 +346,31 @@ impl Backend for NftBackend {
         }
     }
 
+    /// Read over netlink whatever the transport: no `nft` binary needed.
+    fn digest(&self) -> Result<Option<String>, BackendError> {
+        self.kernel
+            .digest()
+            .map_err(|e| BackendError::io("reading our table over netlink", e))
+    }
+
+    /// Over netlink with the netlink transport (no `nft` binary needed), else through `nft`.
     fn counters(&self) -> Result<Counters, BackendError> {
+        if self.transport == Transport::Netlink {
+            let all = self
+                .kernel
+                .counters()
+                .map_err(|e| BackendError::io("reading our counters over netlink", e))?;
+            let get = |name: &str| all.iter().find(|(n, _)| n == name).map(|(_, c)| *c);
+            return Ok(Counters {
+                accepted: get(COUNTER_ACCEPTED),
+                dropped: get(COUNTER_DROPPED),
+                audit: all
+                    .iter()
+                    .filter(|(n, _)| n.starts_with(AUDIT_COUNTER_PREFIX))
+                    .cloned()
+                    .collect(),
+            });
+        }
         Ok(Counters {
             accepted: self.cli.counter(COUNTER_ACCEPTED).map_err(err)?,
             dropped: self.cli.counter(COUNTER_DROPPED).map_err(err)?,

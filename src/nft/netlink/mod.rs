@@ -8,6 +8,7 @@
 pub mod batch;
 pub mod chain;
 pub mod counter;
+pub mod digest;
 pub mod encode;
 pub mod expr;
 pub mod readback;

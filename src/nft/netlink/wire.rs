@@ -190,6 +190,8 @@ pub enum MsgType {
     GetSet,
     /// NFT_MSG_GETSETELEM.
     GetSetElem,
+    /// NFT_MSG_GETOBJ.
+    GetObj,
 }
 
 impl MsgType {
@@ -209,6 +211,7 @@ impl MsgType {
             MsgType::GetRule => NFT_MSG_GETRULE,
             MsgType::GetSet => NFT_MSG_GETSET,
             MsgType::GetSetElem => NFT_MSG_GETSETELEM,
+            MsgType::GetObj => NFT_MSG_GETOBJ,
         }
     }
 
@@ -228,6 +231,7 @@ impl MsgType {
             MsgType::GetRule => "GETRULE",
             MsgType::GetSet => "GETSET",
             MsgType::GetSetElem => "GETSETELEM",
+            MsgType::GetObj => "GETOBJ",
         }
     }
 
@@ -244,7 +248,8 @@ impl MsgType {
             | MsgType::GetGen
             | MsgType::GetRule
             | MsgType::GetSet
-            | MsgType::GetSetElem => NLM_F_REQUEST,
+            | MsgType::GetSetElem
+            | MsgType::GetObj => NLM_F_REQUEST,
         }
     }
 }
