@@ -12,7 +12,7 @@ pub const MAX_HOST_ID: usize = 128;
 
 /// A host id that is not usable as a receipt name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("host id {shown:?}: {why} (1 to 128 of A-Z a-z 0-9 . _ -, not starting with . or -)")]
+#[error("host id {shown:?}: {why} (1 to 128 of A-Z a-z 0-9 . _ : -, not starting with . or -)")]
 pub struct HostIdError {
     /// The id, shortened and with control characters escaped.
     pub shown: String,
@@ -21,8 +21,9 @@ pub struct HostIdError {
 }
 
 /// A host's name in the fleet: the receipt is `receipts/<host id>.json`. Only letters, digits,
-/// `.`, `_` and `-`, at most [`MAX_HOST_ID`], not starting with `.` or `-`: never a path
-/// separator, `..`, a hidden file or an option.
+/// `.`, `_`, `:` and `-`, at most [`MAX_HOST_ID`], not starting with `.` or `-`: never a path
+/// separator, `..`, a hidden file or an option. (`:` lets an S3 user id, `ROLEID:SESSION`, be
+/// a host id, for IAM policies that allow each host only its own receipt.)
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct HostId(String);
 
@@ -44,7 +45,7 @@ impl HostId {
         }
         if !s
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
         {
             return Err(err("has a character outside the allowed set"));
         }
@@ -206,7 +207,13 @@ mod tests {
 
     #[test]
     fn host_ids() {
-        for ok in ["i-0abc123", "web-1.prod.example.com", "a", "A_b.c-9"] {
+        for ok in [
+            "i-0abc123",
+            "web-1.prod.example.com",
+            "a",
+            "A_b.c-9",
+            "AROAEXAMPLEID:i-0abc123",
+        ] {
             assert_eq!(HostId::new(ok).unwrap().as_str(), ok);
         }
         let long = "a".repeat(MAX_HOST_ID + 1);
@@ -222,7 +229,7 @@ mod tests {
             "a b",
             "a\nb",
             "é",
-            "a:b",
+            "a;b",
             long.as_str(),
         ] {
             assert!(HostId::new(bad).is_err(), "{bad:?} accepted");
