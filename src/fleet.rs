@@ -95,20 +95,33 @@ fn ago(d: Duration) -> String {
     humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
 }
 
+/// An entry that is not a usable receipt: the host (or the entry's name) and why.
+#[derive(Debug)]
+struct Malformed {
+    host: String,
+    detail: String,
+}
+
+fn malformed(host: impl Into<String>, detail: impl Into<String>) -> Malformed {
+    Malformed {
+        host: host.into(),
+        detail: detail.into(),
+    }
+}
+
 /// A receipt's name and body as a receipt of that host, or why not.
-fn receipt_of(
-    entry: ListedReceipt,
-    environment: &str,
-) -> Result<(HostId, Receipt), (String, String)> {
+fn receipt_of(entry: ListedReceipt, environment: &str) -> Result<(HostId, Receipt), Malformed> {
     let shown = clean(&entry.name, 140);
     let Some(id) = HostId::from_file_name(&entry.name) else {
-        return Err((shown, "not a receipt name (<host id>.json)".into()));
+        return Err(malformed(shown, "not a receipt name (<host id>.json)"));
     };
     let host = id.to_string();
-    let bytes = entry.body.map_err(|e| (host.clone(), clean(&e.to_string(), 300)))?;
-    let r = Receipt::parse(&bytes).map_err(|e| (host.clone(), clean(&e.to_string(), 300)))?;
+    let bytes = entry
+        .body
+        .map_err(|e| malformed(&host, clean(&e.to_string(), 300)))?;
+    let r = Receipt::parse(&bytes).map_err(|e| malformed(&host, clean(&e.to_string(), 300)))?;
     if r.host_id != id {
-        return Err((
+        return Err(malformed(
             host,
             format!(
                 "the receipt names host {:?}, not the one its name says",
@@ -117,7 +130,7 @@ fn receipt_of(
         ));
     }
     if r.environment != environment {
-        return Err((
+        return Err(malformed(
             host,
             format!(
                 "receipt for environment {:?}, not {environment:?}",
@@ -241,11 +254,11 @@ pub fn judge(
         .receipts
         .into_iter()
         .map(|entry| match receipt_of(entry, environment) {
-            Err((host, detail)) => HostReport {
-                host,
+            Err(m) => HostReport {
+                host: m.host,
                 state: HostState::Malformed,
                 outside_tolerance: !cfg.tolerate.contains(&HostState::Malformed),
-                detail,
+                detail: m.detail,
                 receipt_age_seconds: None,
                 serial: None,
                 receipt: None,
@@ -272,15 +285,17 @@ pub fn judge(
 }
 
 /// The published document: verified when `signing.keyring` is set, else parsed only.
-fn published(cfg: &Config, store: &dyn store::Store, now: SystemTime) -> Result<Published, String> {
-    let f = match store.fetch(None) {
-        Ok(FetchOutcome::Fetched(f)) => f,
-        Ok(FetchOutcome::Unchanged) => return Err("the store answered not-modified".into()),
-        Err(StoreError::NotFound(m)) => return Err(format!("nothing published: {m}")),
-        Err(e) => return Err(e.to_string()),
+fn published(cfg: &Config, store: &dyn store::Store, now: SystemTime) -> CmdResult<Published> {
+    let f = match store.fetch(None).map_err(Failure::runtime)? {
+        FetchOutcome::Fetched(f) => f,
+        FetchOutcome::Unchanged => {
+            return Err(Failure::runtime(anyhow::anyhow!(
+                "the store answered not-modified to an unconditional fetch"
+            )))
+        }
     };
     let (doc, verified) = if cfg.signing.keyring.is_some() {
-        let trust = crate::follower::trust_root(cfg).map_err(|e| e.to_string())?;
+        let trust = crate::follower::trust_root(cfg)?;
         let v = crate::follower::verify_document(
             &trust,
             &f.document,
@@ -289,11 +304,11 @@ fn published(cfg: &Config, store: &dyn store::Store, now: SystemTime) -> Result<
             now,
             false,
         )
-        .map_err(|e| format!("the published document does not verify: {e}"))?;
+        .map_err(|e| e.context("the published document does not verify"))?;
         (v.document, true)
     } else {
-        let d: Document = Document::parse(&f.document)
-            .map_err(|e| format!("the published document does not parse: {e}"))?;
+        let d = Document::parse(&f.document)
+            .map_err(|e| Failure::refused(e).context("the published document does not parse"))?;
         (d, false)
     };
     Ok(Published {
@@ -318,7 +333,7 @@ pub fn fleet(cfg: &Config, now: SystemTime) -> CmdResult<Fleet> {
     let truncated = listing.truncated;
     let (published, mut problem) = match published(cfg, store.as_ref(), now) {
         Ok(p) => (Some(p), None),
-        Err(m) => (None, Some(m)),
+        Err(f) => (None, Some(f.to_string())),
     };
     if let Some(p) = &published {
         if parse_time(&p.not_after).is_ok_and(|t| now > t) {
