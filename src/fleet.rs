@@ -176,12 +176,19 @@ pub fn classify(
         return (HostState::Silent, detail, true);
     }
     if r.disabled {
-        return (HostState::Disabled, format!("disable file present; {runs}"), true);
+        return (
+            HostState::Disabled,
+            format!("disable file present; {runs}"),
+            true,
+        );
     }
     let error = || clean(r.error.as_deref().unwrap_or("no message"), 300);
     match r.outcome {
         RunOutcome::Refused => {
-            let reason = r.last_refusal.as_ref().map_or("other", |l| l.reason.as_str());
+            let reason = r
+                .last_refusal
+                .as_ref()
+                .map_or("other", |l| l.reason.as_str());
             let detail = format!("{}: {}; {runs}", clean(reason, 40), error());
             return (HostState::Refusing, detail, true);
         }
@@ -278,9 +285,7 @@ pub fn judge(
         })
         .collect();
     let rank = |s: HostState| HostState::ALL.iter().position(|x| *x == s);
-    hosts.sort_by(|a, b| {
-        (rank(a.state), &a.host).cmp(&(rank(b.state), &b.host))
-    });
+    hosts.sort_by(|a, b| (rank(a.state), &a.host).cmp(&(rank(b.state), &b.host)));
     hosts
 }
 
@@ -343,7 +348,13 @@ pub fn fleet(cfg: &Config, now: SystemTime) -> CmdResult<Fleet> {
             ));
         }
     }
-    let hosts = judge(published.as_ref(), listing, &cfg.fleet, &cfg.environment, now);
+    let hosts = judge(
+        published.as_ref(),
+        listing,
+        &cfg.fleet,
+        &cfg.environment,
+        now,
+    );
     let mut counts = BTreeMap::new();
     for h in &hosts {
         *counts.entry(h.state).or_default() += 1;
@@ -369,9 +380,8 @@ impl Fleet {
 
     /// The JSON report.
     pub fn json(&self) -> String {
-        let mut s = serde_json::to_string_pretty(self).unwrap_or_else(|e| {
-            format!("{{\"error\": {:?}}}", e.to_string())
-        });
+        let mut s = serde_json::to_string_pretty(self)
+            .unwrap_or_else(|e| format!("{{\"error\": {:?}}}", e.to_string()));
         s.push('\n');
         s
     }
@@ -390,7 +400,11 @@ impl Fleet {
                     short(Some(&p.policy_digest)),
                     p.issued_at,
                     p.not_after,
-                    if p.verified { "" } else { " (signature not checked: no signing.keyring)" }
+                    if p.verified {
+                        ""
+                    } else {
+                        " (signature not checked: no signing.keyring)"
+                    }
                 );
             }
             None => out.push_str("published: none\n"),
@@ -406,9 +420,16 @@ impl Fleet {
             out,
             "hosts: {}{}{}",
             self.hosts.len(),
-            if counts.is_empty() { String::new() } else { format!(" ({})", counts.join(", ")) },
+            if counts.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", counts.join(", "))
+            },
             if self.truncated {
-                format!("; more than {} receipts, the rest not read", crate::receipt::MAX_RECEIPTS)
+                format!(
+                    "; more than {} receipts, the rest not read",
+                    crate::receipt::MAX_RECEIPTS
+                )
             } else {
                 String::new()
             }
@@ -422,7 +443,11 @@ impl Fleet {
             .iter()
             .map(|h| {
                 [
-                    format!("{} {}", if h.outside_tolerance { "!" } else { " " }, h.state),
+                    format!(
+                        "{} {}",
+                        if h.outside_tolerance { "!" } else { " " },
+                        h.state
+                    ),
                     h.host.clone(),
                     h.serial.map_or("-".into(), |s| s.to_string()),
                     h.receipt_age_seconds

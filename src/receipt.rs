@@ -215,8 +215,8 @@ pub fn host_id(cfg: &Config) -> Result<HostId, ReceiptError> {
     if let Some(id) = &cfg.follower.host_id {
         return Ok(id.clone());
     }
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map_err(ReceiptError::Hostname)?;
+    let name =
+        std::fs::read_to_string("/proc/sys/kernel/hostname").map_err(ReceiptError::Hostname)?;
     Ok(HostId::new(name.trim())?)
 }
 
@@ -346,7 +346,15 @@ pub fn write(cfg: &Config, run: Run<'_>, now: SystemTime) -> Result<usize, Recei
         .ok()
         .and_then(|b| Receipt::parse(&b).ok());
     let live = live_digest_of(cfg, applied.as_ref());
-    let r = build(cfg, host, run, applied.as_ref(), previous.as_ref(), live, now);
+    let r = build(
+        cfg,
+        host,
+        run,
+        applied.as_ref(),
+        previous.as_ref(),
+        live,
+        now,
+    );
     let mut bytes = serde_json::to_vec_pretty(&r)?;
     bytes.push(b'\n');
     if let Err(e) = crate::fsutil::write_atomic(&local, &bytes) {

@@ -19,7 +19,9 @@ use serde_json::Value;
 enum StoreKind {
     Directory,
     #[cfg(feature = "aws")]
-    S3 { port: u16 },
+    S3 {
+        port: u16,
+    },
 }
 
 const BUCKET: &str = "reyes-receipts";
@@ -154,7 +156,9 @@ impl Rig {
     /// Put an object among the receipts, as anyone who can write to the store could.
     fn plant(&self, name: &str, bytes: &[u8]) {
         match self.kind {
-            StoreKind::Directory => std::fs::write(self.p("store/receipts").join(name), bytes).unwrap(),
+            StoreKind::Directory => {
+                std::fs::write(self.p("store/receipts").join(name), bytes).unwrap()
+            }
             #[cfg(feature = "aws")]
             StoreKind::S3 { port } => {
                 let path = format!("/{BUCKET}/prod/receipts/{name}");
@@ -164,7 +168,13 @@ impl Rig {
     }
 
     fn fleet(&self, cfg: &Path, format: &str) -> Output {
-        self.reyes(&["--config", cfg.to_str().unwrap(), "fleet", "--format", format])
+        self.reyes(&[
+            "--config",
+            cfg.to_str().unwrap(),
+            "fleet",
+            "--format",
+            format,
+        ])
     }
 
     /// Add a rule to sg-web, so the next leader run publishes another policy.
@@ -215,7 +225,9 @@ fn run_fleet_scenario(rig: &Rig) {
     assert_eq!(code(&rig.follow(&web1)), 0);
     // Someone adds a rule to web-3's table behind reyes' back.
     let before = web3.ns.nft_list_table("inet", "reyes").unwrap();
-    web3.ns.ok(&["nft", "add", "rule", "inet", "reyes", "input", "tcp", "dport", "31337", "accept"]);
+    web3.ns.ok(&[
+        "nft", "add", "rule", "inet", "reyes", "input", "tcp", "dport", "31337", "accept",
+    ]);
     let o = rig.follow(&web3);
     assert_eq!(code(&o), 0, "{}", text(&o));
     let after = web3.ns.nft_list_table("inet", "reyes").unwrap();
@@ -273,11 +285,17 @@ fn run_fleet_scenario(rig: &Rig) {
             .unwrap()
             .clone()
     };
-    assert_eq!(host("db-1")["receipt"]["last_refusal"]["reason"], "signature");
+    assert_eq!(
+        host("db-1")["receipt"]["last_refusal"]["reason"],
+        "signature"
+    );
     assert_eq!(host("web-2")["serial"].as_u64(), Some(serial1));
     assert_eq!(host("web-1")["serial"].as_u64(), Some(serial2));
     assert!(
-        host("big")["detail"].as_str().unwrap().contains("larger than the limit"),
+        host("big")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("larger than the limit"),
         "{}",
         host("big")
     );
@@ -287,9 +305,20 @@ fn run_fleet_scenario(rig: &Rig) {
     let t = stdout(&o);
     eprintln!("reyes fleet:\n{t}");
     assert!(t.contains(&format!("published: serial {serial2}")), "{t}");
-    assert!(!t.contains('\u{1b}'), "control characters from a receipt reach the terminal: {t:?}");
-    assert!(t.lines().any(|l| l.starts_with("! refusing") && l.contains("db-1")), "{t}");
-    assert!(t.lines().any(|l| l.starts_with("  lagging") && l.contains("web-2")), "{t}");
+    assert!(
+        !t.contains('\u{1b}'),
+        "control characters from a receipt reach the terminal: {t:?}"
+    );
+    assert!(
+        t.lines()
+            .any(|l| l.starts_with("! refusing") && l.contains("db-1")),
+        "{t}"
+    );
+    assert!(
+        t.lines()
+            .any(|l| l.starts_with("  lagging") && l.contains("web-2")),
+        "{t}"
+    );
 
     // Tolerating what this fleet has (and a tighter lag would page web-2 only later): exit 0.
     let lenient = rig.leader_config(
@@ -333,7 +362,10 @@ fn fleet_from_s3() {
     let Some((port, _guard)) = moto::moto() else {
         return;
     };
-    assert_eq!(moto::http(port, "PUT", &format!("/{BUCKET}"), b"").unwrap(), 200);
+    assert_eq!(
+        moto::http(port, "PUT", &format!("/{BUCKET}"), b"").unwrap(),
+        200
+    );
     let rig = Rig::new(StoreKind::S3 { port });
     run_fleet_scenario(&rig);
 }
@@ -352,8 +384,15 @@ fn a_receipt_that_cannot_be_written_never_fails_the_run() {
     std::fs::write(&f.config, cfg).unwrap();
     let o = rig.follow(&f);
     assert_eq!(code(&o), 0, "{}", text(&o));
-    assert!(common::stderr(&o).contains("receipt not written"), "{}", text(&o));
-    assert!(f.ns.nft_list_table("inet", "reyes").is_some(), "applied all the same");
+    assert!(
+        common::stderr(&o).contains("receipt not written"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        f.ns.nft_list_table("inet", "reyes").is_some(),
+        "applied all the same"
+    );
     let prom = std::fs::read_to_string(rig.p("follower.prom")).unwrap();
     assert!(
         prom.contains("reyes_follower_receipt_failures_total 1\n"),

@@ -234,7 +234,13 @@ mod tests {
         ] {
             assert!(HostId::new(bad).is_err(), "{bad:?} accepted");
         }
-        assert_eq!(HostId::new(&"a".repeat(MAX_HOST_ID)).unwrap().as_str().len(), 128);
+        assert_eq!(
+            HostId::new(&"a".repeat(MAX_HOST_ID))
+                .unwrap()
+                .as_str()
+                .len(),
+            128
+        );
         let e = HostId::new("a\u{1b}[2J").unwrap_err().to_string();
         assert!(e.contains("\\u{1b}"), "control characters are escaped: {e}");
         assert_eq!(

@@ -101,7 +101,9 @@ fn sample() -> ReceiptListing {
             },
             ListedReceipt {
                 name: "huge.json".into(),
-                body: Err(StoreError::TooLarge("huge.json is larger than the limit of 65536 bytes".into())),
+                body: Err(StoreError::TooLarge(
+                    "huge.json is larger than the limit of 65536 bytes".into(),
+                )),
             },
             ListedReceipt {
                 name: "notes\u{7}.txt".into(),
@@ -146,14 +148,42 @@ fn every_state_of_a_sample_fleet() {
         ]
     );
     let detail = |h: &str| hosts.iter().find(|x| x.host == h).unwrap().detail.clone();
-    assert!(detail("db-1").starts_with("signature: signature refused"), "{}", detail("db-1"));
-    assert!(detail("db-1").contains("\\u{1b}[2J"), "control characters escaped: {}", detail("db-1"));
-    assert!(detail("web-2").contains("runs serial 9 (same policy); 10 published 10m ago"), "{}", detail("web-2"));
-    assert!(detail("old-1").contains("no receipt for 10m (silent after 3m)"), "{}", detail("old-1"));
-    assert!(detail("web-6").contains("names host \"web-1\""), "{}", detail("web-6"));
+    assert!(
+        detail("db-1").starts_with("signature: signature refused"),
+        "{}",
+        detail("db-1")
+    );
+    assert!(
+        detail("db-1").contains("\\u{1b}[2J"),
+        "control characters escaped: {}",
+        detail("db-1")
+    );
+    assert!(
+        detail("web-2").contains("runs serial 9 (same policy); 10 published 10m ago"),
+        "{}",
+        detail("web-2")
+    );
+    assert!(
+        detail("old-1").contains("no receipt for 10m (silent after 3m)"),
+        "{}",
+        detail("old-1")
+    );
+    assert!(
+        detail("web-6").contains("names host \"web-1\""),
+        "{}",
+        detail("web-6")
+    );
     assert!(detail("stg-1").contains("staging"), "{}", detail("stg-1"));
-    assert!(detail("huge").contains("larger than the limit"), "{}", detail("huge"));
-    assert!(detail("junk").starts_with("not a receipt"), "{}", detail("junk"));
+    assert!(
+        detail("huge").contains("larger than the limit"),
+        "{}",
+        detail("huge")
+    );
+    assert!(
+        detail("junk").starts_with("not a receipt"),
+        "{}",
+        detail("junk")
+    );
 }
 
 #[test]
@@ -165,10 +195,19 @@ fn tolerance() {
         ..FleetConfig::default()
     };
     let mut listing = sample();
-    listing.receipts.retain(|r| ["web-1.json", "web-2.json", "bastion-1.json"].contains(&r.name.as_str()));
+    listing
+        .receipts
+        .retain(|r| ["web-1.json", "web-2.json", "bastion-1.json"].contains(&r.name.as_str()));
     let hosts = judge(Some(&p), listing, &cfg, "prod", at(120));
-    assert!(hosts.iter().all(|h| !h.outside_tolerance), "{:?}", states(&hosts));
-    assert_eq!(hosts.iter().find(|h| h.host == "web-2").unwrap().state, HostState::Lagging);
+    assert!(
+        hosts.iter().all(|h| !h.outside_tolerance),
+        "{:?}",
+        states(&hosts)
+    );
+    assert_eq!(
+        hosts.iter().find(|h| h.host == "web-2").unwrap().state,
+        HostState::Lagging
+    );
 }
 
 fn report(hosts: Vec<HostReport>, published: Option<Published>) -> Fleet {
@@ -201,20 +240,40 @@ fn text_and_json_reports() {
     assert!(line.starts_with("  current  "), "{line:?}");
     let line = text.lines().find(|l| l.contains("web-2 ")).unwrap();
     assert!(line.starts_with("! lagging  "), "{line:?}");
-    assert!(!text.contains('\u{1b}') && !text.contains('\u{7}'), "{text:?}");
+    assert!(
+        !text.contains('\u{1b}') && !text.contains('\u{7}'),
+        "{text:?}"
+    );
 
     let v: serde_json::Value = serde_json::from_str(&f.json()).unwrap();
     assert_eq!(v["outside_tolerance"], 12);
     assert_eq!(v["counts"]["current"], 1);
     assert_eq!(v["published"]["serial"], 10);
-    let web1 = v["hosts"].as_array().unwrap().iter().find(|h| h["host"] == "web-1").unwrap();
+    let web1 = v["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["host"] == "web-1")
+        .unwrap();
     assert_eq!(web1["state"], "current");
     assert_eq!(web1["receipt"]["applied"]["serial"], 10);
     assert_eq!(web1["receipt_age_seconds"], 20);
 
     // Only current hosts: exit 0. A published-document problem alone: exit 1.
     let ok = report(
-        judge(Some(&p), ReceiptListing { receipts: vec![entry("web-1.json", &receipt("web-1", 10, "sha256:p10", 590))], truncated: false }, &FleetConfig::default(), "prod", at(600)),
+        judge(
+            Some(&p),
+            ReceiptListing {
+                receipts: vec![entry(
+                    "web-1.json",
+                    &receipt("web-1", 10, "sha256:p10", 590),
+                )],
+                truncated: false,
+            },
+            &FleetConfig::default(),
+            "prod",
+            at(600),
+        ),
         Some(p),
     );
     assert_eq!(ok.exit_code(), 0, "{}", ok.text());

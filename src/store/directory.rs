@@ -16,7 +16,9 @@ use sha2::Digest;
 
 use std::time::Duration;
 
-use super::{Expect, FetchOutcome, Fetched, ReceiptLimits, ReceiptListing, Store, StoreError, StoreLock};
+use super::{
+    Expect, FetchOutcome, Fetched, ReceiptLimits, ReceiptListing, Store, StoreError, StoreLock,
+};
 use crate::config::HostId;
 use crate::document::limits;
 

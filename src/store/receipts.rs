@@ -59,9 +59,7 @@ pub fn list_directory(dir: &Path, limits: ReceiptLimits) -> Result<ReceiptListin
     let rdir = dir.join(DIR);
     let entries = match fs::read_dir(&rdir) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(ReceiptListing::default())
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ReceiptListing::default()),
         Err(e) => {
             return Err(StoreError::Io(format!(
                 "cannot list {}: {e}",
@@ -140,7 +138,10 @@ mod tests {
     #[test]
     fn directory_put_and_list() {
         let d = tempfile::tempdir().unwrap();
-        assert!(list_directory(d.path(), LIMITS).unwrap().receipts.is_empty());
+        assert!(list_directory(d.path(), LIMITS)
+            .unwrap()
+            .receipts
+            .is_empty());
         let a = HostId::new("web-1").unwrap();
         put_in_directory(d.path(), &a, b"{\"a\":1}").unwrap();
         put_in_directory(d.path(), &a, b"{\"a\":2}").unwrap();
