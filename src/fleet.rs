@@ -90,9 +90,16 @@ pub fn clean(s: &str, max: usize) -> String {
     out
 }
 
-/// Seconds, rounded, as `2h 3m 4s`.
+/// A duration in its two largest units: `45s`, `3m 20s`, `2h 5m`, `12d 3h`.
 fn ago(d: Duration) -> String {
-    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+    let s = d.as_secs();
+    let (days, hours, mins, secs) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    match (days, hours, mins) {
+        (0, 0, 0) => format!("{secs}s"),
+        (0, 0, m) => format!("{m}m {secs}s"),
+        (0, h, m) => format!("{h}h {m}m"),
+        (d, h, _) => format!("{d}d {h}h"),
+    }
 }
 
 /// An entry that is not a usable receipt: the host (or the entry's name) and why.

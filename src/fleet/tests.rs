@@ -159,12 +159,12 @@ fn every_state_of_a_sample_fleet() {
         detail("db-1")
     );
     assert!(
-        detail("web-2").contains("runs serial 9 (same policy); 10 published 10m ago"),
+        detail("web-2").contains("runs serial 9 (same policy); 10 published 10m 0s ago"),
         "{}",
         detail("web-2")
     );
     assert!(
-        detail("old-1").contains("no receipt for 10m (silent after 3m)"),
+        detail("old-1").contains("no receipt for 10m 0s (silent after 3m 0s)"),
         "{}",
         detail("old-1")
     );
@@ -284,6 +284,22 @@ fn text_and_json_reports() {
     let mut truncated = ok;
     truncated.truncated = true;
     assert_eq!(truncated.exit_code(), 1);
+}
+
+#[test]
+fn ages() {
+    let a = |s| ago(Duration::from_secs(s));
+    assert_eq!(
+        [
+            a(0),
+            a(59),
+            a(60),
+            a(3599),
+            a(3600 * 5 + 61),
+            a(86_400 * 12 + 3600 * 3 + 5)
+        ],
+        ["0s", "59s", "1m 0s", "59m 59s", "5h 1m", "12d 3h"]
+    );
 }
 
 #[test]
