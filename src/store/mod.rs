@@ -4,6 +4,7 @@ pub mod directory;
 pub mod receipts;
 #[cfg(feature = "aws")]
 pub mod s3;
+#[cfg(feature = "aws")]
 pub mod s3_error;
 
 use std::time::Duration;
@@ -41,6 +42,7 @@ pub enum StoreError {
     Conflict(String),
 }
 
+#[cfg(feature = "aws")]
 impl From<s3_error::S3Failure> for StoreError {
     fn from(e: s3_error::S3Failure) -> StoreError {
         StoreError::Io(e.to_string())
