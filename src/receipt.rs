@@ -123,8 +123,9 @@ pub struct LastRefusal {
 /// The live table's digest, and the one it had right after the last apply.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct LiveTable {
-    /// sha256 of the live table as the backend lists it (reyes' objects only), or `absent`;
-    /// absent when it could not be read.
+    /// sha256 of the live table as the backend lists it (reyes' objects only, no counter
+    /// values), or `absent` when reyes has no table; none when it could not be listed (nothing
+    /// applied yet, or no `nft` binary to list with).
     pub digest: Option<String>,
     /// The same right after the last apply of the applied policy (absent: not known yet).
     pub applied_digest: Option<String>,
