@@ -523,6 +523,9 @@ pub fn cycle(
 ) -> CmdResult<Outcome> {
     let mut report = Report::default();
     let result = run_reported(cfg, opts, SystemTime::now(), &mut report);
+    if cfg.follower.receipts && !opts.dry_run {
+        write_receipt(cfg, &result, &mut report);
+    }
     if let Some(path) = &cfg.follower.metrics_file {
         metrics.environment = cfg.environment.clone();
         let applied = StateDir::open(&cfg.follower.state_dir)
@@ -540,6 +543,30 @@ pub fn cycle(
         }
     }
     result
+}
+
+/// Write the run's receipt to the store; a failure is logged and counted, never fatal.
+fn write_receipt(cfg: &Config, result: &CmdResult<Outcome>, report: &mut Report) {
+    use crate::receipt::{Run, RunOutcome};
+    let outcome = match result {
+        Ok(Outcome::Applied { .. }) => RunOutcome::Applied,
+        Ok(Outcome::Unchanged { .. }) => RunOutcome::Unchanged,
+        Ok(Outcome::NotModified) => RunOutcome::NotModified,
+        Ok(Outcome::Disabled) => RunOutcome::Disabled,
+        Ok(Outcome::DryRun) => return,
+        Err(f) => RunOutcome::of_failure(f),
+    };
+    let run = Run {
+        outcome,
+        failure: result.as_ref().err(),
+    };
+    match crate::receipt::write(cfg, run, SystemTime::now()) {
+        Ok(bytes) => tracing::debug!(bytes, "receipt written"),
+        Err(e) => {
+            report.receipt_failures += 1;
+            tracing::warn!(error = %e, "receipt not written (enforcement is not affected)");
+        }
+    }
 }
 
 /// Run as a service, once per `interval` (see [`crate::daemon`]); failures are logged and

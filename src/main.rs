@@ -265,6 +265,14 @@ enum Command {
         #[arg(long, requires = "from")]
         to: Option<IpAddr>,
     },
+    /// Every follower's receipt against the published document: hosts by state (current,
+    /// lagging, refusing, failing, drifted, disabled, silent, malformed). Exit 1 when a host is
+    /// outside the tolerance `fleet` configures, 0 otherwise.
+    Fleet {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = DiffFormat::Text)]
+        format: DiffFormat,
+    },
     /// Print a shell completion script (bash, zsh, fish).
     Completions {
         /// The shell.
@@ -396,6 +404,7 @@ fn run(cli: Cli) -> CmdResult<u8> {
         | Command::Status { .. }
         | Command::Flush { .. }
         | Command::Confirm
+        | Command::Fleet { .. }
         | Command::ConfirmRevert { .. }) => run_host(&cli.config, c),
         c @ (Command::Config { .. }
         | Command::Graph { .. }
@@ -408,7 +417,8 @@ fn run(cli: Cli) -> CmdResult<u8> {
     }
 }
 
-/// The commands that run against this host or its store: leader, follower, restore, status, flush.
+/// The commands that run against this host or its store: leader, follower, restore, status,
+/// flush, fleet.
 fn run_host(config: &Option<PathBuf>, command: Command) -> CmdResult<u8> {
     let now = SystemTime::now();
     match command {
@@ -509,6 +519,15 @@ fn run_host(config: &Option<PathBuf>, command: Command) -> CmdResult<u8> {
             let cfg = optional_config(config)?;
             print!("{}", commands::flush(cfg.as_ref(), backend)?);
             Ok(0)
+        }
+        Command::Fleet { format } => {
+            let cfg = load_config(&config_path(config))?;
+            let f = reyes::fleet::fleet(&cfg, now)?;
+            match format {
+                DiffFormat::Text => print!("{}", f.text()),
+                DiffFormat::Json => print!("{}", f.json()),
+            }
+            Ok(f.exit_code())
         }
         _ => unreachable!("run() dispatches only these commands here"),
     }

@@ -58,6 +58,8 @@ pub struct Report {
     pub counters: Option<Counters>,
     /// Tables or chains found missing or altered and re-applied.
     pub drift_repairs: u64,
+    /// Receipts that could not be written (`follower.receipts`).
+    pub receipt_failures: u64,
 }
 
 /// Facts of the applied document.
@@ -85,6 +87,7 @@ pub struct FollowerMetrics {
     refusals: BTreeMap<&'static str, u64>,
     failures: u64,
     drift_repairs: u64,
+    receipt_failures: u64,
     fetches: BTreeMap<&'static str, u64>,
     counters: Counters,
 }
@@ -148,6 +151,7 @@ impl FollowerMetrics {
             self.counters = c.clone();
         }
         self.drift_repairs += report.drift_repairs;
+        self.receipt_failures += report.receipt_failures;
         if applied.is_some() {
             self.applied = applied;
         }
@@ -235,6 +239,12 @@ impl FollowerMetrics {
             "counter",
             "Times the live rules were found missing or altered and re-applied.",
             &[(&[], self.drift_repairs as f64)],
+        );
+        w.metric(
+            "reyes_follower_receipt_failures_total",
+            "counter",
+            "Receipts that could not be written to the store (follower.receipts).",
+            &[(&[], self.receipt_failures as f64)],
         );
         let fetches: Vec<_> = ["changed", "unchanged", "error"]
             .iter()
@@ -478,6 +488,7 @@ mod tests {
                 audit: vec![("audit_g_sg_web".into(), (4, 240))],
             }),
             drift_repairs: 0,
+            receipt_failures: 1,
         };
         let facts = AppliedFacts {
             serial: 42,
@@ -506,6 +517,7 @@ mod tests {
             "reyes_follower_apply_duration_seconds 0.25\n",
             "reyes_follower_refusals_total{reason=\"expired\"} 1\n",
             "reyes_follower_failures_total 1\n",
+            "reyes_follower_receipt_failures_total 1\n",
             "reyes_follower_fetches_total{result=\"changed\"} 1\n",
             "reyes_follower_fetches_total{result=\"unchanged\"} 1\n",
             "reyes_follower_fetches_total{result=\"error\"} 0\n",

@@ -199,6 +199,7 @@ fn metrics_files_pass_promtool() {
                 audit: vec![],
             }),
             drift_repairs: 1,
+            receipt_failures: 0,
         },
         Ok(()),
         Some(AppliedFacts {

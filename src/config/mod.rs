@@ -12,8 +12,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::net::Cidr;
 
+mod receipts;
 mod trust;
 use crate::proto::{PortRange, Proto};
+pub use receipts::{FleetConfig, HostId, HostIdError, HostState, MAX_HOST_ID};
 pub use trust::{S3Config, SigningConfig, TrustedKey};
 
 /// Where the config is read from when `--config` is not given.
@@ -121,6 +123,9 @@ pub struct Config {
     /// Leader settings besides the inventory and signing.
     #[serde(default)]
     pub leader: LeaderConfig,
+    /// How `reyes fleet` judges the followers' receipts.
+    #[serde(default)]
+    pub fleet: FleetConfig,
 }
 
 /// Leader settings.
@@ -469,6 +474,10 @@ pub struct FollowerConfig {
     /// How long a run waits for another holding the state directory's lock.
     #[serde(serialize_with = "ser_duration")]
     pub lock_timeout: Duration,
+    /// Write a receipt (`receipts/<host id>.json`) to the store after every run.
+    pub receipts: bool,
+    /// This host's id in receipts (absent: the hostname).
+    pub host_id: Option<HostId>,
 }
 
 #[derive(Deserialize)]
@@ -506,6 +515,10 @@ struct RawFollower {
     metrics_file: Option<PathBuf>,
     #[serde(default = "default_lock_timeout", deserialize_with = "de_duration")]
     lock_timeout: Duration,
+    #[serde(default)]
+    receipts: bool,
+    #[serde(default)]
+    host_id: Option<HostId>,
 }
 
 fn default_lock_timeout() -> Duration {
@@ -535,6 +548,8 @@ impl TryFrom<RawFollower> for FollowerConfig {
             allow_unknown_host: r.allow_unknown_host,
             metrics_file: r.metrics_file,
             lock_timeout: r.lock_timeout,
+            receipts: r.receipts,
+            host_id: r.host_id,
         })
     }
 }
@@ -558,6 +573,8 @@ impl Default for FollowerConfig {
             allow_unknown_host: false,
             metrics_file: None,
             lock_timeout: default_lock_timeout(),
+            receipts: false,
+            host_id: None,
         }
     }
 }

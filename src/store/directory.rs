@@ -16,7 +16,10 @@ use sha2::Digest;
 
 use std::time::Duration;
 
-use super::{Expect, FetchOutcome, Fetched, Store, StoreError, StoreLock};
+use super::{
+    Expect, FetchOutcome, Fetched, ReceiptLimits, ReceiptListing, Store, StoreError, StoreLock,
+};
+use crate::config::HostId;
 use crate::document::limits;
 
 /// Name of the document file.
@@ -202,6 +205,14 @@ impl Store for DirectoryStore {
 
     fn describe(&self) -> String {
         format!("directory {}", self.dir.display())
+    }
+
+    fn put_receipt(&self, host: &HostId, body: &[u8]) -> Result<(), StoreError> {
+        super::receipts::put_in_directory(&self.dir, host, body)
+    }
+
+    fn receipts(&self, limits: ReceiptLimits) -> Result<ReceiptListing, StoreError> {
+        super::receipts::list_directory(&self.dir, limits)
     }
 }
 

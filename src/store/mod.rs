@@ -1,13 +1,16 @@
 //! Where documents are published and fetched: `rules.json` and `rules.json.sig` side by side.
 
 pub mod directory;
+pub mod receipts;
 #[cfg(feature = "aws")]
 pub mod s3;
+#[cfg(feature = "aws")]
 pub mod s3_error;
 
 use std::time::Duration;
 
-use crate::config::StoreConfig;
+use crate::config::{HostId, StoreConfig};
+pub use receipts::{ListedReceipt, ReceiptLimits, ReceiptListing};
 
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +42,7 @@ pub enum StoreError {
     Conflict(String),
 }
 
+#[cfg(feature = "aws")]
 impl From<s3_error::S3Failure> for StoreError {
     fn from(e: s3_error::S3Failure) -> StoreError {
         StoreError::Io(e.to_string())
@@ -128,6 +132,23 @@ pub trait Store {
     }
     /// For messages: where this store is.
     fn describe(&self) -> String;
+    /// Write (replace) this host's receipt, `receipts/<host id>.json` beside the document.
+    fn put_receipt(&self, host: &HostId, body: &[u8]) -> Result<(), StoreError> {
+        let _ = (host, body);
+        Err(StoreError::Unsupported(format!(
+            "{} keeps no receipts",
+            self.describe()
+        )))
+    }
+    /// Every receipt in the store, by name, each read up to a size limit; unreadable ones are
+    /// listed with why.
+    fn receipts(&self, limits: ReceiptLimits) -> Result<ReceiptListing, StoreError> {
+        let _ = limits;
+        Err(StoreError::Unsupported(format!(
+            "{} keeps no receipts",
+            self.describe()
+        )))
+    }
 }
 
 /// Open the configured store.

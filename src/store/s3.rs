@@ -20,6 +20,8 @@
 
 use std::time::Duration;
 
+mod receipts;
+
 use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_sdk_s3::operation::get_object::{GetObjectError, GetObjectOutput};
 use aws_sdk_s3::primitives::ByteStream;
@@ -27,8 +29,8 @@ use aws_sdk_s3::Client;
 use sha2::Digest;
 
 use super::s3_error::S3Failure;
-use super::{Expect, FetchOutcome, Fetched, Store, StoreError};
-use crate::config::S3Config;
+use super::{Expect, FetchOutcome, Fetched, ReceiptLimits, ReceiptListing, Store, StoreError};
+use crate::config::{HostId, S3Config};
 use crate::document::limits;
 
 /// User metadata key on the signature object: hex sha256 of the document it signs.
@@ -338,5 +340,13 @@ impl Store for S3Store {
 
     fn describe(&self) -> String {
         self.url(&self.key)
+    }
+
+    fn put_receipt(&self, host: &HostId, body: &[u8]) -> Result<(), StoreError> {
+        self.put_receipt_object(host, body)
+    }
+
+    fn receipts(&self, limits: ReceiptLimits) -> Result<ReceiptListing, StoreError> {
+        self.list_receipt_objects(limits)
     }
 }

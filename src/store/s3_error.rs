@@ -91,6 +91,9 @@ fn one_line(s: &str) -> String {
 fn code_hint(code: &str, op: &str) -> Option<&'static str> {
     Some(match code {
         "NoSuchBucket" => "create it or fix store.s3.bucket",
+        "AccessDenied" | "AllAccessDisabled" if op == "list" => {
+            "allow s3:ListBucket on the bucket, for this prefix, for these credentials"
+        }
         "AccessDenied" | "AllAccessDisabled" if op == "write" => {
             "allow s3:PutObject on this key for these credentials, or fix store.s3.bucket / store.s3.key"
         }
