@@ -58,6 +58,10 @@ pub struct Report {
     pub counters: Option<Counters>,
     /// Tables or chains found missing or altered and re-applied.
     pub drift_repairs: u64,
+    /// Tracked connections deleted because a new policy denies them.
+    pub revoked: u64,
+    /// Revocation was attempted and failed.
+    pub revoke_failed: bool,
 }
 
 /// Facts of the applied document.
@@ -85,6 +89,8 @@ pub struct FollowerMetrics {
     refusals: BTreeMap<&'static str, u64>,
     failures: u64,
     drift_repairs: u64,
+    revoked: u64,
+    revoke_failures: u64,
     fetches: BTreeMap<&'static str, u64>,
     counters: Counters,
 }
@@ -148,6 +154,8 @@ impl FollowerMetrics {
             self.counters = c.clone();
         }
         self.drift_repairs += report.drift_repairs;
+        self.revoked += report.revoked;
+        self.revoke_failures += u64::from(report.revoke_failed);
         if applied.is_some() {
             self.applied = applied;
         }
@@ -235,6 +243,18 @@ impl FollowerMetrics {
             "counter",
             "Times the live rules were found missing or altered and re-applied.",
             &[(&[], self.drift_repairs as f64)],
+        );
+        w.metric(
+            "reyes_follower_revoked_connections_total",
+            "counter",
+            "Tracked connections deleted because a new policy denies them (follower.revoke).",
+            &[(&[], self.revoked as f64)],
+        );
+        w.metric(
+            "reyes_follower_revoke_failures_total",
+            "counter",
+            "Revocations that failed (the rules were applied; denied connections lived on).",
+            &[(&[], self.revoke_failures as f64)],
         );
         let fetches: Vec<_> = ["changed", "unchanged", "error"]
             .iter()
@@ -478,6 +498,8 @@ mod tests {
                 audit: vec![("audit_g_sg_web".into(), (4, 240))],
             }),
             drift_repairs: 0,
+            revoked: 3,
+            revoke_failed: false,
         };
         let facts = AppliedFacts {
             serial: 42,

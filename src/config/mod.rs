@@ -12,8 +12,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::net::Cidr;
 
+mod limits;
 mod trust;
 use crate::proto::{PortRange, Proto};
+pub use limits::Limits;
 pub use trust::{S3Config, SigningConfig, TrustedKey};
 
 /// Where the config is read from when `--config` is not given.
@@ -469,6 +471,10 @@ pub struct FollowerConfig {
     /// How long a run waits for another holding the state directory's lock.
     #[serde(serialize_with = "ser_duration")]
     pub lock_timeout: Duration,
+    /// After a policy change, delete the tracked connections the new policy denies.
+    pub revoke: bool,
+    /// The largest ruleset applied (the capacity guard).
+    pub limits: Limits,
 }
 
 #[derive(Deserialize)]
@@ -506,6 +512,14 @@ struct RawFollower {
     metrics_file: Option<PathBuf>,
     #[serde(default = "default_lock_timeout", deserialize_with = "de_duration")]
     lock_timeout: Duration,
+    #[serde(default = "default_true")]
+    revoke: bool,
+    #[serde(default)]
+    limits: Limits,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_lock_timeout() -> Duration {
@@ -535,6 +549,8 @@ impl TryFrom<RawFollower> for FollowerConfig {
             allow_unknown_host: r.allow_unknown_host,
             metrics_file: r.metrics_file,
             lock_timeout: r.lock_timeout,
+            revoke: r.revoke,
+            limits: r.limits,
         })
     }
 }
@@ -558,6 +574,8 @@ impl Default for FollowerConfig {
             allow_unknown_host: false,
             metrics_file: None,
             lock_timeout: default_lock_timeout(),
+            revoke: true,
+            limits: Limits::default(),
         }
     }
 }
