@@ -14,7 +14,7 @@ use super::{Conntrack, ConntrackError, Deleted, Entry};
 use crate::nft::netlink::socket::attrs;
 use crate::nft::netlink::sys::{
     NFPROTO_IPV4, NFPROTO_IPV6, NFPROTO_UNSPEC, NLA_F_NESTED, NLMSG_DONE, NLMSG_ERROR,
-    NLMSG_HDRLEN, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+    NLMSG_HDRLEN, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST,
 };
 use crate::nft::netlink::wire::{align, emit_header, Attr, Emit};
 
@@ -29,6 +29,7 @@ pub const IPCTNL_MSG_CT_GET: u16 = 1;
 pub const IPCTNL_MSG_CT_DELETE: u16 = 2;
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_TUPLE_REPLY: u16 = 2;
+const CTA_TIMEOUT: u16 = 7;
 const CTA_ID: u16 = 12;
 const CTA_ZONE: u16 = 18;
 const CTA_LABELS: u16 = 22;
@@ -44,7 +45,8 @@ const CTA_PROTO_ICMP_CODE: u16 = 6;
 const CTA_PROTO_ICMPV6_TYPE: u16 = 8;
 const CTA_PROTO_ICMPV6_CODE: u16 = 9;
 
-/// Deletes sent per `sendmsg`: their ACKs must all fit the receive buffer at once.
+const NLM_F_EXCL: u16 = 0x200;
+/// Requests sent per `sendmsg`: their ACKs must all fit the receive buffer at once.
 const DELETES_PER_SEND: usize = 512;
 /// Receive buffer asked for (the ACKs of one send, or dump datagrams).
 const RCVBUF: usize = 8 << 20;
@@ -385,19 +387,110 @@ impl Conntrack for Kernel {
     }
 
     fn delete(&mut self, entries: &[Entry]) -> Result<Deleted, ConntrackError> {
-        let mut done = Deleted::default();
+        let (deleted, gone) = self.acked("delete", entries, |e, seq| delete_message(e, seq))?;
+        Ok(Deleted { deleted, gone })
+    }
+}
+
+/// A connection to create (for tests and benchmarks: a tracked connection without packets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewConnection {
+    /// Who opens it.
+    pub src: std::net::SocketAddr,
+    /// To whom.
+    pub dst: std::net::SocketAddr,
+    /// tcp or udp.
+    pub proto: u8,
+    /// A label bit to set.
+    pub label: Option<u8>,
+    /// Seconds until it expires.
+    pub timeout: u32,
+}
+
+fn tuple_attr(kind: u16, src: std::net::SocketAddr, dst: std::net::SocketAddr, proto: u8) -> Attr<'static> {
+    let (s, d, k) = match (src.ip(), dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => (s.octets().to_vec(), d.octets().to_vec(), 1),
+        (s, d) => (ip6(s).to_vec(), ip6(d).to_vec(), 3),
+    };
+    Attr::Nested(
+        kind,
+        vec![
+            Attr::Nested(CTA_TUPLE_IP, vec![Attr::bytes(k, s), Attr::bytes(k + 1, d)]),
+            Attr::Nested(
+                CTA_TUPLE_PROTO,
+                vec![
+                    Attr::bytes(CTA_PROTO_NUM, vec![proto]),
+                    Attr::bytes(CTA_PROTO_SRC_PORT, src.port().to_be_bytes().to_vec()),
+                    Attr::bytes(CTA_PROTO_DST_PORT, dst.port().to_be_bytes().to_vec()),
+                ],
+            ),
+        ],
+    )
+}
+
+fn ip6(a: IpAddr) -> [u8; 16] {
+    match a {
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
+/// The `IPCTNL_MSG_CT_NEW` request creating `c`.
+pub fn create_message(c: &NewConnection, seq: u32) -> Vec<u8> {
+    let family = if c.src.is_ipv4() {
+        NFPROTO_IPV4
+    } else {
+        NFPROTO_IPV6
+    };
+    let mut attrs = vec![
+        tuple_attr(CTA_TUPLE_ORIG, c.src, c.dst, c.proto),
+        tuple_attr(CTA_TUPLE_REPLY, c.dst, c.src, c.proto),
+        Attr::U32(CTA_TIMEOUT, c.timeout),
+    ];
+    if let Some(bit) = c.label {
+        attrs.push(Attr::bytes(
+            CTA_LABELS,
+            crate::nft::netlink::expr::label_bits(bit).to_vec(),
+        ));
+    }
+    message(
+        IPCTNL_MSG_CT_NEW,
+        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        seq,
+        family,
+        &attrs,
+    )
+}
+
+impl Kernel {
+    /// Create tracked connections (labels only stick once a rule that sets labels is loaded
+    /// in this namespace).
+    pub fn create(&mut self, conns: &[NewConnection]) -> Result<(), ConntrackError> {
+        self.acked("create", conns, create_message)?;
+        Ok(())
+    }
+
+    /// Send one request per item, [`DELETES_PER_SEND`] per `sendmsg`, and read every ACK:
+    /// (acknowledged, answered ENOENT); any other errno fails.
+    fn acked<T>(
+        &mut self,
+        what: &'static str,
+        items: &[T],
+        build: impl Fn(&T, u32) -> Vec<u8>,
+    ) -> Result<(usize, usize), ConntrackError> {
+        let (mut ok, mut gone) = (0, 0);
         let mut buf = Vec::with_capacity(256 * 1024);
-        for chunk in entries.chunks(DELETES_PER_SEND) {
+        for chunk in items.chunks(DELETES_PER_SEND) {
             let first = self.seq.wrapping_add(1);
-            let mut req = Vec::with_capacity(chunk.len() * 96);
-            for e in chunk {
+            let mut req = Vec::with_capacity(chunk.len() * 128);
+            for item in chunk {
                 let seq = self.next_seq();
-                req.extend_from_slice(&delete_message(e, seq));
+                req.extend_from_slice(&build(item, seq));
             }
-            self.send(&req, "delete")?;
+            self.send(&req, what)?;
             let mut answered = 0;
             while answered < chunk.len() {
-                let d = self.recv(&mut buf, "delete")?;
+                let d = self.recv(&mut buf, what)?;
                 for a in answers(d)? {
                     let Answer::Status { seq, errno } = a else {
                         continue;
@@ -407,18 +500,13 @@ impl Conntrack for Kernel {
                     }
                     answered += 1;
                     match errno {
-                        0 => done.deleted += 1,
-                        libc::ENOENT => done.gone += 1,
-                        errno => {
-                            return Err(ConntrackError::Refused {
-                                what: "delete",
-                                errno,
-                            })
-                        }
+                        0 => ok += 1,
+                        libc::ENOENT => gone += 1,
+                        errno => return Err(ConntrackError::Refused { what, errno }),
                     }
                 }
             }
         }
-        Ok(done)
+        Ok((ok, gone))
     }
 }
