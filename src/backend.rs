@@ -189,6 +189,11 @@ pub trait Backend {
     }
     /// The exact text that would be applied.
     fn render(&self, rs: &Ruleset) -> Result<String, BackendError>;
+    /// Bytes of what an apply of `rs` sends to the kernel (the capacity guard's batch bytes);
+    /// by default, the rendered text.
+    fn batch_bytes(&self, rs: &Ruleset) -> Result<usize, BackendError> {
+        self.render(rs).map(|t| t.len())
+    }
     /// What is live now (our objects only), or `None` if nothing of ours is.
     fn live(&self) -> Result<Option<String>, BackendError>;
     /// Whether our objects exist (cheap).

@@ -42,6 +42,8 @@ pub struct RenderOptions {
     pub log_drop: bool,
     /// Render even if no group holds the host's addresses.
     pub allow_unknown_host: bool,
+    /// Print the counts of sets, elements, rules and batch bytes instead of the text.
+    pub stats: bool,
 }
 
 /// `reyes render`.
@@ -102,6 +104,10 @@ pub fn render(cfg: Option<&Config>, o: &RenderOptions) -> CmdResult<String> {
         fcfg.iptables_variant,
     )
     .usage()?;
+    if o.stats {
+        let bytes = backend.batch_bytes(&rs).runtime()?;
+        return Ok(crate::capacity::Stats::of(&rs, bytes).to_string());
+    }
     backend.render(&rs).runtime()
 }
 
@@ -297,6 +303,7 @@ pub fn restore(cfg: &Config, opts: &FollowerOptions) -> CmdResult<Outcome> {
         &state,
         now,
         &mut crate::metrics::Report::default(),
+        &follower::Guards::default(),
     )
 }
 

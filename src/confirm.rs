@@ -310,6 +310,7 @@ fn revert(cfg: &Config, state: &StateDir, p: &Pending) -> CmdResult<String> {
         state,
         now,
         &mut Report::default(),
+        &follower::Guards::default(),
     )?;
     let _ = std::fs::remove_dir_all(&prev);
     Ok(format!(

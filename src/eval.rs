@@ -336,7 +336,7 @@ impl<'r> Evaluator<'r> {
                     return Ok(Walk::Final(Decision::Deny, &rule.origin))
                 }
                 Verdict::Accept => return Ok(Walk::Final(Decision::Allow, &rule.origin)),
-                Verdict::Continue => continue,
+                Verdict::Continue | Verdict::CtLabel(_) => continue,
                 Verdict::Jump(name) => {
                     if let Walk::Final(d, o) = self.jump(name, depth)? {
                         return Ok(Walk::Final(d, o));

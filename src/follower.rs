@@ -11,8 +11,10 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::backend::{Backend, BackendError};
-use crate::compile::{HostContext, Target};
-use crate::config::{AutoOr, Backend as BackendChoice, Config};
+use crate::capacity::Stats;
+use crate::compile::{HostContext, Ruleset, Target};
+use crate::config::{AutoOr, Backend as BackendChoice, Config, Limits};
+use crate::conntrack;
 use crate::document::{rfc3339, Document};
 use crate::error::{Classify, CmdResult, Failure};
 use crate::hostrecord::{self, HostRecord};
@@ -280,6 +282,57 @@ pub fn open_backend(cfg: &Config, choice: Option<BackendChoice>) -> CmdResult<Bo
 
 pub use crate::digest::sha256;
 
+/// What a follower run does around a kernel apply besides applying: the capacity guard
+/// before it, revocation after it. Restores and rollbacks put back what was applied before
+/// and use neither ([`Guards::default`]).
+#[derive(Debug, Clone, Default)]
+pub struct Guards {
+    /// Refuse a ruleset over these (`follower.limits`).
+    pub limits: Option<Limits>,
+    /// After the apply, delete the tracked connections the new rules deny (`follower.revoke`).
+    pub revoke: bool,
+}
+
+impl Guards {
+    /// The guards a follower config asks for.
+    pub fn from_config(cfg: &Config) -> Guards {
+        Guards {
+            limits: Some(cfg.follower.limits),
+            revoke: cfg.follower.revoke,
+        }
+    }
+}
+
+/// Refuse a ruleset over the limits (exit 3), before anything is applied.
+fn check_capacity(rs: &Ruleset, backend: &dyn Backend, limits: &Limits) -> CmdResult<()> {
+    let bytes = backend.batch_bytes(rs).map_err(backend_failure)?;
+    let stats = Stats::of(rs, bytes);
+    stats.check(limits).map_err(|e| refuse("limits", e.to_string()))
+}
+
+/// Delete the tracked connections `rs` denies. A failure is logged, not fatal: the rules
+/// are applied, and new connections are judged by them.
+fn revoke_connections(rs: &Ruleset, report: &mut Report) {
+    let result = conntrack::kernel::Kernel::open().and_then(|mut k| conntrack::revoke(rs, &mut k));
+    match result {
+        Ok(r) => {
+            report.revoked += r.revoked as u64;
+            tracing::info!(
+                tracked = r.tracked,
+                labelled = r.labelled,
+                revoked = r.revoked,
+                already_gone = r.gone,
+                seconds = r.seconds,
+                "revocation: tracked connections judged against the new rules"
+            );
+        }
+        Err(e) => {
+            report.revoke_failed = true;
+            tracing::warn!(error = %e, "revocation failed: open connections the new rules deny may live on until they end");
+        }
+    }
+}
+
 /// Apply a verified document through a backend and record it. Skips the kernel when the
 /// policy and host context are what was applied and the kernel still holds exactly that (no
 /// drift); after switching backend, removes the previous backend's objects.
@@ -290,6 +343,7 @@ pub fn apply_verified(
     state: &StateDir,
     now: SystemTime,
     report: &mut Report,
+    guards: &Guards,
 ) -> CmdResult<Outcome> {
     report.backend = Some(backend.name());
     report.transport = Some(backend.transport());
@@ -348,6 +402,9 @@ pub fn apply_verified(
         let (bytes, _) = state.last_good().ok().flatten()?;
         compile_for(&Document::parse(&bytes).ok()?, ctx).ok()
     };
+    if let Some(limits) = &guards.limits {
+        check_capacity(&rs, backend, limits)?;
+    }
     let started = Instant::now();
     backend
         .apply_replacing(&rs, &previous)
@@ -355,6 +412,9 @@ pub fn apply_verified(
     report.apply_seconds = Some(started.elapsed().as_secs_f64());
     drift::record(backend, state);
     crate::live::remove_previous(backend, applied.as_ref().map(|a| a.backend.as_str()));
+    if guards.revoke {
+        revoke_connections(&rs, report);
+    }
     state.save_last_good(&v.bytes, &v.signature).runtime()?;
     state.record(&record).runtime()?;
     record_host(state, ctx, backend);
@@ -499,7 +559,8 @@ pub fn run_reported(
         }
         return Ok(Outcome::DryRun);
     }
-    let outcome = apply_verified(&v, &ctx, backend.as_ref(), &state, now, report)?;
+    let guards = Guards::from_config(cfg);
+    let outcome = apply_verified(&v, &ctx, backend.as_ref(), &state, now, report, &guards)?;
     let sv = version.map(|version| StoreVersion {
         store: store.describe(),
         version,

@@ -11,11 +11,13 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 
 pub mod backend;
+pub mod capacity;
 pub mod clidoc;
 pub mod commands;
 pub mod compile;
 pub mod config;
 pub mod confirm;
+pub mod conntrack;
 pub mod daemon;
 pub mod diff;
 pub mod digest;

@@ -132,6 +132,10 @@ enum Command {
         /// Render even if no group holds the host's addresses.
         #[arg(long)]
         allow_unknown_host: bool,
+        /// Print the counts of sets, elements, chains, rules and batch bytes (what
+        /// follower.limits bounds) instead of the ruleset.
+        #[arg(long)]
+        stats: bool,
     },
     /// Check a signed document; print its facts.
     Verify {
@@ -546,6 +550,7 @@ fn run_documents(config: &Option<PathBuf>, command: Command) -> CmdResult<u8> {
             log_accept,
             log_drop,
             allow_unknown_host,
+            stats,
         } => {
             let cfg = optional_config(config)?;
             let o = RenderOptions {
@@ -558,6 +563,7 @@ fn run_documents(config: &Option<PathBuf>, command: Command) -> CmdResult<u8> {
                 log_accept,
                 log_drop,
                 allow_unknown_host,
+                stats,
             };
             let text = commands::render(cfg.as_ref(), &o)?;
             print!("{text}");

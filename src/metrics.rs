@@ -60,6 +60,10 @@ pub struct Report {
     pub drift_repairs: u64,
     /// Receipts that could not be written (`follower.receipts`).
     pub receipt_failures: u64,
+    /// Tracked connections deleted because a new policy denies them.
+    pub revoked: u64,
+    /// Revocation was attempted and failed.
+    pub revoke_failed: bool,
 }
 
 /// Facts of the applied document.
@@ -88,6 +92,8 @@ pub struct FollowerMetrics {
     failures: u64,
     drift_repairs: u64,
     receipt_failures: u64,
+    revoked: u64,
+    revoke_failures: u64,
     fetches: BTreeMap<&'static str, u64>,
     counters: Counters,
 }
@@ -152,6 +158,8 @@ impl FollowerMetrics {
         }
         self.drift_repairs += report.drift_repairs;
         self.receipt_failures += report.receipt_failures;
+        self.revoked += report.revoked;
+        self.revoke_failures += u64::from(report.revoke_failed);
         if applied.is_some() {
             self.applied = applied;
         }
@@ -245,6 +253,18 @@ impl FollowerMetrics {
             "counter",
             "Receipts that could not be written to the store (follower.receipts).",
             &[(&[], self.receipt_failures as f64)],
+        );
+        w.metric(
+            "reyes_follower_revoked_connections_total",
+            "counter",
+            "Tracked connections deleted because a new policy denies them (follower.revoke).",
+            &[(&[], self.revoked as f64)],
+        );
+        w.metric(
+            "reyes_follower_revoke_failures_total",
+            "counter",
+            "Revocations that failed (the rules were applied; denied connections lived on).",
+            &[(&[], self.revoke_failures as f64)],
         );
         let fetches: Vec<_> = ["changed", "unchanged", "error"]
             .iter()
@@ -489,6 +509,8 @@ mod tests {
             }),
             drift_repairs: 0,
             receipt_failures: 1,
+            revoked: 3,
+            revoke_failed: false,
         };
         let facts = AppliedFacts {
             serial: 42,

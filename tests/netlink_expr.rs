@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use reyes::nft::netlink::expr::{
-    Bitwise, Cmp, CmpOp, Ct, Expr, Immediate, Limit, Log, Lookup, Meta, MetaKey, Objref, Payload,
-    PayloadBase, Range, Verdict,
+    label_bits, Bitwise, Cmp, CmpOp, Ct, CtSetLabel, Expr, Immediate, Limit, Load, Log, Lookup,
+    Meta, MetaKey, Objref, Payload, PayloadBase, Range, Verdict,
 };
 use reyes::nft::netlink::wire::Emit;
 
@@ -81,6 +81,14 @@ fn cases() -> Vec<(&'static str, Expr)> {
             .into(),
         ),
         ("limit", Limit { rate: 10, burst: 5 }.into()),
+        ("ct_set_label", CtSetLabel.into()),
+        (
+            "load",
+            Load {
+                value: label_bits(29).to_vec(),
+            }
+            .into(),
+        ),
     ]
 }
 
@@ -149,6 +157,8 @@ fn every_expression_kind_has_a_golden_file_and_a_case() {
             Expr::Lookup(_) => "lookup",
             Expr::Meta(_) => "meta",
             Expr::Ct(_) => "ct",
+            Expr::CtSetLabel(_) => "ct_set_label",
+            Expr::Load(_) => "load",
             Expr::Immediate(_) => "immediate",
             Expr::Objref(_) => "objref",
             Expr::Log(_) => "log",
@@ -156,5 +166,5 @@ fn every_expression_kind_has_a_golden_file_and_a_case() {
         };
         assert_eq!(kind, variant);
     }
-    assert_eq!(kinds.len(), 11, "one golden file per expression kind");
+    assert_eq!(kinds.len(), 13, "one golden file per expression kind");
 }

@@ -21,6 +21,11 @@ pub const COUNTER_DROPPED: &str = "dropped";
 pub const AUDIT_COUNTER_PREFIX: &str = "audit_";
 /// Name of the base chain.
 pub const INPUT_CHAIN: &str = "input";
+/// The conntrack label bit (0-127) reyes sets on every in-scope connection it lets through:
+/// the connections a later policy is re-judged against (`follower.revoke`). Labels, not the
+/// ct mark or the packet mark, because other tools (kube-proxy, Calico, policy routing) own
+/// those; nothing else on a reyes host is expected to use this bit.
+pub const CT_LABEL: u8 = 29;
 
 /// A chain, set or group name. Shared: the same name appears in thousands of dispatch entries,
 /// jumps, lookups and origins of a large estate, and each of them holds a pointer, not a copy.
@@ -132,6 +137,9 @@ pub enum Verdict {
     Drop,
     /// Go on with the next rule (a rule that only logs).
     Continue,
+    /// Set this conntrack label bit (0-127) on the packet's connection, then go on with the
+    /// next rule: marks a connection as judged by reyes (see [`CT_LABEL`]).
+    CtLabel(u8),
     /// Evaluate the chain, then come back.
     Jump(Name),
     /// Look the destination address up in the dispatch map of this family and jump to its

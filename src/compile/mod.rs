@@ -5,6 +5,9 @@
 //! 1. loopback and established/related connections are accepted;
 //! 2. traffic out of scope is accepted (ipsec mode: did not arrive through an IPsec SA; cidr
 //!    mode: source outside `managed_cidrs` or inside `local_cidrs`);
+//!    every connection still in scope is labelled with [`CT_LABEL`] (the label stays only on
+//!    connections that are accepted: a dropped packet's connection is never confirmed), so
+//!    that a later policy can be judged against the connections open (`follower.revoke`);
 //! 3. IKE (udp 500/4500), ESP and AH, the ICMP errors path MTU discovery needs, and IPv6
 //!    neighbour discovery are accepted, then the failsafe entries;
 //! 4. the destination address is looked up in a dispatch map that jumps to the chain of its
@@ -434,6 +437,11 @@ fn base_chain(ctx: &HostContext) -> Vec<Rule> {
         ),
     ];
     r.extend(scope_rules(ctx.enforce));
+    r.push(base(
+        vec![],
+        Verdict::CtLabel(CT_LABEL),
+        "label the connection as judged by reyes (revocation)",
+    ));
     r.extend(ipsec_and_icmp_rules());
     for (i, f) in ctx.failsafe.iter().enumerate() {
         for rule in failsafe_rules(f) {

@@ -16,6 +16,10 @@ mod receipts;
 mod trust;
 use crate::proto::{PortRange, Proto};
 pub use receipts::{FleetConfig, HostId, HostIdError, HostState, MAX_HOST_ID};
+mod limits;
+mod trust;
+use crate::proto::{PortRange, Proto};
+pub use limits::Limits;
 pub use trust::{S3Config, SigningConfig, TrustedKey};
 
 /// Where the config is read from when `--config` is not given.
@@ -478,6 +482,10 @@ pub struct FollowerConfig {
     pub receipts: bool,
     /// This host's id in receipts (absent: the hostname).
     pub host_id: Option<HostId>,
+    /// After a policy change, delete the tracked connections the new policy denies.
+    pub revoke: bool,
+    /// The largest ruleset applied (the capacity guard).
+    pub limits: Limits,
 }
 
 #[derive(Deserialize)]
@@ -519,6 +527,14 @@ struct RawFollower {
     receipts: bool,
     #[serde(default)]
     host_id: Option<HostId>,
+    #[serde(default = "default_true")]
+    revoke: bool,
+    #[serde(default)]
+    limits: Limits,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_lock_timeout() -> Duration {
@@ -550,6 +566,8 @@ impl TryFrom<RawFollower> for FollowerConfig {
             lock_timeout: r.lock_timeout,
             receipts: r.receipts,
             host_id: r.host_id,
+            revoke: r.revoke,
+            limits: r.limits,
         })
     }
 }
@@ -575,6 +593,8 @@ impl Default for FollowerConfig {
             lock_timeout: default_lock_timeout(),
             receipts: false,
             host_id: None,
+            revoke: true,
+            limits: Limits::default(),
         }
     }
 }

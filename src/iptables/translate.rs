@@ -360,6 +360,10 @@ impl<'a> Translator<'a> {
             (Verdict::Accept, None) => Some("-j RETURN".into()),
             (Verdict::Drop, None) => Some("-j DROP".into()),
             (Verdict::Continue, None) => None,
+            // A match that sets the label and always matches, as `iptables-save` prints it.
+            (Verdict::CtLabel(bit), None) if rule.log.is_none() => {
+                Some(format!("-m connlabel --label \"{bit}\" --set"))
+            }
             (other, None) => return err(format!("unexpected verdict {other:?}")),
         };
         let Some(log) = &rule.log else {

@@ -298,6 +298,14 @@ impl Backend for NftBackend {
         render::render(rs).map_err(|e| BackendError::io("rendering the nft script failed", e))
     }
 
+    /// The nf_tables batch: what the netlink transport sends, and (byte for byte, see
+    /// tests/golden) what `nft -f` sends for the rendered script.
+    fn batch_bytes(&self, rs: &Ruleset) -> Result<usize, BackendError> {
+        netlink::encode(rs, &netlink::ifindex)
+            .map(|b| b.byte_len())
+            .map_err(|e| BackendError::refused("encoding the ruleset failed", e))
+    }
+
     fn live(&self) -> Result<Option<String>, BackendError> {
         self.cli.list_table().map_err(err)
     }

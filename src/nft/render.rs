@@ -224,6 +224,7 @@ pub fn rule_text(r: &Rule) -> String {
         Verdict::Accept => parts.push("accept".into()),
         Verdict::Drop => parts.push("drop".into()),
         Verdict::Continue => {}
+        Verdict::CtLabel(bit) => parts.push(format!("ct label set {bit}")),
         Verdict::Jump(c) => parts.push(format!("jump {c}")),
         Verdict::Dispatch(f) => {
             let kw = match f {

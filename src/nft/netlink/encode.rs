@@ -10,8 +10,8 @@ use super::batch::{Batch, BatchBuilder, Label};
 use super::chain::{BaseHook, Chain};
 use super::counter::Counter;
 use super::expr::{
-    Bitwise, Cmp, CmpOp, Ct, Expr, Immediate, Limit, Log, Lookup, Meta, MetaKey, Objref, Payload,
-    PayloadBase, Range as RangeExpr, Verdict as NlVerdict,
+    label_bits, Bitwise, Cmp, CmpOp, Ct, CtSetLabel, Expr, Immediate, Limit, Load, Log, Lookup, Meta,
+    MetaKey, Objref, Payload, PayloadBase, Range as RangeExpr, Verdict as NlVerdict,
 };
 use super::rule::Rule as NlRule;
 use super::set::{self, Element, Key, KeyKind, Set, SetElems, SetKind};
@@ -541,6 +541,12 @@ impl<'f> Encoder<'f> {
                 verdict: NlVerdict::Drop,
             })),
             Verdict::Continue => {}
+            Verdict::CtLabel(bit) => {
+                x.push(Expr::Load(Load {
+                    value: label_bits(*bit).to_vec(),
+                }));
+                x.push(Expr::CtSetLabel(CtSetLabel));
+            }
             Verdict::Jump(c) => x.push(Expr::Immediate(Immediate {
                 verdict: NlVerdict::Jump(c.clone()),
             })),

@@ -49,3 +49,21 @@ impl Expression for Immediate {
         ]
     }
 }
+
+/// Load a constant into register 1 (the first half of `ct label set N`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Load {
+    /// The bytes, as the register holds them.
+    pub value: Vec<u8>,
+}
+
+impl Expression for Load {
+    const NAME: &'static str = "immediate";
+
+    fn data(&self) -> Vec<Attr<'_>> {
+        vec![
+            Attr::U32(NFTA_IMMEDIATE_DREG, NFT_REG_1),
+            Attr::data(NFTA_IMMEDIATE_DATA, self.value.as_slice()),
+        ]
+    }
+}

@@ -16,8 +16,8 @@ mod range;
 
 pub use bitwise::Bitwise;
 pub use cmp::{Cmp, CmpOp};
-pub use ct::Ct;
-pub use immediate::{Immediate, Verdict};
+pub use ct::{label_bits, Ct, CtSetLabel};
+pub use immediate::{Immediate, Load, Verdict};
 pub use limit::Limit;
 pub use log::Log;
 pub use lookup::Lookup;
@@ -54,6 +54,10 @@ pub enum Expr {
     Meta(Meta),
     /// Load conntrack state.
     Ct(Ct),
+    /// Set conntrack labels from register 1.
+    CtSetLabel(CtSetLabel),
+    /// Load a constant (data) into register 1.
+    Load(Load),
     /// Load a constant (a verdict).
     Immediate(Immediate),
     /// Use a named stateful object (a counter).
@@ -77,6 +81,8 @@ impl Expr {
             Expr::Lookup(e) => p(e),
             Expr::Meta(e) => p(e),
             Expr::Ct(e) => p(e),
+            Expr::CtSetLabel(e) => p(e),
+            Expr::Load(e) => p(e),
             Expr::Immediate(e) => p(e),
             Expr::Objref(e) => p(e),
             Expr::Log(e) => p(e),
@@ -116,4 +122,6 @@ macro_rules! from_exprs {
         }
     )*};
 }
-from_exprs!(Payload, Cmp, Bitwise, Range, Lookup, Meta, Ct, Immediate, Objref, Log, Limit);
+from_exprs!(
+    Payload, Cmp, Bitwise, Range, Lookup, Meta, Ct, CtSetLabel, Load, Immediate, Objref, Log, Limit
+);

@@ -1,0 +1,249 @@
+//! Revocation against the real kernel: TCP connections between two namespaces through an
+//! applied ruleset, a policy change that denies some of them, and the conntrack walk
+//! (`reyes::conntrack::revoke` over ctnetlink) that cuts exactly those. Both backends label
+//! the connections they accept; the walk judges only labelled ones.
+//!
+//! This kernel has no ESP, so the policy is put in scope with `enforce: cidr`.
+
+mod common;
+mod testbed;
+
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::time::{Duration, SystemTime};
+
+use reyes::compile::{compile, HostContext, Ruleset, Target, CT_LABEL};
+use reyes::config::{Action, Enforce, IptablesVariant};
+use reyes::conntrack::kernel::{Kernel, NewConnection};
+use reyes::conntrack::{revoke, Conntrack, Entry, Revocation};
+use reyes::document::Document;
+
+use common::docs;
+use testbed::Testbed;
+
+const HOST: [&str; 2] = ["10.10.0.1", "fd00:10::1"];
+/// Managed sources, and one outside `managed_cidrs` (out of scope).
+const PEER: [&str; 4] = ["10.20.0.1", "10.20.0.2", "fd00:20::1", "192.168.77.1"];
+const WAIT: Duration = Duration::from_secs(3);
+/// How long a cut connection gets to show a sign of life (none must come).
+const DEAD: Duration = Duration::from_millis(1500);
+
+/// sg-db allows 5432 from both peers and fd00:20::1, and 8080 from 10.20.0.1.
+const V1: &str = r#"
+groups:
+  - id: sg-db
+    ingress:
+      - {proto: tcp, ports: 5432, from: {cidrs: [10.20.0.1/32, 10.20.0.2/32, "fd00:20::1/128"]}}
+      - {proto: tcp, ports: 8080, from: {cidrs: [10.20.0.1/32]}}
+hosts:
+  - {id: db, addresses: [10.10.0.1, "fd00:10::1"], groups: [sg-db]}
+"#;
+
+fn v2() -> String {
+    // 10.20.0.1 and fd00:20::1 lose 5432; 8080 from 10.20.0.1 stays.
+    V1.replace(
+        "cidrs: [10.20.0.1/32, 10.20.0.2/32, \"fd00:20::1/128\"]",
+        "cidrs: [10.20.0.2/32]",
+    )
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn bed() -> Option<Testbed> {
+    if !common::netns_available() {
+        return None;
+    }
+    Some(Testbed::new(&HOST, &PEER))
+}
+
+fn document(yaml: &str, serial: u64) -> Document {
+    docs::document(yaml, &docs::options("test", serial, SystemTime::now()))
+}
+
+fn context() -> HostContext {
+    HostContext {
+        target: Target::Host(HOST.iter().map(|a| ip(a)).collect()),
+        enforce: Enforce::Cidr,
+        managed_cidrs: vec!["10.20.0.0/16".parse().unwrap(), "fd00:20::/32".parse().unwrap()],
+        local_cidrs: Some(vec![]),
+        failsafe: vec![],
+        log_accept: false,
+        log_drop: false,
+        allow_unknown_host: false,
+        action: Action::Drop,
+    }
+}
+
+fn ruleset(yaml: &str, serial: u64) -> Ruleset {
+    compile(&document(yaml, serial), &context()).unwrap()
+}
+
+/// Apply through the nft netlink transport, inside the host namespace.
+fn apply_nft(bed: &Testbed, rs: &Ruleset) {
+    bed.host
+        .enter(|| reyes::nft::netlink::apply(rs))
+        .unwrap_or_else(|e| panic!("apply: {e}"));
+}
+
+fn connect(bed: &Testbed, src: &str, dst: &str, port: u16) -> TcpStream {
+    testbed::in_netns(&bed.peer.name, || {
+        testbed::tcp_connect(ip(src), SocketAddr::new(ip(dst), port), WAIT)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{src} -> {dst}:{port} did not connect"))
+    })
+}
+
+fn revoke_in(bed: &Testbed, rs: &Ruleset) -> Revocation {
+    bed.host
+        .enter(|| Kernel::open().and_then(|mut k| revoke(rs, &mut k)))
+        .unwrap_or_else(|e| panic!("revoke: {e}"))
+}
+
+fn walk_in(bed: &Testbed) -> Vec<Entry> {
+    bed.host.enter(|| {
+        let mut k = Kernel::open().unwrap();
+        let mut out = Vec::new();
+        k.walk(&mut |e| out.push(e)).unwrap();
+        out
+    })
+}
+
+struct Conn {
+    name: String,
+    stream: TcpStream,
+}
+
+fn open(bed: &Testbed, src: &str, dst: &str, port: u16) -> Conn {
+    let mut c = Conn {
+        name: format!("{src} -> {dst}:{port}"),
+        stream: connect(bed, src, dst, port),
+    };
+    assert!(testbed::echo(&mut c.stream, b"hello", WAIT), "{}", c.name);
+    c
+}
+
+#[test]
+fn revocation_cuts_the_connections_a_new_policy_denies_and_only_those() {
+    let Some(bed) = bed() else { return };
+    // Opened before reyes: no label, never judged (v1 does not even allow 443).
+    let mut before = open(&bed, "10.20.0.1", "10.10.0.1", 443);
+    apply_nft(&bed, &ruleset(V1, 1));
+    let mut denied = vec![
+        open(&bed, "10.20.0.1", "10.10.0.1", 5432),
+        open(&bed, "fd00:20::1", "fd00:10::1", 5432),
+    ];
+    let mut kept = vec![
+        open(&bed, "10.20.0.2", "10.10.0.1", 5432),
+        // The same two hosts as the first denied one, on a port still allowed.
+        open(&bed, "10.20.0.1", "10.10.0.1", 8080),
+        // Out of scope (source outside managed_cidrs): accepted before the label.
+        open(&bed, "192.168.77.1", "10.10.0.1", 5432),
+    ];
+    let entries = walk_in(&bed);
+    let labelled = |src: &str, port: u16| {
+        entries
+            .iter()
+            .find(|e| e.src == ip(src) && e.port == Some(port))
+            .unwrap_or_else(|| panic!("no conntrack entry {src} port {port}: {entries:?}"))
+            .labelled(CT_LABEL)
+    };
+    assert!(labelled("10.20.0.1", 5432) && labelled("fd00:20::1", 5432));
+    assert!(!labelled("192.168.77.1", 5432), "out of scope is not labelled");
+    assert!(!labelled("10.20.0.1", 443), "opened before reyes");
+
+    let rs2 = ruleset(&v2(), 2);
+    apply_nft(&bed, &rs2);
+    // The gap revocation closes: established connections outlive the rule that allowed them.
+    for c in &mut denied {
+        assert!(testbed::echo(&mut c.stream, b"still", WAIT), "{}", c.name);
+    }
+    let r = revoke_in(&bed, &rs2);
+    assert_eq!((r.revoked, r.gone), (2, 0), "{r:?}");
+    assert!(r.labelled >= 4 && r.tracked >= 6, "{r:?}");
+    for c in &mut denied {
+        assert!(
+            !testbed::echo(&mut c.stream, b"after", DEAD),
+            "{} lived on after revocation",
+            c.name
+        );
+    }
+    for c in kept.iter_mut().chain([&mut before]) {
+        assert!(testbed::echo(&mut c.stream, b"after", WAIT), "{} was cut", c.name);
+    }
+    // A second walk finds nothing more to cut.
+    let again = revoke_in(&bed, &rs2);
+    assert_eq!(again.revoked, 0, "{again:?}");
+}
+
+#[test]
+fn connections_created_without_packets_are_walked_and_revoked_by_label() {
+    let Some(bed) = bed() else { return };
+    // Labels stick once a rule that sets them is loaded.
+    apply_nft(&bed, &ruleset(V1, 1));
+    let conn = |src: &str, sport: u16, label: Option<u8>| NewConnection {
+        src: SocketAddr::new(ip(src), sport),
+        dst: SocketAddr::new(ip("10.10.0.1"), 5432),
+        proto: 6,
+        label,
+        timeout: 600,
+    };
+    let made: Vec<NewConnection> = (0..300u16)
+        .map(|i| conn("10.20.0.1", 20000 + i, Some(CT_LABEL)))
+        .chain((0..50u16).map(|i| conn("10.20.0.1", 30000 + i, None)))
+        .chain((0..20u16).map(|i| conn("10.20.0.2", 40000 + i, Some(CT_LABEL))))
+        .collect();
+    bed.host
+        .enter(|| Kernel::open().unwrap().create(&made))
+        .unwrap();
+    let r = revoke_in(&bed, &ruleset(&v2(), 2));
+    assert_eq!((r.labelled, r.revoked), (320, 300), "{r:?}");
+    let left = walk_in(&bed);
+    let from1 = left.iter().filter(|e| e.src == ip("10.20.0.1")).count();
+    let from2 = left.iter().filter(|e| e.src == ip("10.20.0.2")).count();
+    assert_eq!((from1, from2), (50, 20), "unlabelled and still-allowed entries stay");
+}
+
+fn iptables_apply(bed: &Testbed, v: IptablesVariant, rs: &Ruleset) -> Result<(), String> {
+    bed.host.enter(|| {
+        use reyes::backend::Backend;
+        reyes::iptables::IptablesBackend::new(v)
+            .apply(rs)
+            .map_err(|e| e.to_string())
+    })
+}
+
+#[test]
+fn the_iptables_backend_labels_what_it_accepts() {
+    for v in [IptablesVariant::Legacy, IptablesVariant::Nft] {
+        let Some(bed) = bed() else { return };
+        let tools = std::process::Command::new("ipset")
+            .arg("-v")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !tools {
+            if std::env::var("REYES_REQUIRE_NETNS").as_deref() == Ok("1") {
+                panic!("ipset is required (REYES_REQUIRE_NETNS=1)");
+            }
+            common::skipped("ipset not installed");
+            return;
+        }
+        iptables_apply(&bed, v, &ruleset(V1, 1)).unwrap_or_else(|e| panic!("{v:?}: {e}"));
+        let mut denied = open(&bed, "10.20.0.1", "10.10.0.1", 5432);
+        let mut kept = open(&bed, "10.20.0.2", "10.10.0.1", 5432);
+        let rs2 = ruleset(&v2(), 2);
+        iptables_apply(&bed, v, &rs2).unwrap_or_else(|e| panic!("{v:?}: {e}"));
+        let r = revoke_in(&bed, &rs2);
+        assert_eq!((r.labelled, r.revoked), (2, 1), "{v:?}: {r:?}");
+        assert!(
+            !testbed::echo(&mut denied.stream, b"after", DEAD),
+            "{v:?}: {} lived on",
+            denied.name
+        );
+        assert!(
+            testbed::echo(&mut kept.stream, b"after", WAIT),
+            "{v:?}: {} was cut",
+            kept.name
+        );
+    }
+}
