@@ -200,6 +200,8 @@ fn metrics_files_pass_promtool() {
             }),
             drift_repairs: 1,
             receipt_failures: 0,
+            revoked: 2,
+            revoke_failed: false,
         },
         Ok(()),
         Some(AppliedFacts {

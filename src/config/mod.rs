@@ -12,14 +12,12 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::net::Cidr;
 
+mod limits;
 mod receipts;
 mod trust;
 use crate::proto::{PortRange, Proto};
-pub use receipts::{FleetConfig, HostId, HostIdError, HostState, MAX_HOST_ID};
-mod limits;
-mod trust;
-use crate::proto::{PortRange, Proto};
 pub use limits::Limits;
+pub use receipts::{FleetConfig, HostId, HostIdError, HostState, MAX_HOST_ID};
 pub use trust::{S3Config, SigningConfig, TrustedKey};
 
 /// Where the config is read from when `--config` is not given.

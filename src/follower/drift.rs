@@ -14,7 +14,7 @@ use crate::metrics::Report;
 use crate::signing::TrustRoot;
 use crate::state::{LiveDigest, StateDir};
 
-use super::{apply_verified, verify_document, Outcome};
+use super::{apply_verified, verify_document, Guards, Outcome};
 
 /// What the kernel holds, compared with what was applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,5 +128,6 @@ pub fn heal_not_modified(
     })?;
     let v = verify_document(trust, &bytes, &sig, &cfg.environment, now, false)
         .map_err(|f| f.context("last-good document"))?;
-    apply_verified(&v, ctx, backend, state, now, report)
+    // The same document again: no capacity check or revocation (its rules were applied before).
+    apply_verified(&v, ctx, backend, state, now, report, &Guards::default())
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::drift::{self, Drift};
-use super::{apply_verified, Outcome, Verified};
+use super::{apply_verified, Guards, Outcome, Verified};
 use crate::backend::Backend;
 use crate::compile::compile;
 use crate::compile::tests::{ctx, doc, TWO};
@@ -55,6 +55,7 @@ fn run(b: &dyn Backend, state: &StateDir) -> (Outcome, u64) {
         state,
         SystemTime::now(),
         &mut report,
+        &Guards::default(),
     )
     .unwrap();
     (o, report.drift_repairs)
