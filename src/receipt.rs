@@ -301,24 +301,14 @@ pub fn build(
     }
 }
 
-/// sha256 of the live table as `backend` lists it, lines trimmed and blank lines dropped;
-/// `absent` when reyes has no table. (The listing leaves out counter values.)
+/// The digest of reyes' live objects as `backend` reads them (the one the follower's drift
+/// check compares, over netlink where the transport is netlink); `absent` when there are none.
 pub fn live_digest(backend: &dyn Backend) -> Result<String, BackendError> {
-    Ok(match backend.live()? {
-        None => "absent".to_string(),
-        Some(text) => {
-            let lines: Vec<&str> = text
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect();
-            crate::digest::sha256(lines.join("\n").as_bytes())
-        }
-    })
+    Ok(backend.digest()?.unwrap_or_else(|| "absent".to_string()))
 }
 
 /// The live digest through the backend the applied record names (none when nothing is
-/// applied, or the table cannot be listed, e.g. without the `nft` binary).
+/// applied, or the kernel cannot be read).
 fn live_digest_of(cfg: &Config, applied: Option<&Applied>) -> Option<String> {
     let choice = match applied?.backend.as_str() {
         "nft" => BackendChoice::Nft,
