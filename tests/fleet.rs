@@ -652,3 +652,41 @@ fn status_without_the_nft_binary_and_as_json() {
     assert_eq!(v["live"], false);
     assert_eq!(v["counters"], serde_json::Value::Null);
 }
+
+/// Audit mode on a host whose address is in two groups (one profile chain): `reyes status`
+/// names the groups behind each would-be-drop counter, in text and JSON, on both backends.
+#[test]
+fn status_names_the_groups_of_each_audit_counter() {
+    if !netns_available() {
+        return;
+    }
+    for backend in ["nft", "iptables"] {
+        let rig = Rig::new("audit", &format!("[{HOST}]"));
+        let cfg = std::fs::read_to_string(rig.p("reyes.yaml"))
+            .unwrap()
+            .replace(
+                "  backend: nft\n",
+                &format!("  backend: {backend}\n  action: audit\n"),
+            );
+        write(&rig.p("reyes.yaml"), &cfg);
+        rig.lead();
+        rig.follow();
+        let o = rig.reyes_in(&rig.ns, &["status"]);
+        assert_eq!(code(&o), 0, "{backend} status: {}", text(&o));
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        let line = out
+            .lines()
+            .find(|l| l.contains("audit_") || l.contains("AUDIT_"))
+            .unwrap_or_else(|| panic!("{backend}: no audit counter in\n{out}"));
+        assert!(
+            line.contains("(sg-ops, sg-web): 0 packets"),
+            "{backend}: {line}"
+        );
+        let o = rig.reyes_in(&rig.ns, &["status", "--format", "json"]);
+        assert_eq!(code(&o), 0, "{backend} status json: {}", text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let audit = v["counters"]["audit"].as_array().unwrap();
+        assert_eq!(audit.len(), 1, "{backend}: {v}");
+        assert_eq!(audit[0]["groups"], serde_json::json!(["sg-ops", "sg-web"]));
+    }
+}

@@ -65,7 +65,10 @@ fn context() -> HostContext {
     HostContext {
         target: Target::Host(HOST.iter().map(|a| ip(a)).collect()),
         enforce: Enforce::Cidr,
-        managed_cidrs: vec!["10.20.0.0/16".parse().unwrap(), "fd00:20::/32".parse().unwrap()],
+        managed_cidrs: vec![
+            "10.20.0.0/16".parse().unwrap(),
+            "fd00:20::/32".parse().unwrap(),
+        ],
         local_cidrs: Some(vec![]),
         failsafe: vec![],
         log_accept: false,
@@ -149,7 +152,10 @@ fn revocation_cuts_the_connections_a_new_policy_denies_and_only_those() {
             .labelled(CT_LABEL)
     };
     assert!(labelled("10.20.0.1", 5432) && labelled("fd00:20::1", 5432));
-    assert!(!labelled("192.168.77.1", 5432), "out of scope is not labelled");
+    assert!(
+        !labelled("192.168.77.1", 5432),
+        "out of scope is not labelled"
+    );
     assert!(!labelled("10.20.0.1", 443), "opened before reyes");
 
     let rs2 = ruleset(&v2(), 2);
@@ -169,7 +175,11 @@ fn revocation_cuts_the_connections_a_new_policy_denies_and_only_those() {
         );
     }
     for c in kept.iter_mut().chain([&mut before]) {
-        assert!(testbed::echo(&mut c.stream, b"after", WAIT), "{} was cut", c.name);
+        assert!(
+            testbed::echo(&mut c.stream, b"after", WAIT),
+            "{} was cut",
+            c.name
+        );
     }
     // A second walk finds nothing more to cut.
     let again = revoke_in(&bed, &rs2);
@@ -201,7 +211,11 @@ fn connections_created_without_packets_are_walked_and_revoked_by_label() {
     let left = walk_in(&bed);
     let from1 = left.iter().filter(|e| e.src == ip("10.20.0.1")).count();
     let from2 = left.iter().filter(|e| e.src == ip("10.20.0.2")).count();
-    assert_eq!((from1, from2), (50, 20), "unlabelled and still-allowed entries stay");
+    assert_eq!(
+        (from1, from2),
+        (50, 20),
+        "unlabelled and still-allowed entries stay"
+    );
 }
 
 fn iptables_apply(bed: &Testbed, v: IptablesVariant, rs: &Ruleset) -> Result<(), String> {

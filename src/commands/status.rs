@@ -3,6 +3,7 @@
 //! the netlink transport nothing needs the `nft` binary: presence, the digest and the
 //! counters are read over netlink.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -45,6 +46,9 @@ impl From<(u64, u64)> for Count {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 struct AuditCount {
     counter: String,
+    /// The destination groups it counts for (several when addresses share a profile chain;
+    /// empty when the applied document cannot be compiled again to tell).
+    groups: Vec<String>,
     packets: u64,
     bytes: u64,
 }
@@ -104,7 +108,7 @@ fn applied_facts(a: &Applied, now: SystemTime) -> AppliedFacts {
     }
 }
 
-fn counter_facts(c: &Counters) -> CounterFacts {
+fn counter_facts(c: &Counters, groups: &BTreeMap<String, Vec<String>>) -> CounterFacts {
     CounterFacts {
         accepted: c.accepted.map(Count::from),
         dropped: c.dropped.map(Count::from),
@@ -113,6 +117,7 @@ fn counter_facts(c: &Counters) -> CounterFacts {
             .iter()
             .map(|(name, (p, b))| AuditCount {
                 counter: name.clone(),
+                groups: groups.get(name).cloned().unwrap_or_default(),
                 packets: *p,
                 bytes: *b,
             })
@@ -148,7 +153,12 @@ fn facts(cfg: &Config, backend: Option<BackendChoice>) -> CmdResult<Facts> {
     let (rules, counters) = if present {
         let d = drift::check(b.as_ref(), &state);
         let c = b.counters().runtime()?;
-        (Some(rules_word(d)), Some(counter_facts(&c)))
+        let groups = if c.audit.is_empty() {
+            BTreeMap::new()
+        } else {
+            audit_groups(&state, recorded.as_ref(), b.name())
+        };
+        (Some(rules_word(d)), Some(counter_facts(&c, &groups)))
     } else {
         (None, None)
     };
@@ -170,6 +180,32 @@ fn facts(cfg: &Config, backend: Option<BackendChoice>) -> CmdResult<Facts> {
     })
 }
 
+/// Audit mode: the destination groups of each audit counter, by the name `backend` reports
+/// it under, from the last-good document compiled again for the recorded host context. Only
+/// names are taken from it (the counts are the kernel's), so it is not verified again; when
+/// it cannot be read the groups are left out.
+fn audit_groups(
+    state: &StateDir,
+    recorded: Option<&hostrecord::HostRecord>,
+    backend: &str,
+) -> BTreeMap<String, Vec<String>> {
+    let compiled = (|| {
+        let (bytes, _) = state.last_good().ok()??;
+        let doc = crate::document::Document::parse(&bytes).ok()?;
+        crate::compile::compile(&doc, &recorded?.context).ok()
+    })();
+    let Some(rs) = compiled else {
+        return BTreeMap::new();
+    };
+    crate::compile::audit_counter_groups(&rs)
+        .into_iter()
+        .map(|(name, groups)| match backend {
+            "iptables" => (crate::iptables::names::counter_chain(&name), groups),
+            _ => (name, groups),
+        })
+        .collect()
+}
+
 /// The counters part of the text: accepted, dropped, and in audit mode the would-be drops
 /// per destination group (or profile) chain.
 fn counters_text(c: &CounterFacts) -> String {
@@ -186,8 +222,13 @@ fn counters_text(c: &CounterFacts) -> String {
     if !c.audit.is_empty() {
         out.push_str("audit (accepted, would be dropped), by destination group chain:\n");
         for a in &c.audit {
+            let groups = if a.groups.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", a.groups.join(", "))
+            };
             out.push_str(&format!(
-                "  {}: {}\n",
+                "  {}{groups}: {}\n",
                 a.counter,
                 fmt(Some(Count {
                     packets: a.packets,
@@ -302,11 +343,13 @@ mod tests {
         c.audit = vec![
             AuditCount {
                 counter: "audit_g_sg_web".into(),
+                groups: vec!["sg-web".into()],
                 packets: 2,
                 bytes: 120,
             },
             AuditCount {
                 counter: "audit_p_1a2b".into(),
+                groups: vec!["sg-db".into(), "sg-web".into()],
                 packets: 0,
                 bytes: 0,
             },
@@ -315,7 +358,8 @@ mod tests {
         assert!(
             t.ends_with(
                 "audit (accepted, would be dropped), by destination group chain:\n  \
-                 audit_g_sg_web: 2 packets, 120 bytes\n  audit_p_1a2b: 0 packets, 0 bytes\n"
+                 audit_g_sg_web (sg-web): 2 packets, 120 bytes\n  \
+                 audit_p_1a2b (sg-db, sg-web): 0 packets, 0 bytes\n"
             ),
             "{t}"
         );

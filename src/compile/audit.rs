@@ -73,6 +73,20 @@ pub(super) fn audit_chains(
     }
 }
 
+/// Audit mode: each audit counter's destination groups (one for a group chain, every group
+/// of the addresses that share a profile chain), so that a count can be told by group name.
+pub fn audit_counter_groups(rs: &Ruleset) -> BTreeMap<String, Vec<String>> {
+    rs.chains
+        .iter()
+        .filter_map(|c| match &c.kind {
+            ChainKind::Audit { of, groups } => {
+                Some((format!("{AUDIT_COUNTER_PREFIX}{of}"), groups.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 fn audit_prefix(groups: &[String]) -> String {
     let mut g: String = groups
         .join(",")

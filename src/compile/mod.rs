@@ -21,6 +21,7 @@
 //! Destinations in no group still reach the final drop.
 
 mod audit;
+pub use audit::audit_counter_groups;
 pub mod ir;
 
 use std::collections::{BTreeMap, BTreeSet};
