@@ -57,7 +57,13 @@ impl Stats {
     pub fn check(&self, limits: &Limits) -> Result<(), OverLimit> {
         let (largest_name, largest) = self.largest_set.clone().unwrap_or_default();
         let figures = [
-            ("sets", "sets and maps", self.sets, limits.sets, String::new()),
+            (
+                "sets",
+                "sets and maps",
+                self.sets,
+                limits.sets,
+                String::new(),
+            ),
             (
                 "set_elements",
                 "elements in one set",
@@ -132,8 +138,8 @@ pub struct OverLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compile::tests::{ctx, doc, TWO};
     use crate::compile::compile;
+    use crate::compile::tests::{ctx, doc, TWO};
 
     #[test]
     fn counts_and_the_first_figure_over_a_limit_is_named() {
@@ -159,7 +165,8 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.key, "set_elements");
         assert!(
-            e.to_string().contains("over follower.limits.set_elements = 0"),
+            e.to_string()
+                .contains("over follower.limits.set_elements = 0"),
             "{e}"
         );
         let text = s.to_string();

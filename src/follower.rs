@@ -287,7 +287,9 @@ impl Guards {
 fn check_capacity(rs: &Ruleset, backend: &dyn Backend, limits: &Limits) -> CmdResult<()> {
     let bytes = backend.batch_bytes(rs).map_err(backend_failure)?;
     let stats = Stats::of(rs, bytes);
-    stats.check(limits).map_err(|e| refuse("limits", e.to_string()))
+    stats
+        .check(limits)
+        .map_err(|e| refuse("limits", e.to_string()))
 }
 
 /// Delete the tracked connections `rs` denies. A failure is logged, not fatal: the rules

@@ -65,7 +65,10 @@ fn context() -> HostContext {
     HostContext {
         target: Target::Host(HOST.iter().map(|a| ip(a)).collect()),
         enforce: Enforce::Cidr,
-        managed_cidrs: vec!["10.20.0.0/16".parse().unwrap(), "fd00:20::/32".parse().unwrap()],
+        managed_cidrs: vec![
+            "10.20.0.0/16".parse().unwrap(),
+            "fd00:20::/32".parse().unwrap(),
+        ],
         local_cidrs: Some(vec![]),
         failsafe: vec![],
         log_accept: false,
@@ -126,8 +129,17 @@ fn open(bed: &Testbed, src: &str, dst: &str, port: u16) -> Conn {
 #[test]
 fn revocation_cuts_the_connections_a_new_policy_denies_and_only_those() {
     let Some(bed) = bed() else { return };
-    // Opened before reyes: no label, never judged (v1 does not even allow 443).
+    // Conntrack on (another table uses it), then a connection opened before reyes: tracked,
+    // never labelled, so never judged (v1 does not even allow 443).
+    bed.host.nft_apply(
+        "table inet other {\n  chain c {\n    type filter hook input priority -10;\n    ct state established counter\n  }\n}\n",
+    );
     let mut before = open(&bed, "10.20.0.1", "10.10.0.1", 443);
+    // Without it, a packet the host sends first (a retransmission) re-tracks a cut connection
+    // mid-stream as an outgoing one, and the peer's packets become its replies (see
+    // docs/operations.md, "Revocation").
+    bed.host
+        .ok(&["sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_loose=0"]);
     apply_nft(&bed, &ruleset(V1, 1));
     let mut denied = vec![
         open(&bed, "10.20.0.1", "10.10.0.1", 5432),
@@ -149,7 +161,10 @@ fn revocation_cuts_the_connections_a_new_policy_denies_and_only_those() {
             .labelled(CT_LABEL)
     };
     assert!(labelled("10.20.0.1", 5432) && labelled("fd00:20::1", 5432));
-    assert!(!labelled("192.168.77.1", 5432), "out of scope is not labelled");
+    assert!(
+        !labelled("192.168.77.1", 5432),
+        "out of scope is not labelled"
+    );
     assert!(!labelled("10.20.0.1", 443), "opened before reyes");
 
     let rs2 = ruleset(&v2(), 2);
@@ -169,7 +184,11 @@ fn revocation_cuts_the_connections_a_new_policy_denies_and_only_those() {
         );
     }
     for c in kept.iter_mut().chain([&mut before]) {
-        assert!(testbed::echo(&mut c.stream, b"after", WAIT), "{} was cut", c.name);
+        assert!(
+            testbed::echo(&mut c.stream, b"after", WAIT),
+            "{} was cut",
+            c.name
+        );
     }
     // A second walk finds nothing more to cut.
     let again = revoke_in(&bed, &rs2);
@@ -201,7 +220,11 @@ fn connections_created_without_packets_are_walked_and_revoked_by_label() {
     let left = walk_in(&bed);
     let from1 = left.iter().filter(|e| e.src == ip("10.20.0.1")).count();
     let from2 = left.iter().filter(|e| e.src == ip("10.20.0.2")).count();
-    assert_eq!((from1, from2), (50, 20), "unlabelled and still-allowed entries stay");
+    assert_eq!(
+        (from1, from2),
+        (50, 20),
+        "unlabelled and still-allowed entries stay"
+    );
 }
 
 fn iptables_apply(bed: &Testbed, v: IptablesVariant, rs: &Ruleset) -> Result<(), String> {
@@ -229,6 +252,8 @@ fn the_iptables_backend_labels_what_it_accepts() {
             return;
         }
         iptables_apply(&bed, v, &ruleset(V1, 1)).unwrap_or_else(|e| panic!("{v:?}: {e}"));
+        bed.host
+            .ok(&["sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_loose=0"]);
         let mut denied = open(&bed, "10.20.0.1", "10.10.0.1", 5432);
         let mut kept = open(&bed, "10.20.0.2", "10.10.0.1", 5432);
         let rs2 = ruleset(&v2(), 2);

@@ -373,8 +373,7 @@ impl Conntrack for Kernel {
                         })
                     }
                     Answer::Data { ty, seq: s, body }
-                        if s == seq
-                            && ty == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW =>
+                        if s == seq && ty == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW =>
                     {
                         if let Some(e) = body.get(4..).and_then(parse_entry) {
                             each(e);
@@ -407,7 +406,12 @@ pub struct NewConnection {
     pub timeout: u32,
 }
 
-fn tuple_attr(kind: u16, src: std::net::SocketAddr, dst: std::net::SocketAddr, proto: u8) -> Attr<'static> {
+fn tuple_attr(
+    kind: u16,
+    src: std::net::SocketAddr,
+    dst: std::net::SocketAddr,
+    proto: u8,
+) -> Attr<'static> {
     let (s, d, k) = match (src.ip(), dst.ip()) {
         (IpAddr::V4(s), IpAddr::V4(d)) => (s.octets().to_vec(), d.octets().to_vec(), 1),
         (s, d) => (ip6(s).to_vec(), ip6(d).to_vec(), 3),

@@ -106,7 +106,10 @@ fn denied_labelled_connections_are_deleted_and_nothing_else() {
     let gone: Vec<String> = t.deleted.iter().map(|e| e.to_string()).collect();
     assert_eq!(
         gone,
-        ["10.0.0.3 -> 10.0.0.1 tcp/5432", "10.0.0.2 -> 10.0.0.1 udp/53"]
+        [
+            "10.0.0.3 -> 10.0.0.1 tcp/5432",
+            "10.0.0.2 -> 10.0.0.1 udp/53"
+        ]
     );
     assert_eq!(t.entries.len(), 3);
 }
@@ -157,7 +160,10 @@ fn tuple(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Attr<'static> {
     Attr::Nested(
         0,
         vec![
-            Attr::Nested(1, vec![Attr::bytes(1, src.to_vec()), Attr::bytes(2, dst.to_vec())]),
+            Attr::Nested(
+                1,
+                vec![Attr::bytes(1, src.to_vec()), Attr::bytes(2, dst.to_vec())],
+            ),
             Attr::Nested(
                 2,
                 vec![
@@ -215,7 +221,10 @@ fn truncated_dump_messages_never_panic() {
 fn a_delete_names_the_original_tuple_zone_and_id() {
     let e = parse_entry(&dumped()).unwrap();
     let m = delete_message(&e, 9);
-    assert_eq!(u32::from_ne_bytes(m[0..4].try_into().unwrap()) as usize, m.len());
+    assert_eq!(
+        u32::from_ne_bytes(m[0..4].try_into().unwrap()) as usize,
+        m.len()
+    );
     assert_eq!(
         u16::from_ne_bytes([m[4], m[5]]),
         (1 << 8) | IPCTNL_MSG_CT_DELETE

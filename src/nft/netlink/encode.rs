@@ -10,8 +10,8 @@ use super::batch::{Batch, BatchBuilder, Label};
 use super::chain::{BaseHook, Chain};
 use super::counter::Counter;
 use super::expr::{
-    label_bits, Bitwise, Cmp, CmpOp, Ct, CtSetLabel, Expr, Immediate, Limit, Load, Log, Lookup, Meta,
-    MetaKey, Objref, Payload, PayloadBase, Range as RangeExpr, Verdict as NlVerdict,
+    label_bits, Bitwise, Cmp, CmpOp, Ct, CtSetLabel, Expr, Immediate, Limit, Load, Log, Lookup,
+    Meta, MetaKey, Objref, Payload, PayloadBase, Range as RangeExpr, Verdict as NlVerdict,
 };
 use super::rule::Rule as NlRule;
 use super::set::{self, Element, Key, KeyKind, Set, SetElems, SetKind};
