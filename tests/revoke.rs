@@ -129,8 +129,17 @@ fn open(bed: &Testbed, src: &str, dst: &str, port: u16) -> Conn {
 #[test]
 fn revocation_cuts_the_connections_a_new_policy_denies_and_only_those() {
     let Some(bed) = bed() else { return };
-    // Opened before reyes: no label, never judged (v1 does not even allow 443).
+    // Conntrack on (another table uses it), then a connection opened before reyes: tracked,
+    // never labelled, so never judged (v1 does not even allow 443).
+    bed.host.nft_apply(
+        "table inet other {\n  chain c {\n    type filter hook input priority -10;\n    ct state established counter\n  }\n}\n",
+    );
     let mut before = open(&bed, "10.20.0.1", "10.10.0.1", 443);
+    // Without it, a packet the host sends first (a retransmission) re-tracks a cut connection
+    // mid-stream as an outgoing one, and the peer's packets become its replies (see
+    // docs/operations.md, "Revocation").
+    bed.host
+        .ok(&["sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_loose=0"]);
     apply_nft(&bed, &ruleset(V1, 1));
     let mut denied = vec![
         open(&bed, "10.20.0.1", "10.10.0.1", 5432),
@@ -243,6 +252,8 @@ fn the_iptables_backend_labels_what_it_accepts() {
             return;
         }
         iptables_apply(&bed, v, &ruleset(V1, 1)).unwrap_or_else(|e| panic!("{v:?}: {e}"));
+        bed.host
+            .ok(&["sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_loose=0"]);
         let mut denied = open(&bed, "10.20.0.1", "10.10.0.1", 5432);
         let mut kept = open(&bed, "10.20.0.2", "10.10.0.1", 5432);
         let rs2 = ruleset(&v2(), 2);
