@@ -84,9 +84,10 @@ pub fn is_gzip(data: &[u8]) -> bool {
 /// gzip `data` at the best compression, with a header that names no file and no time: the
 /// same bytes always give the same stream.
 pub fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut e = flate2::GzBuilder::new()
-        .mtime(0)
-        .write(Vec::with_capacity(data.len() / 4), flate2::Compression::best());
+    let mut e = flate2::GzBuilder::new().mtime(0).write(
+        Vec::with_capacity(data.len() / 4),
+        flate2::Compression::best(),
+    );
     // Writing to a Vec cannot fail.
     let _ = e.write_all(data);
     e.finish().unwrap_or_default()
@@ -199,7 +200,10 @@ mod tests {
         let bomb = gzip(&vec![0u8; 64 << 20]);
         assert!(bomb.len() < 128 << 10, "{}", bomb.len());
         let e = gunzip_limited(&bomb, 1 << 20).unwrap_err();
-        assert!(matches!(e, GunzipError::TooLarge { max } if max == 1 << 20), "{e}");
+        assert!(
+            matches!(e, GunzipError::TooLarge { max } if max == 1 << 20),
+            "{e}"
+        );
         // Two members decompress as one stream, as gunzip does.
         let two = [gzip(b"ab"), gzip(b"cd")].concat();
         assert_eq!(gunzip_limited(&two, 10).unwrap(), b"abcd");

@@ -910,7 +910,10 @@ fn ec2_leader_publishes_exactly_the_estate_to_s3() {
     // The document object is gzipped, with its digest and signature in its metadata; the
     // SDK hands out the gzip bytes as stored (it does not decode Content-Encoding: gzip).
     let (body, _, doc_meta) = rig.aws.get(KEY).unwrap();
-    assert!(reyes::fsutil::is_gzip(&body), "the SDK returned decoded bytes");
+    assert!(
+        reyes::fsutil::is_gzip(&body),
+        "the SDK returned decoded bytes"
+    );
     let head = rig
         .aws
         .block(rig.aws.s3.head_object().bucket(BUCKET).key(KEY).send())
@@ -918,7 +921,12 @@ fn ec2_leader_publishes_exactly_the_estate_to_s3() {
     assert_eq!(head.content_encoding(), Some("gzip"));
     assert_eq!(head.content_type(), Some("application/json"));
     let bytes = gunzip(&body);
-    assert!(body.len() * 3 < bytes.len(), "{} -> {}", bytes.len(), body.len());
+    assert!(
+        body.len() * 3 < bytes.len(),
+        "{} -> {}",
+        bytes.len(),
+        body.len()
+    );
     // The signature object carries the document's digest; gpg-style verification passes.
     let (sig, _, meta) = rig.aws.get(&format!("{KEY}.sig")).unwrap();
     let digest = reyes::store::s3::digest(&bytes);
@@ -926,7 +934,10 @@ fn ec2_leader_publishes_exactly_the_estate_to_s3() {
     assert_eq!(doc_meta.get("document-sha256"), Some(&digest));
     let (want, pinned) = reyes::store::s3::document_metadata(&bytes, &sig);
     assert!(pinned.is_none(), "one signature fits in metadata");
-    assert_eq!(doc_meta, want.into_iter().map(|(k, v)| (k.to_string(), v)).collect());
+    assert_eq!(
+        doc_meta,
+        want.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    );
     std::fs::write(rig.p("doc.json"), &bytes).unwrap();
     std::fs::write(rig.p("doc.json.sig"), &sig).unwrap();
     let cfg = rig.p("reyes.yaml");
@@ -1107,7 +1118,9 @@ fn follower_refusals_from_s3_leave_the_live_rules_unchanged() {
     let mut forged = new_meta.clone();
     forged.insert(
         "signature".into(),
-        reyes::store::s3::document_metadata(b"", &old_sig).0[1].1.clone(),
+        reyes::store::s3::document_metadata(b"", &old_sig).0[1]
+            .1
+            .clone(),
     );
     rig.aws.put(KEY, &new_body, &forged);
     rig.aws.put(&sig_key, &new_sig, &new_sig_meta);
@@ -1120,7 +1133,8 @@ fn follower_refusals_from_s3_leave_the_live_rules_unchanged() {
     // document's metadata. Refused (3) as too large, never decompressed further.
     let bomb = reyes::fsutil::gzip(&vec![
         b' ';
-        (reyes::document::limits::MAX_DOCUMENT_BYTES + 1) as usize
+        (reyes::document::limits::MAX_DOCUMENT_BYTES + 1)
+            as usize
     ]);
     assert!(bomb.len() < 1 << 20, "{}", bomb.len());
     rig.aws.put(KEY, &bomb, &new_meta);
@@ -1184,7 +1198,11 @@ fn hot_spare_leaders_give_identical_policies_and_cause_no_follower_churn() {
     for file in ["reyes.yaml", "spare1.yaml", "spare2.yaml"] {
         let o = rig.leader_with(file);
         assert_eq!(code(&o), 0, "{}", text(&o));
-        assert!(stderr(&o).contains("not publishing"), "{file}: {}", text(&o));
+        assert!(
+            stderr(&o).contains("not publishing"),
+            "{file}: {}",
+            text(&o)
+        );
     }
     assert_eq!(rig.aws.get(KEY).unwrap().1, etag);
     let o = rig.follower_in(&ns, "reyes.yaml");
@@ -1346,7 +1364,10 @@ fn s3_store_conditional_fetches_and_torn_pairs() {
     let FetchOutcome::Fetched(seen) = store.fetch(None).unwrap() else {
         panic!("fetched")
     };
-    let pinned = seen.signature_object.clone().expect("the last one is pinned");
+    let pinned = seen
+        .signature_object
+        .clone()
+        .expect("the last one is pinned");
     assert!(rig.aws.get(&pinned).is_some());
     store
         .publish_expecting(b"doc-x", b"sig-x", Expect::Current(&seen))
@@ -1486,7 +1507,10 @@ fn s3_two_leaders_racing_never_show_a_follower_a_torn_pair() {
     let Some((port, _guard)) = moto() else { return };
     let aws = Aws::new(port);
     let l = Leaders::new(port, &["a", "b"]);
-    let (a, b) = (l.config("a", "inventory.yaml"), l.config("b", "inventory-b.yaml"));
+    let (a, b) = (
+        l.config("a", "inventory.yaml"),
+        l.config("b", "inventory-b.yaml"),
+    );
     let trust = reyes::follower::trust_root(&a).unwrap();
     let store = reyes::store::open(&a.store).unwrap();
     let running = AtomicUsize::new(2);

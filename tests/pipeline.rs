@@ -451,7 +451,8 @@ fn malformed_oversized_unknown_host_and_disabled() {
     rig.lead();
     let bomb = reyes::fsutil::gzip(&vec![
         b' ';
-        (reyes::document::limits::MAX_DOCUMENT_BYTES + 1) as usize
+        (reyes::document::limits::MAX_DOCUMENT_BYTES + 1)
+            as usize
     ]);
     assert!(bomb.len() < 1 << 20, "{}", bomb.len());
     std::fs::write(rig.p("store/current/rules.json.gz"), bomb).unwrap();

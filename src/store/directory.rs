@@ -46,8 +46,8 @@ impl DirectoryStore {
     }
 }
 
-pub use crate::fsutil::{parent_dir, read_limited, write_atomic};
 use crate::fsutil::{gunzip_limited, gzip, GunzipError};
+pub use crate::fsutil::{parent_dir, read_limited, write_atomic};
 
 /// Versions kept besides the current one.
 const KEEP_VERSIONS: usize = 3;
@@ -114,9 +114,7 @@ impl DirectoryStore {
             Ok(FetchOutcome::Unchanged) => Ok(None),
             Err(StoreError::NotFound(_)) => Ok(None),
             Err(
-                StoreError::MissingSignature(_)
-                | StoreError::TooLarge(_)
-                | StoreError::Corrupt(_),
+                StoreError::MissingSignature(_) | StoreError::TooLarge(_) | StoreError::Corrupt(_),
             ) => {
                 // Something is there that is not a full pair: it is not what anyone expects.
                 Ok(Some(Fetched {
@@ -394,7 +392,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = DirectoryStore::new(d.path().to_path_buf());
         s.publish(b"doc", b"sig").unwrap();
-        let version = d.path().join(fs::read_link(d.path().join("current")).unwrap());
+        let version = d
+            .path()
+            .join(fs::read_link(d.path().join("current")).unwrap());
         let (plain, gz) = (version.join(DOCUMENT), version.join(DOCUMENT_GZ));
         let set_mtime = |p: &Path, secs: u64| {
             let t = std::time::UNIX_EPOCH + Duration::from_secs(secs);

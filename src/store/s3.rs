@@ -406,13 +406,11 @@ impl S3Store {
             .await?
         {
             Get::Object(o) => o,
-            Get::NotModified | Get::NotFound => {
-                return Err(StoreError::MissingSignature(format!(
-                    "{} does not exist and {} carries no signature metadata: the document is unsigned",
-                    self.url(&self.sig_key),
-                    self.url(&self.key)
-                )))
-            }
+            Get::NotModified | Get::NotFound => return Err(StoreError::MissingSignature(format!(
+                "{} does not exist and {} carries no signature metadata: the document is unsigned",
+                self.url(&self.sig_key),
+                self.url(&self.key)
+            ))),
         };
         match sig.meta(DIGEST_METADATA).map(str::to_ascii_lowercase) {
             Some(want) if want != have => Ok(Signature::Retry(StoreError::Mismatched(format!(
