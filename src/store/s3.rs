@@ -406,11 +406,13 @@ impl S3Store {
             .await?
         {
             Get::Object(o) => o,
-            Get::NotModified | Get::NotFound => return Err(StoreError::MissingSignature(format!(
+            Get::NotModified | Get::NotFound => {
+                return Err(StoreError::MissingSignature(format!(
                 "{} does not exist and {} carries no signature metadata: the document is unsigned",
                 self.url(&self.sig_key),
                 self.url(&self.key)
-            ))),
+            )))
+            }
         };
         match sig.meta(DIGEST_METADATA).map(str::to_ascii_lowercase) {
             Some(want) if want != have => Ok(Signature::Retry(StoreError::Mismatched(format!(
@@ -530,5 +532,40 @@ impl Store for S3Store {
 
     fn describe(&self) -> String {
         self.url(&self.key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signature_goes_in_metadata_while_it_fits() {
+        let size = |m: &[(&str, String)]| {
+            m.iter()
+                .map(|(k, v)| "x-amz-meta-".len() + k.len() + v.len())
+                .sum::<usize>()
+        };
+        let (meta, pinned) = document_metadata(b"doc", &[7u8; 200]);
+        assert_eq!(pinned, None);
+        assert_eq!(meta[0], (DIGEST_METADATA, digest(b"doc")));
+        assert_eq!(meta[1].0, SIGNATURE_METADATA);
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(&meta[1].1)
+            .unwrap();
+        assert_eq!(decoded, [7u8; 200]);
+        // The largest signature that fits, and one byte more.
+        let fits = (0..2048)
+            .rev()
+            .find(|n| document_metadata(b"doc", &vec![0; *n]).1.is_none())
+            .unwrap();
+        assert!(size(&document_metadata(b"doc", &vec![0; fits]).0) <= METADATA_LIMIT);
+        let (meta, pinned) = document_metadata(b"doc", &vec![0; fits + 1]);
+        let d = digest(&vec![0; fits + 1]);
+        assert_eq!(pinned.as_deref(), Some(d.as_str()));
+        assert_eq!(meta[1], (SIGNATURE_DIGEST_METADATA, d.clone()));
+        assert!(is_hex_digest(&d));
+        assert!(!is_hex_digest("../x") && !is_hex_digest(&d.to_uppercase()));
+        eprintln!("largest signature in metadata: {fits} bytes");
     }
 }
