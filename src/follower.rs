@@ -94,9 +94,10 @@ pub fn trust_root(cfg: &Config) -> CmdResult<TrustRoot> {
 
 fn store_failure(e: StoreError) -> Failure {
     match e {
-        StoreError::MissingSignature(_) | StoreError::TooLarge(_) | StoreError::Mismatched(_) => {
-            Failure::refused(e)
-        }
+        StoreError::MissingSignature(_)
+        | StoreError::TooLarge(_)
+        | StoreError::Corrupt(_)
+        | StoreError::Mismatched(_) => Failure::refused(e),
         StoreError::Unsupported(_) | StoreError::Config(_) => Failure::usage(e),
         StoreError::NotFound(_) | StoreError::Io(_) | StoreError::Conflict(_) => {
             Failure::runtime(e)

@@ -55,6 +55,58 @@ pub fn read_limited(path: &Path, max: u64) -> Result<Vec<u8>, ReadError> {
     Ok(buf)
 }
 
+/// Decompressing gzip data with a size limit failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GunzipError {
+    /// The data decompresses to more than the limit (a gzip bomb, or a document too large).
+    #[error("it decompresses to more than the limit of {max} bytes")]
+    TooLarge {
+        /// The limit, in bytes.
+        max: u64,
+    },
+    /// Not valid gzip (a bad header, a truncated stream, a CRC or length mismatch).
+    #[error("it is not valid gzip: {source}")]
+    Corrupt {
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The two bytes every gzip stream starts with (RFC 1952).
+pub const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// Whether `data` starts like a gzip stream.
+pub fn is_gzip(data: &[u8]) -> bool {
+    data.starts_with(&GZIP_MAGIC)
+}
+
+/// gzip `data` at the best compression, with a header that names no file and no time: the
+/// same bytes always give the same stream.
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::GzBuilder::new().mtime(0).write(
+        Vec::with_capacity(data.len() / 4),
+        flate2::Compression::best(),
+    );
+    // Writing to a Vec cannot fail.
+    let _ = e.write_all(data);
+    e.finish().unwrap_or_default()
+}
+
+/// Decompress gzip `data` (every member, as gunzip does), refusing to produce more than `max`
+/// bytes: it stops after `max + 1`, so a bomb costs at most that much memory.
+pub fn gunzip_limited(data: &[u8], max: u64) -> Result<Vec<u8>, GunzipError> {
+    let mut out = Vec::new();
+    flate2::read::MultiGzDecoder::new(data)
+        .take(max + 1)
+        .read_to_end(&mut out)
+        .map_err(|source| GunzipError::Corrupt { source })?;
+    if out.len() as u64 > max {
+        return Err(GunzipError::TooLarge { max });
+    }
+    Ok(out)
+}
+
 /// The directory a path is in (`.` for a bare file name).
 pub fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
@@ -132,5 +184,33 @@ mod tests {
         let e = read_limited(&dir.join("missing"), 4).unwrap_err();
         assert!(matches!(e, ReadError::NotFound { .. }), "{e}");
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn gzip_round_trip_is_deterministic_and_bombs_are_refused() {
+        let data = b"{\"format\":1}\n".repeat(1000);
+        let z = gzip(&data);
+        assert!(is_gzip(&z) && z.len() < data.len() / 10, "{}", z.len());
+        assert_eq!(gzip(&data), z, "same input, same bytes");
+        assert_eq!(gunzip_limited(&z, data.len() as u64).unwrap(), data);
+        // One byte over the limit: refused, without decompressing the rest.
+        let e = gunzip_limited(&z, data.len() as u64 - 1).unwrap_err();
+        assert!(matches!(e, GunzipError::TooLarge { .. }), "{e}");
+        // A bomb: 64 MiB of zeros in ~64 KiB.
+        let bomb = gzip(&vec![0u8; 64 << 20]);
+        assert!(bomb.len() < 128 << 10, "{}", bomb.len());
+        let e = gunzip_limited(&bomb, 1 << 20).unwrap_err();
+        assert!(
+            matches!(e, GunzipError::TooLarge { max } if max == 1 << 20),
+            "{e}"
+        );
+        // Two members decompress as one stream, as gunzip does.
+        let two = [gzip(b"ab"), gzip(b"cd")].concat();
+        assert_eq!(gunzip_limited(&two, 10).unwrap(), b"abcd");
+        // Truncated or garbage: corrupt, never a panic.
+        for bad in [&z[..z.len() / 2], &b"\x1f\x8bxx"[..], &b"not gzip"[..]] {
+            let e = gunzip_limited(bad, 1 << 20).unwrap_err();
+            assert!(matches!(e, GunzipError::Corrupt { .. }), "{e}");
+        }
     }
 }

@@ -5,10 +5,14 @@
 //! against the trust root (signing.keyring, or the leader's own certificate when none is
 //! configured) *now*: an attacker who can write to the store cannot push the serial (a forged
 //! serial of 2^64-1 would freeze every follower forever). Serials above 2^53 are refused.
-//! When the policy is unchanged, the stored document carries this leader's signature, and it
-//! is still fresh (more than half of `validity` left), nothing is published; otherwise the
-//! same policy is re-signed with a new serial and not_after, which followers accept without
-//! kernel work.
+//! When the policy is unchanged and the stored document is fresh, nothing is published;
+//! otherwise the same policy is re-signed with a new serial and not_after, which followers
+//! accept without kernel work. "Fresh" ([`is_fresh`]): the stored document verifies now (as
+//! above) with enough signers (`signing.threshold` trusted keys, or this leader's own signature
+//! on a publication awaiting co-signers), and more than half of this leader's
+//! `signing.validity` is left before its `not_after`. Whose key signed it does not matter, so
+//! hot-spare leaders with different keys leave each other's publications alone: the store
+//! changes only when the policy does, or once every `validity / 2`.
 //!
 //! Leaders serialise their writes: a directory store is locked from reading to publishing,
 //! and S3 writes are conditional on the ETag read, so two leaders never publish the same serial
@@ -120,6 +124,7 @@ fn read_store(store: &dyn Store) -> CmdResult<Raw> {
         Err(
             e @ (StoreError::MissingSignature(_)
             | StoreError::TooLarge(_)
+            | StoreError::Corrupt(_)
             | StoreError::Mismatched(_)),
         ) => {
             tracing::warn!(error = %e, "the stored document is unusable; it will be replaced");
@@ -181,6 +186,16 @@ fn verify_previous(
             None
         }
     }
+}
+
+/// Whether a verified stored document is fresh: more than half of `validity` left before its
+/// `not_after`. (The caller has checked its signers: see [`verify_previous`].)
+pub fn is_fresh(document: &Document, validity: Duration, now: SystemTime) -> bool {
+    document
+        .not_after_time()
+        .ok()
+        .and_then(|t| t.checked_sub(validity / 2))
+        .is_some_and(|t| now < t)
 }
 
 /// The next serial: after the verified previous one, and not before now.
@@ -278,22 +293,20 @@ pub fn run_once(cfg: &Config, opts: &LeaderOptions, now: SystemTime) -> CmdResul
     let now_secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let serial = next_serial(previous.as_ref(), now_secs)?;
     let built = build_and_write(cfg, &inv, opts, serial, now)?;
-    if let Some(p) = &previous {
-        let fresh_until = p
-            .document
-            .not_after_time()
-            .ok()
-            .and_then(|t| t.checked_sub(cfg.signing.validity / 2));
-        // Fresh, same policy, and signed by this very key (a rotated key re-signs at once).
-        if p.document.policy_digest == built.document.policy_digest
-            && fresh_until.is_some_and(|t| now < t)
-            && p.signers.fingerprints.contains(&own)
-        {
-            tracing::info!(serial = p.document.serial, not_after = %p.document.not_after, "policy unchanged and still fresh; not publishing");
-            return Ok(LeaderOutcome::Fresh {
-                serial: p.document.serial,
-            });
-        }
+    if let Some(p) = previous
+        .as_ref()
+        .filter(|p| p.document.policy_digest == built.document.policy_digest)
+        .filter(|p| is_fresh(&p.document, cfg.signing.validity, now))
+    {
+        tracing::info!(
+            serial = p.document.serial,
+            not_after = %p.document.not_after,
+            signers = %p.signers.fingerprints.join(","),
+            "policy unchanged and still fresh; not publishing"
+        );
+        return Ok(LeaderOutcome::Fresh {
+            serial: p.document.serial,
+        });
     }
     let sig = key.sign_at(&built.bytes, now).usage()?;
     // Never publish what our own followers would refuse (co-signatures aside).

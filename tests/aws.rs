@@ -284,9 +284,18 @@ impl Aws {
             .unwrap();
     }
 
-    /// The published document, parsed.
+    /// The published document, decompressed and parsed.
     fn document(&self) -> Value {
-        serde_json::from_slice(&self.get(KEY).expect("published document").0).unwrap()
+        serde_json::from_slice(&gunzip(&self.get(KEY).expect("published document").0)).unwrap()
+    }
+}
+
+/// The document bytes of a body: decompressed when gzipped.
+fn gunzip(body: &[u8]) -> Vec<u8> {
+    if reyes::fsutil::is_gzip(body) {
+        reyes::fsutil::gunzip_limited(body, 1 << 26).unwrap()
+    } else {
+        body.to_vec()
     }
 }
 
@@ -898,12 +907,36 @@ fn ec2_leader_publishes_exactly_the_estate_to_s3() {
     // Nothing in this estate is unresolvable.
     assert!(!log.contains("not in the inventory"), "{log}");
 
+    // The document object is gzipped, with its digest and signature in its metadata; the
+    // SDK hands out the gzip bytes as stored (it does not decode Content-Encoding: gzip).
+    let (body, _, doc_meta) = rig.aws.get(KEY).unwrap();
+    assert!(
+        reyes::fsutil::is_gzip(&body),
+        "the SDK returned decoded bytes"
+    );
+    let head = rig
+        .aws
+        .block(rig.aws.s3.head_object().bucket(BUCKET).key(KEY).send())
+        .unwrap();
+    assert_eq!(head.content_encoding(), Some("gzip"));
+    assert_eq!(head.content_type(), Some("application/json"));
+    let bytes = gunzip(&body);
+    assert!(
+        body.len() * 3 < bytes.len(),
+        "{} -> {}",
+        bytes.len(),
+        body.len()
+    );
     // The signature object carries the document's digest; gpg-style verification passes.
-    let (bytes, _, _) = rig.aws.get(KEY).unwrap();
     let (sig, _, meta) = rig.aws.get(&format!("{KEY}.sig")).unwrap();
+    let digest = reyes::store::s3::digest(&bytes);
+    assert_eq!(meta.get("document-sha256"), Some(&digest));
+    assert_eq!(doc_meta.get("document-sha256"), Some(&digest));
+    let (want, pinned) = reyes::store::s3::document_metadata(&bytes, &sig);
+    assert!(pinned.is_none(), "one signature fits in metadata");
     assert_eq!(
-        meta.get("document-sha256").map(String::as_str),
-        Some(reyes::store::s3::digest(&bytes).as_str())
+        doc_meta,
+        want.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
     );
     std::fs::write(rig.p("doc.json"), &bytes).unwrap();
     std::fs::write(rig.p("doc.json.sig"), &sig).unwrap();
@@ -978,7 +1011,7 @@ fn follower_applies_from_s3_and_polls_with_if_none_match() {
     let live = ns.nft_list_table("inet", "reyes").expect("table applied");
     assert_eq!(
         normalise(&live),
-        normalise(table_block(&rig.render(&doc))),
+        normalise(table_block(&rig.render(&gunzip(&doc)))),
         "the live table is what render prints"
     );
     // Members of web (this host's group; nft merges adjacent addresses), of lb and of db (the
@@ -1049,18 +1082,21 @@ fn follower_refusals_from_s3_leave_the_live_rules_unchanged() {
         assert_eq!(rig.applied(), applied, "{what}: state changed");
     };
 
-    // A new document whose signature object is missing: refused (3).
+    // A new document object without signature metadata (another tool's upload) and no
+    // signature object: refused (3).
     rig.change_policy(8001);
     rig.lead();
-    let (new_sig, _, new_meta) = rig.aws.get(&sig_key).unwrap();
+    let (new_body, _, new_meta) = rig.aws.get(KEY).unwrap();
+    let (new_sig, _, new_sig_meta) = rig.aws.get(&sig_key).unwrap();
+    rig.aws.put(KEY, &new_body, &BTreeMap::new());
     rig.aws.delete(&sig_key);
     let o = rig.follower_in(&ns, "reyes.yaml");
     assert_eq!(code(&o), 3, "missing signature: {}", text(&o));
     assert!(stderr(&o).contains("does not exist"), "{}", text(&o));
     unchanged("missing signature");
 
-    // The signature of another upload, with its digest metadata: the torn pair is read again
-    // a few times, then refused (3) without verifying anything.
+    // Such a document with the signature object of another upload, with its digest metadata:
+    // the torn pair is read again a few times, then refused (3) without verifying anything.
     rig.aws.put(&sig_key, &old_sig, &old_meta);
     let o = rig.follower_in(&ns, "reyes.yaml");
     assert_eq!(code(&o), 3, "torn pair: {}", text(&o));
@@ -1078,14 +1114,47 @@ fn follower_refusals_from_s3_leave_the_live_rules_unchanged() {
     assert!(stderr(&o).contains("signature refused"), "{}", text(&o));
     unchanged("signature of another upload, no metadata");
 
+    // The metadata signature of another document: refused (3), .sig not even read.
+    let mut forged = new_meta.clone();
+    forged.insert(
+        "signature".into(),
+        reyes::store::s3::document_metadata(b"", &old_sig).0[1]
+            .1
+            .clone(),
+    );
+    rig.aws.put(KEY, &new_body, &forged);
+    rig.aws.put(&sig_key, &new_sig, &new_sig_meta);
+    let o = rig.follower_in(&ns, "reyes.yaml");
+    assert_eq!(code(&o), 3, "metadata signature: {}", text(&o));
+    assert!(stderr(&o).contains("signature refused"), "{}", text(&o));
+    unchanged("metadata signature of another document");
+
+    // A gzip bomb: 64 KiB that decompress past the 64 MiB document limit, with the real
+    // document's metadata. Refused (3) as too large, never decompressed further.
+    let bomb = reyes::fsutil::gzip(&vec![
+        b' ';
+        (reyes::document::limits::MAX_DOCUMENT_BYTES + 1)
+            as usize
+    ]);
+    assert!(bomb.len() < 1 << 20, "{}", bomb.len());
+    rig.aws.put(KEY, &bomb, &new_meta);
+    let o = rig.follower_in(&ns, "reyes.yaml");
+    assert_eq!(code(&o), 3, "gzip bomb: {}", text(&o));
+    assert!(
+        stderr(&o).contains("decompresses to more than the limit"),
+        "{}",
+        text(&o)
+    );
+    unchanged("gzip bomb");
+    rig.aws.put(KEY, &new_body, &new_meta);
+
     // S3 unreachable: a runtime failure (1).
     rig.config("down.yaml", "[]", "leader", free_port());
     let o = rig.follower_in(&ns, "down.yaml");
     assert_eq!(code(&o), 1, "unreachable: {}", text(&o));
     unchanged("S3 unreachable");
 
-    // Put the right signature back: applied.
-    rig.aws.put(&sig_key, &new_sig, &new_meta);
+    // The publication as the leader made it: applied.
     let o = rig.follower_in(&ns, "reyes.yaml");
     assert_eq!(code(&o), 0, "{}", text(&o));
     assert!(ns.nft_list_table("inet", "reyes").unwrap().contains("8001"));
@@ -1123,22 +1192,31 @@ fn hot_spare_leaders_give_identical_policies_and_cause_no_follower_churn() {
     assert_eq!(code(&o), 0, "{}", text(&o));
     let (_, etag, _) = rig.aws.get(KEY).unwrap();
 
-    // Another leader with the same key and inventory finds the stored document fresh and
-    // publishes nothing: the object and its ETag stay, followers get 304.
-    for file in ["reyes.yaml", "spare1.yaml"] {
+    // Other leaders with the same inventory find the stored document fresh and publish
+    // nothing, whatever key they have (followers trust both): the object and its ETag stay,
+    // followers get 304.
+    for file in ["reyes.yaml", "spare1.yaml", "spare2.yaml"] {
         let o = rig.leader_with(file);
         assert_eq!(code(&o), 0, "{}", text(&o));
-        assert!(stderr(&o).contains("not publishing"), "{}", text(&o));
+        assert!(
+            stderr(&o).contains("not publishing"),
+            "{file}: {}",
+            text(&o)
+        );
     }
     assert_eq!(rig.aws.get(KEY).unwrap().1, etag);
     let o = rig.follower_in(&ns, "reyes.yaml");
     assert!(stderr(&o).contains("not modified"), "{}", text(&o));
 
-    // A spare with another key re-signs the same policy (last writer wins): followers fetch
-    // and verify it, but the policy digest is the same, so there is no kernel work.
+    // A spare for which less than half of its own validity is left re-signs the same policy:
+    // followers fetch and verify it, but the policy digest is the same, so there is no
+    // kernel work; and the primary then finds the spare's document fresh.
+    rig.edit("spare2.yaml", "validity: 1h", "validity: 3h");
     let o = rig.leader_with("spare2.yaml");
     assert_eq!(code(&o), 0, "{}", text(&o));
     assert!(stderr(&o).contains("published"), "{}", text(&o));
+    let etag2 = rig.aws.get(KEY).unwrap().1;
+    assert_ne!(etag2, etag);
     let live = ns.nft_list_table("inet", "reyes").unwrap();
     let o = rig.follower_in(&ns, "reyes.yaml");
     assert_eq!(code(&o), 0, "{}", text(&o));
@@ -1148,7 +1226,10 @@ fn hot_spare_leaders_give_identical_policies_and_cause_no_follower_churn() {
         text(&o)
     );
     assert_eq!(ns.nft_list_table("inet", "reyes").unwrap(), live);
-    // And the next run is a 304 again.
+    let o = rig.leader_with("reyes.yaml");
+    assert!(stderr(&o).contains("not publishing"), "{}", text(&o));
+    assert_eq!(rig.aws.get(KEY).unwrap().1, etag2);
+    // And the next follower run is a 304 again.
     let o = rig.follower_in(&ns, "reyes.yaml");
     assert!(stderr(&o).contains("not modified"), "{}", text(&o));
 }
@@ -1272,7 +1353,7 @@ fn drift_is_repaired_when_s3_answers_not_modified() {
 
 #[test]
 fn s3_store_conditional_fetches_and_torn_pairs() {
-    use reyes::store::{s3::S3Store, FetchOutcome, Store, StoreError};
+    use reyes::store::{s3::S3Store, Expect, FetchOutcome, Store, StoreError};
     let Some(rig) = Rig::new() else { return };
     let cfg = reyes::config::S3Config {
         bucket: BUCKET.into(),
@@ -1312,38 +1393,70 @@ fn s3_store_conditional_fetches_and_torn_pairs() {
     };
     assert!(matches!(S3Store::new(&bad), Err(StoreError::Config(_))));
 
-    // A reader racing a writer only ever gets matching pairs (or, rarely, a refusal after
-    // re-reading); never a torn pair.
+    // A reader racing a writer only ever gets matching pairs, whether the signature travels
+    // in the document's metadata or (too large for it: every other one here) in its own
+    // object named by its digest.
+    let sig = |i: usize| {
+        let s = format!("sig-{i}");
+        if i % 2 == 1 {
+            format!("{s:<3000}")
+        } else {
+            s
+        }
+    };
     let writer = {
         let store = S3Store::new(&cfg).unwrap();
         std::thread::spawn(move || {
             for i in 0..40 {
                 store
-                    .publish(format!("doc-{i}").as_bytes(), format!("sig-{i}").as_bytes())
+                    .publish(format!("doc-{i}").as_bytes(), sig(i).as_bytes())
                     .unwrap();
             }
         })
     };
-    let mut matched = 0;
-    while !writer.is_finished() || matched == 0 {
-        match store.fetch(None) {
-            Ok(FetchOutcome::Fetched(f)) => {
-                let (d, s) = (
-                    String::from_utf8(f.document).unwrap(),
-                    String::from_utf8(f.signature).unwrap(),
-                );
-                assert_eq!(
-                    d.trim_start_matches("doc-"),
-                    s.trim_start_matches("sig-"),
-                    "torn pair"
-                );
-                matched += 1;
-            }
-            Err(StoreError::Mismatched(_)) => {}
-            other => panic!("{other:?}"),
-        }
+    let mut matched = [0, 0];
+    while !writer.is_finished() || matched[0] == 0 {
+        let FetchOutcome::Fetched(f) = store.fetch(None).unwrap() else {
+            panic!("fetched")
+        };
+        let (d, s) = (
+            String::from_utf8(f.document).unwrap(),
+            String::from_utf8(f.signature).unwrap(),
+        );
+        let i: usize = d.trim_start_matches("doc-").parse().unwrap();
+        assert_eq!(s, sig(i), "torn pair");
+        assert_eq!(f.signature_object.is_some(), i % 2 == 1);
+        matched[i % 2] += 1;
     }
     writer.join().unwrap();
+    eprintln!("matched pairs (metadata, pinned): {matched:?}");
+
+    // A conditional publication removes the pinned signature object it replaces.
+    let FetchOutcome::Fetched(seen) = store.fetch(None).unwrap() else {
+        panic!("fetched")
+    };
+    let pinned = seen
+        .signature_object
+        .clone()
+        .expect("the last one is pinned");
+    assert!(rig.aws.get(&pinned).is_some());
+    store
+        .publish_expecting(b"doc-x", b"sig-x", Expect::Current(&seen))
+        .unwrap();
+    assert!(rig.aws.get(&pinned).is_none(), "{pinned} removed");
+    // A document object naming a signature object that is not there: read again, then
+    // refused as unsigned.
+    let (body, _, mut meta) = rig.aws.get("t/rules.json").unwrap();
+    meta.remove("signature");
+    meta.insert("signature-sha256".into(), "ab".repeat(32));
+    rig.aws.put("t/rules.json", &body, &meta);
+    let e = store.fetch(None).unwrap_err();
+    assert!(matches!(e, StoreError::MissingSignature(_)), "{e}");
+    // ... or a name that is not a digest: refused as corrupt, nothing else read.
+    meta.insert("signature-sha256".into(), "../../elsewhere".into());
+    rig.aws.put("t/rules.json", &body, &meta);
+    let e = store.fetch(None).unwrap_err();
+    assert!(matches!(e, StoreError::Corrupt(_)), "{e}");
 }
 
 #[test]
@@ -1385,12 +1498,240 @@ fn s3_publications_are_conditional_on_what_was_read() {
         (now.document.as_slice(), now.signature.as_slice()),
         (&b"doc-a2"[..], &b"sig-a2"[..])
     );
-    // A co-signature lands only on the signature object it was made against.
+    // A co-signature rewrites the same document (the same bytes, so the same ETag) with the
+    // longer signature.
     b.publish_signature(&now, b"sig-a2+b").unwrap();
-    let e = a.publish_signature(&now, b"sig-a2+c").unwrap_err();
+    let FetchOutcome::Fetched(cosigned) = a.fetch(None).unwrap() else {
+        panic!("fetched")
+    };
+    assert_eq!(cosigned.signature, b"sig-a2+b");
+    assert_eq!(cosigned.version, now.version);
+    // It lands only on the document it was made against: after a new publication, a
+    // co-signature of the old one is a conflict, and nothing is written.
+    a.publish_expecting(b"doc-a3", b"sig-a3", Expect::Current(&cosigned))
+        .unwrap();
+    let e = b.publish_signature(&now, b"sig-a2+c").unwrap_err();
     assert!(matches!(e, StoreError::Conflict(_)), "{e}");
     let FetchOutcome::Fetched(last) = a.fetch(None).unwrap() else {
         panic!("fetched")
     };
-    assert_eq!(last.signature, b"sig-a2+b");
+    assert_eq!(
+        (last.document.as_slice(), last.signature.as_slice()),
+        (&b"doc-a3"[..], &b"sig-a3"[..])
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Leaders in threads of this process, on the example inventory
+
+/// Keys, keyring and inventories for leaders that publish to `race/rules.json` in moto.
+struct Leaders {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Leaders {
+    fn new(port: u16, keys: &[&str]) -> Leaders {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/inventory.yaml");
+        let text = std::fs::read_to_string(inv).unwrap();
+        std::fs::write(dir.path().join("inventory.yaml"), &text).unwrap();
+        // Another leader's view: one subnet differs, so the two always disagree.
+        let other = text.replace("10.50.0.0/24", "10.51.0.0/24");
+        assert_ne!(other, text);
+        std::fs::write(dir.path().join("inventory-b.yaml"), other).unwrap();
+        std::fs::create_dir(dir.path().join("keyring")).unwrap();
+        for k in keys {
+            let (secret, public, _) = reyes::signing::keygen(k, None).unwrap();
+            std::fs::write(dir.path().join(format!("{k}.secret.asc")), secret).unwrap();
+            std::fs::write(dir.path().join(format!("keyring/{k}.asc")), public).unwrap();
+        }
+        Leaders { dir, port }
+    }
+
+    fn config(&self, key: &str, inventory: &str) -> reyes::config::Config {
+        let text = format!(
+            "environment: prod
+store:
+  s3: {{bucket: {BUCKET}, key: race/rules.json, region: {EAST}, endpoint: \"http://127.0.0.1:{}\"}}
+signing:
+  key: {key}.secret.asc
+  keyring: keyring
+  validity: 1h
+inventory:
+  file: {inventory}
+  dynamic_subnets: [workers]
+",
+            self.port
+        );
+        let path = self.dir.path().join(format!("{key}.yaml"));
+        std::fs::write(&path, text).unwrap();
+        reyes::config::Config::load(&path).unwrap()
+    }
+}
+
+#[test]
+fn s3_two_leaders_racing_never_show_a_follower_a_torn_pair() {
+    use reyes::leader::{self, LeaderOptions, LeaderOutcome};
+    use reyes::store::{FetchOutcome, StoreError};
+    use std::sync::atomic::AtomicUsize;
+    let Some((port, _guard)) = moto() else { return };
+    let aws = Aws::new(port);
+    let l = Leaders::new(port, &["a", "b"]);
+    let (a, b) = (
+        l.config("a", "inventory.yaml"),
+        l.config("b", "inventory-b.yaml"),
+    );
+    let trust = reyes::follower::trust_root(&a).unwrap();
+    let store = reyes::store::open(&a.store).unwrap();
+    let running = AtomicUsize::new(2);
+    let now = std::time::SystemTime::now;
+    let (published, conflicts, verified) = std::thread::scope(|s| {
+        let leaders: Vec<_> = [&a, &b]
+            .into_iter()
+            .map(|cfg| {
+                let running = &running;
+                s.spawn(move || {
+                    let _done = Done(running);
+                    let (mut published, mut conflicts) = (0, 0);
+                    for _ in 0..12 {
+                        match leader::run_once(cfg, &LeaderOptions::default(), now()) {
+                            Ok(LeaderOutcome::Published { .. }) => published += 1,
+                            // Its own publication, when the other has not run since.
+                            Ok(LeaderOutcome::Fresh { .. }) => {}
+                            Ok(other) => panic!("{other:?}"),
+                            // The loser of a conditional write writes nothing.
+                            Err(f) => {
+                                assert!(f.to_string().contains("changed since"), "{f}");
+                                conflicts += 1;
+                            }
+                        }
+                    }
+                    (published, conflicts)
+                })
+            })
+            .collect();
+        let (mut verified, mut last_serial) = (0, 0);
+        while running.load(Ordering::SeqCst) > 0 || verified == 0 {
+            let f = match store.fetch(None) {
+                Ok(FetchOutcome::Fetched(f)) => f,
+                Err(StoreError::NotFound(_)) => continue,
+                other => panic!("fetch during the race: {other:?}"),
+            };
+            let v = reyes::follower::verify_document(
+                &trust,
+                &f.document,
+                &f.signature,
+                "prod",
+                now(),
+                true,
+            )
+            .unwrap_or_else(|e| panic!("a fetch during the race does not verify: {e}"));
+            assert!(v.document.serial >= last_serial, "serial went back");
+            last_serial = v.document.serial;
+            verified += 1;
+        }
+        let r: Vec<(usize, usize)> = leaders.into_iter().map(|h| h.join().unwrap()).collect();
+        ([r[0].0, r[1].0], r[0].1 + r[1].1, verified)
+    });
+    eprintln!("published {published:?}, conflicts {conflicts}, verified fetches {verified}");
+    assert!(published.iter().all(|&n| n > 0), "{published:?}");
+    // What is left is one consistent publication, readable by gpg users too.
+    let (body, _, meta) = aws.get("race/rules.json").unwrap();
+    let (sig, _, sig_meta) = aws.get("race/rules.json.sig").unwrap();
+    let doc = gunzip(&body);
+    let digest = reyes::store::s3::digest(&doc);
+    assert_eq!(meta.get("document-sha256"), Some(&digest));
+    assert_eq!(sig_meta.get("document-sha256"), Some(&digest));
+    trust.verify(&doc, &sig).unwrap();
+}
+
+#[test]
+fn s3_cosignatures_too_large_for_metadata_move_to_a_pinned_object() {
+    use reyes::leader::{self, LeaderOptions, LeaderOutcome};
+    use reyes::store::FetchOutcome;
+    let Some((port, _guard)) = moto() else { return };
+    let aws = Aws::new(port);
+    let names: Vec<String> = (0..12).map(|i| format!("k{i}")).collect();
+    let keys: Vec<&str> = names.iter().map(String::as_str).collect();
+    let l = Leaders::new(port, &keys);
+    let cfgs: Vec<_> = keys.iter().map(|k| l.config(k, "inventory.yaml")).collect();
+    let trust = reyes::follower::trust_root(&cfgs[0]).unwrap();
+    let store = reyes::store::open(&cfgs[0].store).unwrap();
+    let t = std::time::SystemTime::now();
+    let LeaderOutcome::Published { serial, .. } =
+        leader::run_once(&cfgs[0], &LeaderOptions::default(), t).unwrap()
+    else {
+        panic!("published")
+    };
+    let cosign = LeaderOptions {
+        cosign: true,
+        ..Default::default()
+    };
+    let pinned_objects = || {
+        let out = aws
+            .block(
+                aws.s3
+                    .list_objects_v2()
+                    .bucket(BUCKET)
+                    .prefix("race/rules.json.sig.")
+                    .send(),
+            )
+            .unwrap();
+        out.contents().len()
+    };
+    let mut modes = Vec::new();
+    for (i, cfg) in cfgs.iter().enumerate().skip(1) {
+        assert_eq!(
+            leader::run_once(cfg, &cosign, t + Duration::from_secs(i as u64)).unwrap(),
+            LeaderOutcome::Cosigned { serial }
+        );
+        // Followers read all i + 1 signatures, wherever they are.
+        let FetchOutcome::Fetched(f) = store.fetch(None).unwrap() else {
+            panic!("fetched")
+        };
+        let v = reyes::follower::verify_document(
+            &trust,
+            &f.document,
+            &f.signature,
+            "prod",
+            t + Duration::from_secs(i as u64),
+            true,
+        )
+        .unwrap();
+        assert_eq!(v.signer.fingerprints.len(), i + 1);
+        // In metadata while it fits, else in one object named by its digest (the previous
+        // one removed).
+        let (_, _, meta) = aws.get("race/rules.json").unwrap();
+        let (want, pinned) = reyes::store::s3::document_metadata(&f.document, &f.signature);
+        let want: BTreeMap<String, String> =
+            want.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        assert_eq!(meta, want, "after co-signer {i}");
+        let size: usize = meta.iter().map(|(k, v)| 11 + k.len() + v.len()).sum();
+        assert!(size <= reyes::store::s3::METADATA_LIMIT, "{size}");
+        match &pinned {
+            Some(d) => {
+                assert_eq!(
+                    f.signature_object.as_deref(),
+                    Some(format!("race/rules.json.sig.{d}").as_str())
+                );
+                assert_eq!(pinned_objects(), 1);
+            }
+            None => assert_eq!(pinned_objects(), 0),
+        }
+        modes.push(pinned.is_some());
+        // gpg users' .sig holds the same signatures.
+        assert_eq!(aws.get("race/rules.json.sig").unwrap().0, f.signature);
+    }
+    eprintln!("pinned after each co-signature: {modes:?}");
+    assert!(!modes[0] && modes[modes.len() - 1], "{modes:?}");
+}
+
+/// Counts a racing thread out when it ends, panicking or not.
+struct Done<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Done<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }

@@ -446,6 +446,17 @@ fn malformed_oversized_unknown_host_and_disabled() {
     f.set_len(reyes::document::limits::MAX_DOCUMENT_BYTES + 1)
         .unwrap();
     refused_unchanged(&rig, "larger than the limit", &[]);
+    // A gzip bomb as rules.json.gz (what followers read): ~64 KiB that decompress past the
+    // 64 MiB limit. Refused (3), never decompressed further, nothing applied.
+    rig.lead();
+    let bomb = reyes::fsutil::gzip(&vec![
+        b' ';
+        (reyes::document::limits::MAX_DOCUMENT_BYTES + 1)
+            as usize
+    ]);
+    assert!(bomb.len() < 1 << 20, "{}", bomb.len());
+    std::fs::write(rig.p("store/current/rules.json.gz"), bomb).unwrap();
+    refused_unchanged(&rig, "decompresses to more than the limit", &[]);
 
     // A document that names none of this host's addresses.
     rig.lead();

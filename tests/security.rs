@@ -405,10 +405,22 @@ impl Lead {
     }
 
     fn config(&self, key: &str, extra: &str) -> Config {
+        self.config_with(key, extra, "inventory.yaml", "keyring", key)
+    }
+
+    /// A config named `name`.yaml with this inventory file and keyring.
+    fn config_with(
+        &self,
+        key: &str,
+        extra: &str,
+        inventory: &str,
+        keyring: &str,
+        name: &str,
+    ) -> Config {
         let text = format!(
-            "environment: prod\nstore:\n  directory: store\nsigning:\n  key: {key}.secret.asc\n  keyring: keyring\n  validity: 1h\n{extra}inventory:\n  file: inventory.yaml\n  dynamic_subnets: [workers]\n"
+            "environment: prod\nstore:\n  directory: store\nsigning:\n  key: {key}.secret.asc\n  keyring: {keyring}\n  validity: 1h\n{extra}inventory:\n  file: {inventory}\n  dynamic_subnets: [workers]\n"
         );
-        let path = self.p(&format!("{key}.yaml"));
+        let path = self.p(&format!("{name}.yaml"));
         std::fs::write(&path, text).unwrap();
         Config::load(&path).unwrap()
     }
@@ -726,4 +738,160 @@ fn cosigners_refuse_a_serial_far_ahead_of_their_clock() {
     let e = leader::run_once(&b, &cosign, t).unwrap_err();
     assert_eq!(e.kind, ExitKind::Refused, "{e}");
     assert!(e.to_string().contains("ahead"), "{e}");
+}
+
+// ---------------------------------------------------------------- hot spares and torn pairs
+
+#[test]
+fn hot_spares_with_other_keys_leave_a_fresh_document_alone() {
+    let l = Lead::new(&["a", "b"]);
+    let a = l.config("a", "");
+    let b = l.config("b", "");
+    let once = LeaderOptions::default();
+    let at = |secs: u64| now() + Duration::from_secs(secs);
+    let t0 = at(0);
+    let serial = published(leader::run_once(&a, &once, t0).unwrap());
+    let before = l.stored();
+    // B has another key, trusted like A's: the document is fresh (validity 1h: more than 30
+    // minutes left), so B signs and writes nothing.
+    for dt in [1, 60, 29 * 60] {
+        let t = t0 + Duration::from_secs(dt);
+        assert_eq!(
+            leader::run_once(&b, &once, t).unwrap(),
+            LeaderOutcome::Fresh { serial },
+            "at +{dt}s"
+        );
+    }
+    assert_eq!(l.stored(), before, "nothing written");
+    // Past half the validity B re-signs, and A then finds B's document fresh.
+    let t1 = t0 + Duration::from_secs(31 * 60);
+    let s2 = published(leader::run_once(&b, &once, t1).unwrap());
+    assert!(s2 > serial);
+    let b_fpr = SigningKey::from_config(&b.signing).unwrap().fingerprint();
+    let trust = reyes::follower::trust_root(&a).unwrap();
+    let f = l.stored();
+    let v = verify_document(&trust, &f.document, &f.signature, "prod", t1, true).unwrap();
+    assert_eq!(v.signer.fingerprints, [b_fpr]);
+    assert_eq!(
+        leader::run_once(&a, &once, t1 + Duration::from_secs(1)).unwrap(),
+        LeaderOutcome::Fresh { serial: s2 }
+    );
+    // A changed policy is published at once, by whichever leader runs first.
+    let inv = std::fs::read_to_string(l.p("inventory.yaml")).unwrap();
+    std::fs::write(
+        l.p("inventory.yaml"),
+        inv.replace("10.50.0.0/24", "10.51.0.0/24"),
+    )
+    .unwrap();
+    let s3 = published(leader::run_once(&a, &once, t1 + Duration::from_secs(2)).unwrap());
+    assert!(s3 > s2);
+    // A leader whose keyring no longer holds B's certificate (B's key rotated out) does not
+    // count B's signature: it re-signs at once.
+    std::fs::write(l.p("inventory.yaml"), &inv).unwrap();
+    let s4 = published(leader::run_once(&b, &once, t1 + Duration::from_secs(3)).unwrap());
+    std::fs::create_dir(l.p("keyring-a")).unwrap();
+    std::fs::copy(l.p("keyring/a.asc"), l.p("keyring-a/a.asc")).unwrap();
+    let a_only = l.config_with("a", "", "inventory.yaml", "keyring-a", "a-only");
+    let s5 = published(leader::run_once(&a_only, &once, t1 + Duration::from_secs(4)).unwrap());
+    assert!(s5 > s4);
+    // With threshold 2, a publication by B alone (awaiting co-signers) is not A's to keep:
+    // the other leaders ignore it, as they ignore any document under the threshold.
+    let a2 = l.config_with("a", "  threshold: 2\n", "inventory.yaml", "keyring", "a2");
+    let b2 = l.config_with("b", "  threshold: 2\n", "inventory.yaml", "keyring", "b2");
+    let s6 = published(leader::run_once(&b2, &once, at(2 * 3600)).unwrap());
+    let cosign = LeaderOptions {
+        cosign: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        leader::run_once(&a2, &cosign, at(2 * 3600 + 1)).unwrap(),
+        LeaderOutcome::Cosigned { serial: s6 }
+    );
+    // Co-signed to the threshold, it is fresh for both.
+    for c in [&a2, &b2] {
+        assert_eq!(
+            leader::run_once(c, &once, at(2 * 3600 + 2)).unwrap(),
+            LeaderOutcome::Fresh { serial: s6 }
+        );
+    }
+}
+
+/// Two leaders that disagree (so that each publishes whenever the other did last) race on `store`, while a follower
+/// fetches and verifies in a loop: every fetch must verify, and serials never go back.
+/// Returns (publications by each leader, verified fetches).
+pub fn race(a: &Config, b: &Config, runs: usize) -> ([usize; 2], usize) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let trust = reyes::follower::trust_root(a).unwrap();
+    let store = reyes::store::open(&a.store).unwrap();
+    let running = AtomicUsize::new(2);
+    std::thread::scope(|s| {
+        let leaders: Vec<_> = [a, b]
+            .into_iter()
+            .map(|cfg| {
+                let running = &running;
+                s.spawn(move || {
+                    let _done = Done(running);
+                    let mut published = 0;
+                    for _ in 0..runs {
+                        match leader::run_once(cfg, &LeaderOptions::default(), now()) {
+                            Ok(LeaderOutcome::Published { .. }) => published += 1,
+                            // Its own publication, when the other has not run since.
+                            Ok(LeaderOutcome::Fresh { .. }) => {}
+                            Ok(other) => panic!("{other:?}"),
+                            // The loser of a conditional write writes nothing.
+                            Err(f) => assert!(f.to_string().contains("changed since"), "{f}"),
+                        }
+                    }
+                    published
+                })
+            })
+            .collect();
+        let (mut verified, mut last_serial) = (0, 0);
+        while running.load(Ordering::SeqCst) > 0 || verified == 0 {
+            let f = match store.fetch(None) {
+                Ok(FetchOutcome::Fetched(f)) => f,
+                Err(StoreError::NotFound(_)) => continue,
+                other => panic!("fetch during the race: {other:?}"),
+            };
+            let v = verify_document(&trust, &f.document, &f.signature, "prod", now(), true)
+                .unwrap_or_else(|e| panic!("a fetch during the race does not verify: {e}"));
+            assert!(v.document.serial >= last_serial, "serial went back");
+            last_serial = v.document.serial;
+            verified += 1;
+        }
+        let counts: Vec<usize> = leaders.into_iter().map(|h| h.join().unwrap()).collect();
+        ([counts[0], counts[1]], verified)
+    })
+}
+
+#[test]
+fn two_leaders_racing_on_a_directory_never_show_a_torn_pair() {
+    let l = Lead::new(&["a", "b"]);
+    let inv = std::fs::read_to_string(l.p("inventory.yaml")).unwrap();
+    std::fs::write(
+        l.p("inventory-b.yaml"),
+        inv.replace("10.50.0.0/24", "10.51.0.0/24"),
+    )
+    .unwrap();
+    let a = l.config("a", "");
+    let b = l.config_with("b", "", "inventory-b.yaml", "keyring", "b");
+    let (published, verified) = race(&a, &b, 30);
+    eprintln!("published {published:?}, verified fetches {verified}");
+    assert!(published.iter().all(|&n| n > 0), "{published:?}");
+    assert!(verified > 0);
+    // Every publication has its gzipped copy, and that is what followers read.
+    let z = std::fs::read(l.p("store/rules.json.gz")).unwrap();
+    assert_eq!(
+        reyes::fsutil::gunzip_limited(&z, 1 << 26).unwrap(),
+        std::fs::read(l.p("store/rules.json")).unwrap()
+    );
+}
+
+/// Counts a racing thread out when it ends, panicking or not.
+struct Done<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Done<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }

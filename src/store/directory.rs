@@ -1,13 +1,20 @@
-//! A directory store: `DIR/rules.json` and `DIR/rules.json.sig`.
+//! A directory store: `DIR/rules.json`, `DIR/rules.json.gz` and `DIR/rules.json.sig`.
 //!
-//! Each publication goes into its own version directory, `DIR/.versions/<digest>/`, whose two
-//! files are written to temporary names, fsynced and renamed. Then one symlink, `DIR/current`,
-//! is switched to it with an atomic rename. `DIR/rules.json` and `DIR/rules.json.sig` are
-//! symlinks through `current`, so other readers (gpg, a web server) see plain files, while our
-//! reader resolves `current` once and reads both files from that one version: it never sees a
-//! document from one publication with the signature of another. The last few versions are kept
-//! so a reader that resolved an older `current` can finish. A directory of plain files (written
-//! by hand or another tool) is read as it is.
+//! Each publication goes into its own version directory, `DIR/.versions/<digest>/`, whose
+//! three files are written to temporary names, fsynced and renamed. Then one symlink,
+//! `DIR/current`, is switched to it with an atomic rename: that rename is the publication.
+//! `DIR/rules.json`, `DIR/rules.json.gz` and `DIR/rules.json.sig` are symlinks through
+//! `current`, so other readers (gpg, a web server, rsync) see plain files, while our reader
+//! resolves `current` once and reads from that one version: it never sees a document from one
+//! publication with the signature of another. The last few versions are kept so a reader that
+//! resolved an older `current` can finish. A directory of plain files (written by hand or
+//! another tool) is read as it is.
+//!
+//! `rules.json.gz` is the document gzipped (for fleets that read the directory over a network
+//! mount or a web server). The reader takes it, decompressing with the document size limit (a
+//! bomb is refused as too large), unless it is absent or `rules.json` was modified after it
+//! (a hand edit, or another tool that writes only the plain files): then `rules.json`. The
+//! signature is over the uncompressed bytes either way.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -24,6 +31,8 @@ use crate::document::limits;
 
 /// Name of the document file.
 pub const DOCUMENT: &str = "rules.json";
+/// Name of the gzipped document file.
+pub const DOCUMENT_GZ: &str = "rules.json.gz";
 /// Name of the signature file.
 pub const SIGNATURE: &str = "rules.json.sig";
 
@@ -40,6 +49,7 @@ impl DirectoryStore {
     }
 }
 
+use crate::fsutil::{gunzip_limited, gzip, GunzipError};
 pub use crate::fsutil::{parent_dir, read_limited, write_atomic};
 
 /// Versions kept besides the current one.
@@ -58,8 +68,30 @@ fn symlink_atomic(target: &Path, link: &Path) -> std::io::Result<()> {
 }
 
 impl DirectoryStore {
+    /// The document in `base`: `rules.json.gz` decompressed (with the size limit), unless
+    /// `rules.json` is newer (edited by hand or written by another tool that left an old .gz)
+    /// or the .gz is absent; then `rules.json`.
+    fn read_document(&self, base: &Path) -> Result<Vec<u8>, StoreError> {
+        let max = limits::MAX_DOCUMENT_BYTES;
+        let (plain, gz) = (base.join(DOCUMENT), base.join(DOCUMENT_GZ));
+        let modified = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+        let use_gz = match (modified(&gz), modified(&plain)) {
+            (Some(z), Some(p)) => z >= p,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if !use_gz {
+            return Ok(read_limited(&plain, max)?);
+        }
+        let z = read_limited(&gz, max)?;
+        gunzip_limited(&z, max).map_err(|e| match e {
+            GunzipError::TooLarge { .. } => StoreError::TooLarge(format!("{}: {e}", gz.display())),
+            GunzipError::Corrupt { .. } => StoreError::Corrupt(format!("{}: {e}", gz.display())),
+        })
+    }
+
     fn read_pair(&self, base: &Path) -> Result<Fetched, StoreError> {
-        let document = read_limited(&base.join(DOCUMENT), limits::MAX_DOCUMENT_BYTES)?;
+        let document = self.read_document(base)?;
         let signature = match read_limited(&base.join(SIGNATURE), limits::MAX_SIGNATURE_BYTES)
             .map_err(StoreError::from)
         {
@@ -74,7 +106,7 @@ impl DirectoryStore {
             document,
             signature,
             version: None,
-            signature_version: None,
+            signature_object: None,
         })
     }
 
@@ -84,13 +116,15 @@ impl DirectoryStore {
             Ok(FetchOutcome::Fetched(f)) => Ok(Some(f)),
             Ok(FetchOutcome::Unchanged) => Ok(None),
             Err(StoreError::NotFound(_)) => Ok(None),
-            Err(StoreError::MissingSignature(_) | StoreError::TooLarge(_)) => {
+            Err(
+                StoreError::MissingSignature(_) | StoreError::TooLarge(_) | StoreError::Corrupt(_),
+            ) => {
                 // Something is there that is not a full pair: it is not what anyone expects.
                 Ok(Some(Fetched {
                     document: Vec::new(),
                     signature: Vec::new(),
                     version: Some("unreadable".into()),
-                    signature_version: None,
+                    signature_object: None,
                 }))
             }
             Err(e) => Err(e),
@@ -147,11 +181,13 @@ impl Store for DirectoryStore {
         fs::create_dir_all(&vdir).map_err(|e| io("cannot create a version directory", e))?;
         write_atomic(&vdir.join(DOCUMENT), document)
             .map_err(|e| io("cannot write the document", e))?;
+        write_atomic(&vdir.join(DOCUMENT_GZ), &gzip(document))
+            .map_err(|e| io("cannot write the gzipped document", e))?;
         write_atomic(&vdir.join(SIGNATURE), signature)
             .map_err(|e| io("cannot write the signature", e))?;
         symlink_atomic(&rel, &self.dir.join("current"))
             .map_err(|e| io("cannot switch `current`", e))?;
-        for name in [DOCUMENT, SIGNATURE] {
+        for name in [DOCUMENT, DOCUMENT_GZ, SIGNATURE] {
             let want = PathBuf::from("current").join(name);
             let link = self.dir.join(name);
             if fs::read_link(&link).ok().as_deref() != Some(want.as_path()) {
@@ -287,7 +323,13 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         names.sort();
-        assert_eq!(names, [".versions", "current", DOCUMENT, SIGNATURE]);
+        assert_eq!(
+            names,
+            [".versions", "current", DOCUMENT, DOCUMENT_GZ, SIGNATURE]
+        );
+        // The .gz is the document, gzipped.
+        let z = fs::read(d.path().join("sub").join(DOCUMENT_GZ)).unwrap();
+        assert_eq!(gunzip_limited(&z, 100).unwrap(), b"doc");
         // Old versions are collected.
         for i in 0..10 {
             s.publish(format!("doc{i}").as_bytes(), b"sig").unwrap();
@@ -354,6 +396,54 @@ mod tests {
             reads += 1;
         }
         writer.join().unwrap();
+    }
+
+    #[test]
+    fn the_gzipped_document_is_read_with_the_size_limit() {
+        let d = tempfile::tempdir().unwrap();
+        let s = DirectoryStore::new(d.path().to_path_buf());
+        s.publish(b"doc", b"sig").unwrap();
+        let version = d
+            .path()
+            .join(fs::read_link(d.path().join("current")).unwrap());
+        let (plain, gz) = (version.join(DOCUMENT), version.join(DOCUMENT_GZ));
+        let set_mtime = |p: &Path, secs: u64| {
+            let t = std::time::UNIX_EPOCH + Duration::from_secs(secs);
+            File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+        };
+        let fetched = || match s.fetch(None) {
+            Ok(FetchOutcome::Fetched(f)) => Ok(f.document),
+            Ok(FetchOutcome::Unchanged) => panic!("unchanged"),
+            Err(e) => Err(e),
+        };
+        // The reader takes the .gz (as new as rules.json, or newer).
+        fs::write(&gz, gzip(b"from the gz")).unwrap();
+        set_mtime(&plain, 1_000);
+        set_mtime(&gz, 1_000);
+        assert_eq!(fetched().unwrap(), b"from the gz");
+        // rules.json modified after the .gz (a hand edit): rules.json.
+        set_mtime(&plain, 2_000);
+        assert_eq!(fetched().unwrap(), b"doc");
+        set_mtime(&plain, 1_000);
+        // A bomb: a small file that decompresses past the document limit.
+        let bomb = gzip(&vec![b' '; (limits::MAX_DOCUMENT_BYTES + 1) as usize]);
+        assert!(bomb.len() < 1 << 20, "{}", bomb.len());
+        fs::write(&gz, bomb).unwrap();
+        let e = fetched().unwrap_err();
+        assert!(matches!(e, StoreError::TooLarge(_)), "{e}");
+        assert!(e.to_string().contains(DOCUMENT_GZ), "{e}");
+        // Not gzip at all: corrupt.
+        fs::write(&gz, b"{}").unwrap();
+        let e = fetched().unwrap_err();
+        assert!(matches!(e, StoreError::Corrupt(_)), "{e}");
+        // Without the .gz (plain files of another tool): rules.json.
+        fs::remove_file(&gz).unwrap();
+        assert_eq!(fetched().unwrap(), b"doc");
     }
 
     #[test]

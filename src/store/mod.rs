@@ -1,4 +1,7 @@
-//! Where documents are published and fetched: `rules.json` and `rules.json.sig` side by side.
+//! Where documents are published and fetched: `rules.json` and `rules.json.sig` side by side,
+//! the document also (or, on S3, only) gzipped. Every store hands out the uncompressed bytes
+//! and a signature from the same publication: the directory through one symlink switch, S3 by
+//! carrying the signature in the document object's metadata.
 
 pub mod directory;
 pub mod receipts;
@@ -24,9 +27,12 @@ pub enum StoreError {
     /// The signature belongs to another document (a torn pair that did not heal on re-reading).
     #[error("{0}")]
     Mismatched(String),
-    /// An object is larger than a follower accepts.
+    /// An object is larger than a follower accepts (or decompresses to more).
     #[error("{0}")]
     TooLarge(String),
+    /// An object is not what it claims to be: invalid gzip, or metadata that does not parse.
+    #[error("{0}")]
+    Corrupt(String),
     /// I/O or network failure.
     #[error("{0}")]
     Io(String),
@@ -63,14 +69,16 @@ impl From<crate::fsutil::ReadError> for StoreError {
 /// A document and its signature as fetched, not yet verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fetched {
-    /// `rules.json` bytes.
+    /// `rules.json` bytes (uncompressed: what the signature is over).
     pub document: Vec<u8>,
     /// `rules.json.sig` bytes.
     pub signature: Vec<u8>,
     /// An opaque version tag (an ETag) for conditional fetches, when the store has one.
     pub version: Option<String>,
-    /// The signature object's version tag, when the store has one.
-    pub signature_version: Option<String>,
+    /// The store's own object the signature was read from, when it is one that the next
+    /// publication makes obsolete (S3: a signature too large for metadata, at a name pinned
+    /// by its digest), so that the publisher can remove it.
+    pub signature_object: Option<String>,
 }
 
 /// What a conditional publication expects the store to hold, so that two leaders never

@@ -8,7 +8,7 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("cannot {op} s3://{bucket}/{key}: {reason}{}", hint.map(|h| format!(": {h}")).unwrap_or_default())]
 pub struct S3Failure {
-    /// `read` or `write`.
+    /// `read`, `write` or `delete`.
     pub op: &'static str,
     /// The bucket.
     pub bucket: String,
@@ -23,7 +23,7 @@ pub struct S3Failure {
 }
 
 impl S3Failure {
-    /// Describe `e`, a failed `op` (`read`, `write`) of `bucket`/`key`.
+    /// Describe `e`, a failed `op` (`read`, `write`, `delete`) of `bucket`/`key`.
     pub fn new<E, R>(op: &'static str, bucket: &str, key: &str, e: &SdkError<E, R>) -> S3Failure
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
@@ -93,6 +93,9 @@ fn code_hint(code: &str, op: &str) -> Option<&'static str> {
         "NoSuchBucket" => "create it or fix store.s3.bucket",
         "AccessDenied" | "AllAccessDisabled" if op == "list" => {
             "allow s3:ListBucket on the bucket, for this prefix, for these credentials"
+        }
+        "AccessDenied" | "AllAccessDisabled" if op == "delete" => {
+            "allow s3:DeleteObject on KEY.sig.* for the leaders, or remove the object by hand"
         }
         "AccessDenied" | "AllAccessDisabled" if op == "write" => {
             "allow s3:PutObject on this key for these credentials, or fix store.s3.bucket / store.s3.key"
