@@ -67,6 +67,9 @@ pub enum ValueError {
     /// `enforce: cidr` without managed CIDRs.
     #[error("follower.managed_cidrs: `enforce: cidr` needs at least one managed CIDR")]
     ManagedCidrs,
+    /// gateway_cidrs without gateway mode.
+    #[error("follower.gateway_cidrs: only used with `mode: gateway` (this follower is in host mode)")]
+    GatewayCidrs,
     /// Not a duration.
     #[error("bad duration {input:?} ({source}): expected e.g. 90s, 5m, 1h")]
     Duration {
@@ -336,6 +339,20 @@ pub enum Enforce {
     Cidr,
 }
 
+/// What a follower judges: traffic to itself, or also the traffic it forwards.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Traffic addressed to this host (the input hook).
+    #[default]
+    Host,
+    /// Also the traffic this host forwards (the forward hook): a VPN gateway judging the
+    /// decrypted traffic for every destination behind it by the destination's groups.
+    Gateway,
+}
+
 /// What a follower does with in-scope traffic that no rule allows.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, clap::ValueEnum,
@@ -469,6 +486,13 @@ pub struct FollowerConfig {
     /// How long a run waits for another holding the state directory's lock.
     #[serde(serialize_with = "ser_duration")]
     pub lock_timeout: Duration,
+    /// host | gateway: a gateway also judges the traffic it forwards.
+    pub mode: Mode,
+    /// Gateway mode: only forwarded traffic to (and, with egress, from) these CIDRs is judged
+    /// (empty: every address of the document).
+    pub gateway_cidrs: Vec<Cidr>,
+    /// Enforce the security groups' egress rules on traffic leaving over IPsec.
+    pub egress: bool,
 }
 
 #[derive(Deserialize)]
@@ -506,6 +530,12 @@ struct RawFollower {
     metrics_file: Option<PathBuf>,
     #[serde(default = "default_lock_timeout", deserialize_with = "de_duration")]
     lock_timeout: Duration,
+    #[serde(default)]
+    mode: Mode,
+    #[serde(default)]
+    gateway_cidrs: Vec<Cidr>,
+    #[serde(default)]
+    egress: bool,
 }
 
 fn default_lock_timeout() -> Duration {
@@ -517,6 +547,9 @@ impl TryFrom<RawFollower> for FollowerConfig {
     fn try_from(r: RawFollower) -> Result<Self, ValueError> {
         if r.enforce == Enforce::Cidr && r.managed_cidrs.is_empty() {
             return Err(ValueError::ManagedCidrs);
+        }
+        if r.mode == Mode::Host && !r.gateway_cidrs.is_empty() {
+            return Err(ValueError::GatewayCidrs);
         }
         Ok(FollowerConfig {
             backend: r.backend,
@@ -535,6 +568,9 @@ impl TryFrom<RawFollower> for FollowerConfig {
             allow_unknown_host: r.allow_unknown_host,
             metrics_file: r.metrics_file,
             lock_timeout: r.lock_timeout,
+            mode: r.mode,
+            gateway_cidrs: r.gateway_cidrs,
+            egress: r.egress,
         })
     }
 }
@@ -558,6 +594,9 @@ impl Default for FollowerConfig {
             allow_unknown_host: false,
             metrics_file: None,
             lock_timeout: default_lock_timeout(),
+            mode: Mode::Host,
+            gateway_cidrs: Vec::new(),
+            egress: false,
         }
     }
 }

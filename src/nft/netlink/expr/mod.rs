@@ -13,6 +13,7 @@ mod meta;
 mod objref;
 mod payload;
 mod range;
+mod rt;
 
 pub use bitwise::Bitwise;
 pub use cmp::{Cmp, CmpOp};
@@ -25,6 +26,7 @@ pub use meta::{Meta, MetaKey};
 pub use objref::Objref;
 pub use payload::{Payload, PayloadBase};
 pub use range::Range;
+pub use rt::RtIpsec;
 
 use super::sys::*;
 use super::wire::{Attr, Emit};
@@ -54,6 +56,8 @@ pub enum Expr {
     Meta(Meta),
     /// Load conntrack state.
     Ct(Ct),
+    /// Load whether the route leaves through IPsec.
+    RtIpsec(RtIpsec),
     /// Load a constant (a verdict).
     Immediate(Immediate),
     /// Use a named stateful object (a counter).
@@ -77,6 +81,7 @@ impl Expr {
             Expr::Lookup(e) => p(e),
             Expr::Meta(e) => p(e),
             Expr::Ct(e) => p(e),
+            Expr::RtIpsec(e) => p(e),
             Expr::Immediate(e) => p(e),
             Expr::Objref(e) => p(e),
             Expr::Log(e) => p(e),
@@ -116,4 +121,4 @@ macro_rules! from_exprs {
         }
     )*};
 }
-from_exprs!(Payload, Cmp, Bitwise, Range, Lookup, Meta, Ct, Immediate, Objref, Log, Limit);
+from_exprs!(Payload, Cmp, Bitwise, Range, Lookup, Meta, Ct, RtIpsec, Immediate, Objref, Log, Limit);
