@@ -192,8 +192,9 @@ pub(super) fn profile_chains(
 
 /// The egress chain of every group in `groups`.
 pub(super) fn egress_chains(sh: &mut Shared<'_>, groups: &BTreeSet<usize>, out: &mut Vec<Chain>) {
+    let (policy, names) = (sh.policy, sh.names);
     for &gi in groups {
-        let g = &sh.policy.groups[gi];
+        let g = &policy.groups[gi];
         let mut rules = Vec::new();
         match &g.egress {
             None => rules.push(base(
@@ -201,7 +202,7 @@ pub(super) fn egress_chains(sh: &mut Shared<'_>, groups: &BTreeSet<usize>, out: 
                 Verdict::Accept,
                 &format!(
                     "{}: no egress rules in the document (egress unrestricted)",
-                    sh.names[gi].id
+                    names[gi].id
                 ),
             )),
             Some(egress) => {
@@ -212,7 +213,7 @@ pub(super) fn egress_chains(sh: &mut Shared<'_>, groups: &BTreeSet<usize>, out: 
         }
         rules.shrink_to_fit();
         out.push(Chain {
-            name: sh.names[gi].egress.clone(),
+            name: names[gi].egress.clone(),
             kind: ChainKind::Egress(g.id.clone()),
             rules,
         });
