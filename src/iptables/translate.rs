@@ -602,7 +602,7 @@ impl<'a> Translator<'a> {
                     AddrKey::Source => Dir::Src,
                     AddrKey::Destination => Dir::Dst,
                 };
-                (&m.entries, dir, map)
+                (m.entries.as_slice(), dir, &**map)
             }
             _ => (rs.dispatch(self.fam), Dir::Dst, ""),
         };
