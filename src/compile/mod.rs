@@ -333,6 +333,28 @@ pub fn compile(doc: &Document, ctx: &HostContext) -> Result<Ruleset, CompileErro
     })
 }
 
+/// The names of each group's chain, member sets and source label, in group order.
+fn group_names(policy: &Policy) -> Vec<GroupNames> {
+    let parts = name_parts(policy);
+    policy
+        .groups
+        .iter()
+        .map(|g| {
+            let part = parts
+                .get(g.id.as_str())
+                .cloned()
+                .unwrap_or_else(|| sanitize(&g.id));
+            GroupNames {
+                id: Name::from(g.id.as_str()),
+                chain: Name::from(format!("g_{part}")),
+                egress: Name::from(format!("e_{part}")),
+                members: Family::BOTH.map(|f| Name::from(format!("m{}_{part}", f.digit()))),
+                source: Name::from(format!("group {}", g.id)),
+            }
+        })
+        .collect()
+}
+
 /// Which groups (by index, which is id order) each local address or member interval belongs
 /// to: the host's addresses, or every member of every group.
 /// In gateway mode (`forward`: the forward chain's destinations) a gateway whose own

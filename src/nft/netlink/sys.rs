@@ -33,6 +33,8 @@ pub const NFPROTO_IPV6: u8 = 10;
 pub const NF_DROP: i32 = 0;
 pub const NF_ACCEPT: i32 = 1;
 pub const NF_INET_LOCAL_IN: u32 = 1;
+pub const NF_INET_FORWARD: u32 = 2;
+pub const NF_INET_LOCAL_OUT: u32 = 3;
 
 // enum nf_tables_msg_types
 pub const NFT_MSG_NEWTABLE: u16 = 0;
