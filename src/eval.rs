@@ -473,7 +473,10 @@ impl<'r> Evaluator<'r> {
             }
             match &rule.verdict {
                 Verdict::Accept
-                    if matches!(rule.origin, Origin::GroupRule { .. } | Origin::EgressRule { .. }) =>
+                    if matches!(
+                        rule.origin,
+                        Origin::GroupRule { .. } | Origin::EgressRule { .. }
+                    ) =>
                 {
                     out.push(rule.origin.clone())
                 }

@@ -182,7 +182,10 @@ impl<'a> Judge<'a> {
     /// The flow as its source sends it over IPsec (or, in gateway mode, as the gateway
     /// forwards it into IPsec): judged by the source's egress rules.
     fn judge_egress(&mut self, f: &Flow) -> CmdResult<Evaluation> {
-        let mut out = f.clone().via_ipsec(false).leaves_ipsec(!self.scope.no_ipsec);
+        let mut out = f
+            .clone()
+            .via_ipsec(false)
+            .leaves_ipsec(!self.scope.no_ipsec);
         if self.base.mode == Mode::Gateway {
             out = out.at(Hook::Forward);
             return evaluate(self.gateway()?, &out);

@@ -36,7 +36,10 @@ fn document() -> reyes::document::Document {
 fn gateway(egress: bool) -> Ruleset {
     let mut ctx = HostContext::new(Target::Host(vec!["10.1.0.1".parse().unwrap()]));
     ctx.mode = Mode::Gateway;
-    ctx.gateway_cidrs = vec!["10.1.0.0/16".parse().unwrap(), "fd00:1::/56".parse().unwrap()];
+    ctx.gateway_cidrs = vec![
+        "10.1.0.0/16".parse().unwrap(),
+        "fd00:1::/56".parse().unwrap(),
+    ];
     ctx.egress = egress;
     ctx.log_drop = true;
     compile(&document(), &ctx).expect("compile")
@@ -69,13 +72,17 @@ fn gateway_tables_are_taken_by_the_kernel_and_list_back_as_rendered() {
         let want = common::normalise(common::table_block(&script));
         let ns = Netns::new("gwnft");
         ns.nft_apply(&script);
-        let live = ns.nft_list_table("inet", "reyes").expect("table after nft -f");
+        let live = ns
+            .nft_list_table("inet", "reyes")
+            .expect("table after nft -f");
         assert_eq!(common::normalise(&live), want, "nft -f, egress {egress}");
         ns.ok(&["nft", "delete", "table", "inet", "reyes"]);
         let owned = rs.clone();
         ns.enter(move || netlink::apply_owned(owned).map_err(|e| e.to_string()))
             .unwrap_or_else(|e| panic!("netlink apply: {e}\n{script}"));
-        let live = ns.nft_list_table("inet", "reyes").expect("table after netlink");
+        let live = ns
+            .nft_list_table("inet", "reyes")
+            .expect("table after netlink");
         assert_eq!(common::normalise(&live), want, "netlink, egress {egress}");
     }
 }
@@ -128,7 +135,9 @@ fn iptables_jumps(v: IptablesVariant) {
     }
     let ns = Netns::new("gwipt");
     let tool = iptables_tool(v, "iptables");
-    ns.ok(&[&tool, "-w", "-A", "FORWARD", "-p", "tcp", "--dport", "9999", "-j", "DROP"]);
+    ns.ok(&[
+        &tool, "-w", "-A", "FORWARD", "-p", "tcp", "--dport", "9999", "-j", "DROP",
+    ]);
     let b = IptablesBackend::new(v);
     let gw = gateway(true);
     ns.enter(|| b.apply(&gw)).unwrap();
@@ -137,7 +146,11 @@ fn iptables_jumps(v: IptablesVariant) {
         assert_eq!(fwd[0], "-A FORWARD -j REYES-FORWARD", "{t}: {fwd:?}");
         let out = rules(&ns, v, t, "OUTPUT");
         assert_eq!(out, ["-A OUTPUT -j REYES-OUTPUT"], "{t}");
-        assert_eq!(rules(&ns, v, t, "INPUT"), ["-A INPUT -j REYES-INPUT"], "{t}");
+        assert_eq!(
+            rules(&ns, v, t, "INPUT"),
+            ["-A INPUT -j REYES-INPUT"],
+            "{t}"
+        );
     }
     assert_eq!(
         rules(&ns, v, "iptables", "FORWARD")[1],
@@ -153,7 +166,9 @@ fn iptables_jumps(v: IptablesVariant) {
     ns.enter(|| b.apply(&host)).unwrap();
     for t in ["iptables", "ip6tables"] {
         assert!(
-            !rules(&ns, v, t, "FORWARD").iter().any(|r| r.contains("REYES")),
+            !rules(&ns, v, t, "FORWARD")
+                .iter()
+                .any(|r| r.contains("REYES")),
             "{t}"
         );
         assert!(rules(&ns, v, t, "OUTPUT").is_empty(), "{t}");
@@ -195,10 +210,28 @@ fn topology() -> Topology {
         server: Netns::new("gwsrv"),
     };
     for (ns, dev, other, addr4, addr6, gw4, gw6) in [
-        (&t.peer, "p0", "g0", "10.9.0.5/24", "fd00:9::5/64", "10.9.0.1", "fd00:9::1"),
-        (&t.server, "s0", "g1", "10.1.0.10/24", "fd00:1::10/64", "10.1.0.1", "fd00:1::1"),
+        (
+            &t.peer,
+            "p0",
+            "g0",
+            "10.9.0.5/24",
+            "fd00:9::5/64",
+            "10.9.0.1",
+            "fd00:9::1",
+        ),
+        (
+            &t.server,
+            "s0",
+            "g1",
+            "10.1.0.10/24",
+            "fd00:1::10/64",
+            "10.1.0.1",
+            "fd00:1::1",
+        ),
     ] {
-        ns.ok(&["ip", "link", "add", dev, "type", "veth", "peer", "name", other]);
+        ns.ok(&[
+            "ip", "link", "add", dev, "type", "veth", "peer", "name", other,
+        ]);
         ns.ok(&["ip", "link", "set", other, "netns", &t.gw.name]);
         ns.ok(&["ip", "addr", "add", addr4, "dev", dev]);
         ns.ok(&["ip", "-6", "addr", "add", addr6, "dev", dev, "nodad"]);
@@ -282,7 +315,15 @@ fn iptables_gateway_leaves_plain_forwarding_alone() {
             gw.enter(|| b.apply(rs)).unwrap();
         },
         |gw| {
-            let out = gw.ok(&["iptables-nft", "-w", "-v", "-x", "-n", "-L", "REYES-DROPPED"]);
+            let out = gw.ok(&[
+                "iptables-nft",
+                "-w",
+                "-v",
+                "-x",
+                "-n",
+                "-L",
+                "REYES-DROPPED",
+            ]);
             out.lines()
                 .nth(2)
                 .and_then(|l| l.split_whitespace().next())

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use reyes::nft::netlink::expr::{
     Bitwise, Cmp, CmpOp, Ct, Expr, Immediate, Limit, Log, Lookup, Meta, MetaKey, Objref, Payload,
-    PayloadBase, Range, Verdict,
+    PayloadBase, Range, RtIpsec, Verdict,
 };
 use reyes::nft::netlink::wire::Emit;
 
@@ -59,6 +59,7 @@ fn cases() -> Vec<(&'static str, Expr)> {
             .into(),
         ),
         ("ct", Ct.into()),
+        ("rt", RtIpsec.into()),
         (
             "immediate",
             Immediate {
@@ -149,6 +150,7 @@ fn every_expression_kind_has_a_golden_file_and_a_case() {
             Expr::Lookup(_) => "lookup",
             Expr::Meta(_) => "meta",
             Expr::Ct(_) => "ct",
+            Expr::RtIpsec(_) => "rt",
             Expr::Immediate(_) => "immediate",
             Expr::Objref(_) => "objref",
             Expr::Log(_) => "log",
@@ -156,5 +158,5 @@ fn every_expression_kind_has_a_golden_file_and_a_case() {
         };
         assert_eq!(kind, variant);
     }
-    assert_eq!(kinds.len(), 11, "one golden file per expression kind");
+    assert_eq!(kinds.len(), 12, "one golden file per expression kind");
 }

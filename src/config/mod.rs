@@ -68,7 +68,9 @@ pub enum ValueError {
     #[error("follower.managed_cidrs: `enforce: cidr` needs at least one managed CIDR")]
     ManagedCidrs,
     /// gateway_cidrs without gateway mode.
-    #[error("follower.gateway_cidrs: only used with `mode: gateway` (this follower is in host mode)")]
+    #[error(
+        "follower.gateway_cidrs: only used with `mode: gateway` (this follower is in host mode)"
+    )]
     GatewayCidrs,
     /// Not a duration.
     #[error("bad duration {input:?} ({source}): expected e.g. 90s, 5m, 1h")]

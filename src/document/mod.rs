@@ -422,12 +422,17 @@ impl Document {
                     g.id
                 ));
             }
-            let ingress = g.ingress.iter().enumerate().map(|(i, r)| {
-                (format!("groups[{}].ingress[{i}]", g.id), "from", r.clone())
-            });
-            let egress = g.egress.iter().flatten().enumerate().map(|(i, r)| {
-                (format!("groups[{}].egress[{i}]", g.id), "to", r.as_rule())
-            });
+            let ingress = g
+                .ingress
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (format!("groups[{}].ingress[{i}]", g.id), "from", r.clone()));
+            let egress = g
+                .egress
+                .iter()
+                .flatten()
+                .enumerate()
+                .map(|(i, r)| (format!("groups[{}].egress[{i}]", g.id), "to", r.as_rule()));
             for (at, peers, r) in ingress.chain(egress) {
                 check_rule_shape(&r, peers)
                     .map_err(|e| DocumentError::Malformed(format!("{at}: {e}")))?;

@@ -501,10 +501,7 @@ impl AwsInventory {
                         .map(|(i, p)| {
                             convert_permission(
                                 p,
-                                &format!(
-                                    "security group {} IpPermissionsEgress[{i}]",
-                                    sg.group_id
-                                ),
+                                &format!("security group {} IpPermissionsEgress[{i}]", sg.group_id),
                             )
                         })
                         .collect::<Result<Vec<_>, _>>()?,

@@ -203,7 +203,11 @@ async fn prefix_list_entries(
 ) -> Result<Vec<(String, Vec<PrefixListEntry>)>, InventoryError> {
     let used: BTreeSet<&str> = sgs
         .iter()
-        .flat_map(|g| g.ip_permissions.iter().chain(g.ip_permissions_egress.iter().flatten()))
+        .flat_map(|g| {
+            g.ip_permissions
+                .iter()
+                .chain(g.ip_permissions_egress.iter().flatten())
+        })
         .flat_map(|p| &p.prefix_list_ids)
         .map(|p| p.prefix_list_id.as_str())
         .collect();

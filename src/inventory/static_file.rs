@@ -273,7 +273,12 @@ fn check_references(f: &File) -> Result<(), RefError> {
             let slot = &mut index[usize::from(list == "egress")];
             let rule = *slot;
             *slot += 1;
-            if let Some(src) = r.from.groups.iter().find(|s| !group_ids.contains(s.as_str())) {
+            if let Some(src) = r
+                .from
+                .groups
+                .iter()
+                .find(|s| !group_ids.contains(s.as_str()))
+            {
                 return Err(RefError::SourceGroup {
                     group: g.id.clone(),
                     list,

@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::compile::{
-    AddrKey, AddrMatch, ChainPolicy, CtState, DispatchEntry, Hook, Match, PortProto, Rule,
-    Ruleset, Verdict,
+    AddrKey, AddrMatch, ChainPolicy, CtState, DispatchEntry, Hook, Match, PortProto, Rule, Ruleset,
+    Verdict,
 };
 use crate::net::{Cidr, Family, Range};
 use crate::proto::{self, PortRange};
@@ -317,7 +317,8 @@ impl<'a> Translator<'a> {
                         "a rule matches set {name}, which the ruleset does not define"
                     ));
                 };
-                p.sets.push(format!("-m set {bang}--match-set {set} {word}"));
+                p.sets
+                    .push(format!("-m set {bang}--match-set {set} {word}"));
                 return Ok(true);
             }
             AddrMatch::Literal(ranges) => ranges,

@@ -25,7 +25,10 @@ fn gateway(egress: bool) -> Ruleset {
     let mut c = ctx(Target::Host(vec![ip("10.0.0.1")]));
     c.allow_unknown_host = false;
     c.mode = Mode::Gateway;
-    c.gateway_cidrs = vec!["10.0.0.0/16".parse().unwrap(), "fd00:1::/64".parse().unwrap()];
+    c.gateway_cidrs = vec![
+        "10.0.0.0/16".parse().unwrap(),
+        "fd00:1::/64".parse().unwrap(),
+    ];
     c.egress = egress;
     compile(&doc(ESTATE), &c).unwrap()
 }
@@ -68,7 +71,10 @@ fn forwarded_traffic_out_of_scope_is_untouched() {
     f.state = ConnState::Established;
     assert!(allows(&rs, &f));
     // ESP itself.
-    assert!(allows(&rs, &fl("10.9.0.5", "10.0.2.20", "50").at(Hook::Forward)));
+    assert!(allows(
+        &rs,
+        &fl("10.9.0.5", "10.0.2.20", "50").at(Hook::Forward)
+    ));
 }
 
 #[test]
