@@ -87,6 +87,7 @@ fn inventory(size: usize, shift: bool) -> Inventory {
                     from: from_group(13),
                 },
             ],
+            egress: None,
         });
         for j in 0..PER_GROUP {
             let i = if shift && j == 0 {
@@ -132,6 +133,9 @@ fn ruleset(size: usize, serial: u64, shift: bool) -> reyes::compile::Ruleset {
         log_drop: true,
         allow_unknown_host: false,
         action: reyes::config::Action::Drop,
+        mode: reyes::config::Mode::Host,
+        gateway_cidrs: vec![],
+        egress: false,
     };
     compile(&doc, &ctx).unwrap()
 }

@@ -36,6 +36,12 @@ pub struct RenderOptions {
     pub all_groups: bool,
     /// Scope override.
     pub enforce: Option<Enforce>,
+    /// Mode override.
+    pub mode: Option<crate::config::Mode>,
+    /// `gateway_cidrs` override (when not empty).
+    pub gateway_cidrs: Vec<crate::net::Cidr>,
+    /// Enforce egress rules.
+    pub egress: bool,
     /// Logging overrides.
     pub log_accept: bool,
     /// Logging overrides.
@@ -90,6 +96,21 @@ pub fn render(cfg: Option<&Config>, o: &RenderOptions) -> CmdResult<String> {
             )));
         }
     }
+    if let Some(m) = o.mode {
+        ctx.mode = m;
+    }
+    if !o.gateway_cidrs.is_empty() {
+        if ctx.mode != crate::config::Mode::Gateway {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "--gateway-cidr needs gateway mode (--mode gateway or follower.mode: gateway)"
+            )));
+        }
+        ctx.gateway_cidrs.clone_from(&o.gateway_cidrs);
+    }
+    if ctx.mode == crate::config::Mode::Host {
+        ctx.gateway_cidrs.clear();
+    }
+    ctx.egress |= o.egress;
     ctx.log_accept |= o.log_accept;
     ctx.log_drop |= o.log_drop;
     ctx.allow_unknown_host |= o.allow_unknown_host;

@@ -19,7 +19,9 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::compile::{AddrMatch, CtState, Match, Origin, PortProto, Rule, Ruleset, Verdict};
+use crate::compile::{
+    AddrKey, AddrMatch, CtState, Hook, Match, Origin, PortProto, Rule, Ruleset, Verdict,
+};
 use crate::net::{Family, Range};
 use crate::proto::Proto;
 
@@ -61,6 +63,17 @@ pub struct Flow {
     pub state: ConnState,
     /// Input interface, when it matters (`lo`); `None` is some other interface.
     pub iif: Option<String>,
+    /// Where the packet meets the firewall: addressed to this host (input, the default),
+    /// routed on by it (forward: a gateway), or sent by it (output: egress).
+    #[serde(skip_serializing_if = "is_input")]
+    pub hook: Hook,
+    /// Leaves through an IPsec SA (forward and output).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub leaves_ipsec: bool,
+}
+
+fn is_input(h: &Hook) -> bool {
+    *h == Hook::Input
 }
 
 impl Flow {
@@ -76,7 +89,21 @@ impl Flow {
             via_ipsec: false,
             state: ConnState::New,
             iif: None,
+            hook: Hook::Input,
+            leaves_ipsec: false,
         }
+    }
+
+    /// Met at `hook` (input, forward or output).
+    pub fn at(mut self, hook: Hook) -> Flow {
+        self.hook = hook;
+        self
+    }
+
+    /// Marked as leaving over IPsec (or not).
+    pub fn leaves_ipsec(mut self, yes: bool) -> Flow {
+        self.leaves_ipsec = yes;
+        self
     }
 
     /// With a destination port.
@@ -177,8 +204,16 @@ impl fmt::Display for Flow {
                 _ => write!(f, " any type")?,
             }
         }
-        if self.via_ipsec {
-            write!(f, " (over IPsec)")?;
+        match (self.via_ipsec, self.leaves_ipsec) {
+            (true, true) => write!(f, " (in and out over IPsec)")?,
+            (true, false) => write!(f, " (over IPsec)")?,
+            (false, true) => write!(f, " (leaving over IPsec)")?,
+            (false, false) => {}
+        }
+        match self.hook {
+            Hook::Input => {}
+            Hook::Forward => write!(f, " (forwarded)")?,
+            Hook::Output => write!(f, " (sent)")?,
         }
         match self.state {
             ConnState::New => {}
@@ -220,8 +255,11 @@ pub struct Evaluation {
     pub matched: Vec<Origin>,
     /// The groups the destination was dispatched to (empty: it is in no group here).
     pub dest_groups: Vec<String>,
-    /// The chains entered, in order (`input` first).
+    /// The chains entered, in order (the base chain first).
     pub chains: Vec<String>,
+    /// For a dispatch by source (egress): the groups the source was dispatched to.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub source_groups: Vec<String>,
 }
 
 impl Evaluation {
@@ -237,6 +275,9 @@ pub enum EvalError {
     /// A rule names a set that does not exist.
     #[error("ruleset names set {0:?}, which it does not define")]
     UnknownSet(String),
+    /// A rule looks up a dispatch map that does not exist.
+    #[error("ruleset looks up map {0:?}, which it does not define")]
+    UnknownMap(String),
     /// A rule or dispatch entry names a chain that does not exist.
     #[error("ruleset jumps to chain {0:?}, which it does not define")]
     UnknownChain(String),
@@ -276,19 +317,32 @@ struct Evaluator<'r> {
     flow: &'r Flow,
     chains: Vec<String>,
     dest_groups: Vec<String>,
+    source_groups: Vec<String>,
     dispatched: Option<&'r str>,
 }
 
-/// Judge `flow` against `rs`.
+/// Judge `flow` against `rs`, in the base chain of the flow's hook. A ruleset without a chain
+/// on that hook lets everything through there.
 pub fn evaluate(rs: &Ruleset, flow: &Flow) -> Result<Evaluation, EvalError> {
+    let Some((name, rules)) = rs.base_chain(flow.hook) else {
+        return Ok(Evaluation {
+            decision: Decision::Allow,
+            decided_by: Origin::Base(format!("no reyes chain on the {} hook", flow.hook.name())),
+            matched: vec![],
+            dest_groups: vec![],
+            chains: vec![],
+            source_groups: vec![],
+        });
+    };
     let mut ev = Evaluator {
         rs,
         flow,
-        chains: vec![crate::compile::INPUT_CHAIN.to_string()],
+        chains: vec![name.to_string()],
         dest_groups: vec![],
+        source_groups: vec![],
         dispatched: None,
     };
-    let (decision, origin) = match ev.chain(&rs.input, 0)? {
+    let (decision, origin) = match ev.chain(rules, 0)? {
         Walk::Final(d, o) => (d, o.clone()),
         // The base chain's policy is accept.
         Walk::Return => (
@@ -297,7 +351,9 @@ pub fn evaluate(rs: &Ruleset, flow: &Flow) -> Result<Evaluation, EvalError> {
         ),
     };
     let mut matched = Vec::new();
-    if decision == Decision::Allow && matches!(origin, Origin::GroupRule { .. }) {
+    if decision == Decision::Allow
+        && matches!(origin, Origin::GroupRule { .. } | Origin::EgressRule { .. })
+    {
         if let Some(c) = ev.dispatched {
             ev.collect(c, 0, &mut matched)?;
         }
@@ -308,6 +364,7 @@ pub fn evaluate(rs: &Ruleset, flow: &Flow) -> Result<Evaluation, EvalError> {
         matched,
         dest_groups: ev.dest_groups,
         chains: ev.chains,
+        source_groups: ev.source_groups,
     })
 }
 
@@ -364,6 +421,33 @@ impl<'r> Evaluator<'r> {
                         return Ok(Walk::Final(d, o));
                     }
                 }
+                Verdict::DispatchBy { map, .. } => {
+                    let map = self
+                        .rs
+                        .map(map)
+                        .ok_or_else(|| EvalError::UnknownMap(map.to_string()))?;
+                    if map.family != self.flow.family() {
+                        continue;
+                    }
+                    let addr = match map.key {
+                        AddrKey::Source => &self.flow.src,
+                        AddrKey::Destination => &self.flow.dst,
+                    };
+                    let Some(entry) = map.entries.iter().find(|e| e.range.contains(addr)) else {
+                        continue;
+                    };
+                    if self.dispatched.is_none() {
+                        self.dispatched = Some(&*entry.chain);
+                        let groups = self.groups_of(&entry.chain);
+                        match map.key {
+                            AddrKey::Source => self.source_groups = groups,
+                            AddrKey::Destination => self.dest_groups = groups,
+                        }
+                    }
+                    if let Walk::Final(d, o) = self.jump(&entry.chain, depth)? {
+                        return Ok(Walk::Final(d, o));
+                    }
+                }
             }
         }
         Ok(Walk::Return)
@@ -388,7 +472,12 @@ impl<'r> Evaluator<'r> {
                 continue;
             }
             match &rule.verdict {
-                Verdict::Accept if matches!(rule.origin, Origin::GroupRule { .. }) => {
+                Verdict::Accept
+                    if matches!(
+                        rule.origin,
+                        Origin::GroupRule { .. } | Origin::EgressRule { .. }
+                    ) =>
+                {
                     out.push(rule.origin.clone())
                 }
                 Verdict::Jump(c) => self.collect(c, depth + 1, out)?,
@@ -401,8 +490,8 @@ impl<'r> Evaluator<'r> {
     fn groups_of(&self, chain: &str) -> Vec<String> {
         use crate::compile::ChainKind;
         match self.rs.chain(chain).map(|c| &c.kind) {
-            Some(ChainKind::Group(g)) => vec![g.clone()],
-            Some(ChainKind::Profile(gs)) => gs.clone(),
+            Some(ChainKind::Group(g) | ChainKind::Egress(g)) => vec![g.clone()],
+            Some(ChainKind::Profile(gs) | ChainKind::EgressProfile(gs)) => gs.clone(),
             Some(ChainKind::Audit { groups, .. }) => groups.clone(),
             None => vec![],
         }
@@ -429,7 +518,13 @@ impl<'r> Evaluator<'r> {
                 ConnState::Related => states.contains(&CtState::Related),
             }),
             Match::Ipsec(want) => Cover::from_bool(f.via_ipsec == *want),
+            Match::IpsecOut(want) => Cover::from_bool(f.leaves_ipsec == *want),
             Match::Saddr {
+                family,
+                addrs,
+                negate,
+            }
+            | Match::Daddr {
                 family,
                 addrs,
                 negate,
@@ -448,7 +543,12 @@ impl<'r> Evaluator<'r> {
                             .elements
                     }
                 };
-                let inside = ranges.iter().any(|r| r.contains(&f.src));
+                let addr = if matches!(m, Match::Daddr { .. }) {
+                    &f.dst
+                } else {
+                    &f.src
+                };
+                let inside = ranges.iter().any(|r| r.contains(addr));
                 Cover::from_bool(inside != *negate)
             }
             Match::L4Proto(ps) => match f.proto.number() {

@@ -320,6 +320,7 @@ mod tests {
             network: None,
             members: members.iter().map(|c| cidr(c)).collect(),
             ingress,
+            egress: None,
         };
         Policy {
             networks: vec![],

@@ -36,6 +36,6 @@ pub fn load_document(path: &Path) -> CmdResult<Document> {
 /// Compile for a host; a document that does not name the host is refused.
 pub fn compile_for(doc: &Document, ctx: &HostContext) -> CmdResult<Ruleset> {
     compile::compile(doc, ctx).map_err(|e| match e {
-        CompileError::UnknownHost(_) => Failure::refused(e),
+        CompileError::UnknownHost(_) | CompileError::NoGatewayDestination(_) => Failure::refused(e),
     })
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use reyes::commands::{self, RenderOptions};
-use reyes::config::{self, Backend, Config, Enforce};
+use reyes::config::{self, Backend, Config, Enforce, Mode};
 use reyes::error::{CmdResult, Failure};
 use reyes::eval::Decision;
 use reyes::follower::{self, FollowerOptions};
@@ -123,6 +123,16 @@ enum Command {
         /// Scope (overrides follower.enforce).
         #[arg(long, value_enum)]
         enforce: Option<Enforce>,
+        /// host | gateway (overrides follower.mode): gateway adds the forward chain.
+        #[arg(long, value_enum)]
+        mode: Option<Mode>,
+        /// Gateway mode: judge forwarded traffic to these CIDRs only (repeat; overrides
+        /// follower.gateway_cidrs).
+        #[arg(long = "gateway-cidr")]
+        gateway_cidrs: Vec<reyes::net::Cidr>,
+        /// Enforce egress rules (output chain; forward chain in gateway mode).
+        #[arg(long)]
+        egress: bool,
         /// Log accepts.
         #[arg(long)]
         log_accept: bool,
@@ -324,6 +334,13 @@ struct ScopeArgs {
     /// The flow is part of an established connection.
     #[arg(long)]
     established: bool,
+    /// host | gateway (overrides follower.mode): gateway judges the flow as a gateway
+    /// forwarding it would (the forward chain, every group, follower.gateway_cidrs).
+    #[arg(long, value_enum)]
+    mode: Option<Mode>,
+    /// Also judge the source's egress rules (as follower.egress: true does).
+    #[arg(long)]
+    egress: bool,
 }
 
 impl ScopeArgs {
@@ -332,6 +349,8 @@ impl ScopeArgs {
             enforce: self.enforce,
             no_ipsec: self.no_ipsec,
             established: self.established,
+            mode: self.mode,
+            egress: self.egress,
         }
     }
 }
@@ -547,6 +566,9 @@ fn run_documents(config: &Option<PathBuf>, command: Command) -> CmdResult<u8> {
             hosts,
             all_groups,
             enforce,
+            mode,
+            gateway_cidrs,
+            egress,
             log_accept,
             log_drop,
             allow_unknown_host,
@@ -560,6 +582,9 @@ fn run_documents(config: &Option<PathBuf>, command: Command) -> CmdResult<u8> {
                 hosts,
                 all_groups,
                 enforce,
+                mode,
+                gateway_cidrs,
+                egress,
                 log_accept,
                 log_drop,
                 allow_unknown_host,

@@ -135,6 +135,8 @@ pub fn probe_ruleset(features: &[Feature]) -> Ruleset {
         chains: Vec::new(),
         input: Vec::new(),
         base: BaseChain::reyes(),
+        hooked: Vec::new(),
+        maps: Vec::new(),
     };
     for f in features {
         f.add_to(&mut rs);

@@ -6,6 +6,13 @@
 //! ICMP errors, neighbour discovery). A config given with `--config` adds its follower context
 //! (enforce mode, managed and local CIDRs, failsafe), and `--enforce`, `--no-ipsec`,
 //! `--established` change the scope, to ask what a given follower would do.
+//!
+//! With egress (`--egress`, `follower.egress`), a flow from an address of the document must
+//! also pass its source's egress rules: judged as the source sending it over IPsec. In gateway
+//! mode (`--mode gateway`, `follower.mode`) both are judged as a gateway forwarding the flow
+//! would: the forward chain of a gateway for every group (and `follower.gateway_cidrs`), the
+//! flow arriving over IPsec for the destination's rules and leaving over IPsec for the
+//! source's egress rules.
 
 use std::collections::HashMap;
 use std::fmt::{self, Write};
@@ -16,8 +23,8 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use crate::compile::{HostContext, Origin, Ruleset, Target};
-use crate::config::{Config, Enforce};
+use crate::compile::{Hook, HostContext, Origin, Ruleset, Target};
+use crate::config::{Config, Enforce, Mode};
 use crate::doctext::rule_text;
 use crate::document::Document;
 use crate::error::{CmdResult, ExitKind, Failure};
@@ -34,6 +41,10 @@ pub struct ScopeOptions {
     pub no_ipsec: bool,
     /// The flow belongs to an established connection.
     pub established: bool,
+    /// Mode (overrides the config's; default host).
+    pub mode: Option<Mode>,
+    /// Also judge the source's egress rules (or the config's `follower.egress`).
+    pub egress: bool,
 }
 
 /// `query` options.
@@ -75,6 +86,10 @@ struct Judge<'a> {
     base: HostContext,
     scope: ScopeOptions,
     cache: HashMap<IpAddr, Ruleset>,
+    /// Host mode with egress: the ruleset of each source.
+    senders: HashMap<IpAddr, Ruleset>,
+    /// Gateway mode: the gateway's ruleset.
+    gateway: Option<Ruleset>,
 }
 
 impl<'a> Judge<'a> {
@@ -87,6 +102,13 @@ impl<'a> Judge<'a> {
         if let Some(e) = scope.enforce {
             base.enforce = e;
         }
+        if let Some(m) = scope.mode {
+            base.mode = m;
+        }
+        if base.mode == Mode::Host {
+            base.gateway_cidrs.clear();
+        }
+        base.egress |= scope.egress;
         if base.enforce == Enforce::Cidr && base.managed_cidrs.is_empty() {
             return Err(usage(
                 "--enforce cidr needs follower.managed_cidrs from a config (--config)".into(),
@@ -97,6 +119,8 @@ impl<'a> Judge<'a> {
             base,
             scope: scope.clone(),
             cache: HashMap::new(),
+            senders: HashMap::new(),
+            gateway: None,
         })
     }
 
@@ -117,18 +141,84 @@ impl<'a> Judge<'a> {
         f
     }
 
+    /// The verdict of the destination's rules and, with egress, of the source's: the first
+    /// that denies, else the destination's.
     fn judge(&mut self, f: &Flow) -> CmdResult<Evaluation> {
+        let ingress = self.judge_ingress(f)?;
+        let sender_known = self
+            .doc
+            .policy
+            .groups
+            .iter()
+            .any(|g| g.members.iter().any(|m| m.contains(&f.src)));
+        if ingress.decision == Decision::Deny || !self.base.egress || !sender_known {
+            return Ok(ingress);
+        }
+        let egress = self.judge_egress(f)?;
+        Ok(if egress.decision == Decision::Deny {
+            egress
+        } else {
+            ingress
+        })
+    }
+
+    fn judge_ingress(&mut self, f: &Flow) -> CmdResult<Evaluation> {
+        if self.base.mode == Mode::Gateway {
+            let f = f.clone().at(Hook::Forward);
+            return evaluate(self.gateway()?, &f);
+        }
         if !self.cache.contains_key(&f.dst) {
             let ctx = HostContext {
                 target: Target::Host(vec![f.dst]),
+                egress: false,
                 ..self.base.clone()
             };
             let rs = crate::load::compile_for(self.doc, &ctx).map_err(as_usage)?;
             self.cache.insert(f.dst, rs);
         }
-        let rs = &self.cache[&f.dst];
-        eval::evaluate(rs, f).map_err(|e| Failure::usage(anyhow::anyhow!("internal error: {e}")))
+        evaluate(&self.cache[&f.dst], f)
     }
+
+    /// The flow as its source sends it over IPsec (or, in gateway mode, as the gateway
+    /// forwards it into IPsec): judged by the source's egress rules.
+    fn judge_egress(&mut self, f: &Flow) -> CmdResult<Evaluation> {
+        let mut out = f
+            .clone()
+            .via_ipsec(false)
+            .leaves_ipsec(!self.scope.no_ipsec);
+        if self.base.mode == Mode::Gateway {
+            out = out.at(Hook::Forward);
+            return evaluate(self.gateway()?, &out);
+        }
+        out = out.at(Hook::Output);
+        if !self.senders.contains_key(&f.src) {
+            let ctx = HostContext {
+                target: Target::Host(vec![f.src]),
+                ..self.base.clone()
+            };
+            let rs = crate::load::compile_for(self.doc, &ctx).map_err(as_usage)?;
+            self.senders.insert(f.src, rs);
+        }
+        evaluate(&self.senders[&f.src], &out)
+    }
+
+    fn gateway(&mut self) -> CmdResult<&Ruleset> {
+        if self.gateway.is_none() {
+            let ctx = HostContext {
+                target: Target::Host(vec![]),
+                ..self.base.clone()
+            };
+            let rs = crate::load::compile_for(self.doc, &ctx).map_err(as_usage)?;
+            self.gateway = Some(rs);
+        }
+        self.gateway
+            .as_ref()
+            .ok_or_else(|| usage("internal error: no gateway ruleset".into()))
+    }
+}
+
+fn evaluate(rs: &Ruleset, f: &Flow) -> CmdResult<Evaluation> {
+    eval::evaluate(rs, f).map_err(|e| Failure::usage(anyhow::anyhow!("internal error: {e}")))
 }
 
 /// What decided, as text, with the document's rule where there is one.
@@ -146,6 +236,15 @@ pub fn explain(doc: &Document, cfg: Option<&Config>, e: &Evaluation) -> Vec<Stri
                 .map(rule_text)
                 .unwrap_or_else(|| "?".into());
             format!("{group} ingress[{rule}]: {text} (matched {source})")
+        }
+        Origin::EgressRule { group, rule, dest } => {
+            let text = doc
+                .policy
+                .group(group)
+                .and_then(|g| g.egress.as_ref()?.get(*rule))
+                .map(|r| rule_text(&r.as_rule()).replacen(" from ", " to ", 1))
+                .unwrap_or_else(|| "?".into());
+            format!("{group} egress[{rule}]: {text} (matched {dest})")
         }
         Origin::Failsafe(i) => {
             let what = cfg
@@ -172,7 +271,11 @@ pub fn explain(doc: &Document, cfg: Option<&Config>, e: &Evaluation) -> Vec<Stri
             o => vec![rule(o)],
         },
         Decision::Deny => {
-            let groups = if e.dest_groups.is_empty() {
+            let groups = if !e.source_groups.is_empty() {
+                format!("source groups: {}", e.source_groups.join(" "))
+            } else if matches!(&e.decided_by, Origin::Base(w) if w.contains("egress")) {
+                "the source is in no group".to_string()
+            } else if e.dest_groups.is_empty() {
                 "the destination is in no group".to_string()
             } else {
                 format!("destination groups: {}", e.dest_groups.join(" "))

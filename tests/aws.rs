@@ -697,6 +697,19 @@ fn expected_groups(s: &Estate, covered: &[&str]) -> Value {
             "ingress": [rule("tcp", Some("9000-9100"), None, from(&["10.1.0.0/16"], &[], &[]))],
         }));
     }
+    // EC2's default egress rule (allow all; IPv6 too in a VPC with an IPv6 block), which
+    // every group here keeps.
+    for g in &mut groups {
+        let cidrs = if g["network"] == json!(s.vpc_a) {
+            json!(["0.0.0.0/0", "::/0"])
+        } else {
+            json!(["0.0.0.0/0"])
+        };
+        g["egress"] = json!([{
+            "proto": "all",
+            "to": {"cidrs": cidrs, "groups": [], "prefix_lists": []},
+        }]);
+    }
     groups.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
     Value::Array(groups)
 }

@@ -142,6 +142,20 @@ fn aws_fixtures_give_exactly_this_document() {
             },
         ],
     });
+    let mut expected = expected;
+    // Every fixture group keeps EC2's default egress rule: allow all (IPv6 too where the
+    // fixture lists the IPv6 one).
+    let dual = [sg::ALB, sg::WEB, sg::WORKERS];
+    for g in expected["groups"].as_array_mut().unwrap() {
+        let v6 = dual.contains(&g["id"].as_str().unwrap());
+        let cidrs = if v6 {
+            json!(["0.0.0.0/0", "::/0"])
+        } else {
+            json!(["0.0.0.0/0"])
+        };
+        g["egress"] =
+            json!([{"proto": "all", "to": {"cidrs": cidrs, "groups": [], "prefix_lists": []}}]);
+    }
     let got = serde_json::to_value(&doc.policy).unwrap();
     assert_eq!(
         got,

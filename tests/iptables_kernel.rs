@@ -39,6 +39,9 @@ fn host(addrs: &[&str], enforce: Enforce, managed: &[&str]) -> HostContext {
         log_drop: true,
         allow_unknown_host: false,
         action: reyes::config::Action::Drop,
+        mode: reyes::config::Mode::Host,
+        gateway_cidrs: vec![],
+        egress: false,
     }
 }
 

@@ -43,6 +43,9 @@ fn ctx(enforce: Enforce, logging: bool) -> HostContext {
         log_drop: logging,
         allow_unknown_host: false,
         action: reyes::config::Action::Drop,
+        mode: reyes::config::Mode::Host,
+        gateway_cidrs: vec![],
+        egress: false,
     }
 }
 

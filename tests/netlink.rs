@@ -629,6 +629,8 @@ fn arb_ruleset() -> impl Strategy<Value = Ruleset> {
                 chains,
                 input,
                 base: reyes::compile::BaseChain::reyes(),
+                hooked: vec![],
+                maps: vec![],
             }
         })
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use reyes::nft::netlink::expr::{
     label_bits, Bitwise, Cmp, CmpOp, Ct, CtSetLabel, Expr, Immediate, Limit, Load, Log, Lookup,
-    Meta, MetaKey, Objref, Payload, PayloadBase, Range, Verdict,
+    Meta, MetaKey, Objref, Payload, PayloadBase, Range, RtIpsec, Verdict,
 };
 use reyes::nft::netlink::wire::Emit;
 
@@ -59,6 +59,7 @@ fn cases() -> Vec<(&'static str, Expr)> {
             .into(),
         ),
         ("ct", Ct.into()),
+        ("rt", RtIpsec.into()),
         (
             "immediate",
             Immediate {
@@ -159,6 +160,7 @@ fn every_expression_kind_has_a_golden_file_and_a_case() {
             Expr::Ct(_) => "ct",
             Expr::CtSetLabel(_) => "ct_set_label",
             Expr::Load(_) => "load",
+            Expr::RtIpsec(_) => "rt",
             Expr::Immediate(_) => "immediate",
             Expr::Objref(_) => "objref",
             Expr::Log(_) => "log",
@@ -166,5 +168,5 @@ fn every_expression_kind_has_a_golden_file_and_a_case() {
         };
         assert_eq!(kind, variant);
     }
-    assert_eq!(kinds.len(), 13, "one golden file per expression kind");
+    assert_eq!(kinds.len(), 14, "one golden file per expression kind");
 }

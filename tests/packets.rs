@@ -99,6 +99,9 @@ fn context(enforce: Enforce, local: &[&str], failsafe: Vec<Failsafe>) -> HostCon
         log_drop: true,
         allow_unknown_host: true,
         action: reyes::config::Action::Drop,
+        mode: reyes::config::Mode::Host,
+        gateway_cidrs: vec![],
+        egress: false,
     }
 }
 
@@ -609,7 +612,7 @@ fn case() -> impl Strategy<Value = Case> {
                 let inventory = Inventory {
                     networks: vec![Network { id: "vpc-1".into(), cidrs: cidrs(&networks) }],
                     subnets: vec![],
-                    groups: rules.into_iter().enumerate().map(|(i, ingress)| Group { id: format!("sg-{i}"), name: format!("g{i}"), network: None, ingress }).collect(),
+                    groups: rules.into_iter().enumerate().map(|(i, ingress)| Group { id: format!("sg-{i}"), name: format!("g{i}"), network: None, ingress, egress: None }).collect(),
                     hosts,
                     prefix_lists: vec![PrefixList { id: "pl-1".into(), cidrs: pl }],
                 };
@@ -623,6 +626,9 @@ fn case() -> impl Strategy<Value = Case> {
                     log_drop: logs.1,
                     allow_unknown_host: true,
                     action: reyes::config::Action::Drop,
+                    mode: reyes::config::Mode::Host,
+                    gateway_cidrs: vec![],
+                    egress: false,
                 };
                 Case { inventory, excluded: excluded.map(|e| format!("sg-{e}")).into_iter().collect(), ctx, flows }
             })

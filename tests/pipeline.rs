@@ -233,6 +233,9 @@ fn kernel_rejection_leaves_previous_table_exactly() {
         log_drop: false,
         allow_unknown_host: false,
         action: reyes::config::Action::Drop,
+        mode: reyes::config::Mode::Host,
+        gateway_cidrs: vec![],
+        egress: false,
     };
     let mut rs = reyes::compile::compile(&doc, &ctx).unwrap();
     // The last chain gets a name nft cannot parse: the whole transaction must fail.

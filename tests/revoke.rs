@@ -75,6 +75,9 @@ fn context() -> HostContext {
         log_drop: false,
         allow_unknown_host: false,
         action: Action::Drop,
+        mode: reyes::config::Mode::Host,
+        gateway_cidrs: vec![],
+        egress: false,
     }
 }
 

@@ -11,9 +11,9 @@ use super::LOG_AUDIT_RATE;
 /// chain's counter joins the base chain's named counters. A wrapper rather than rules at the
 /// end of the group chain: profile chains jump to group chains too, and an accept at the end
 /// of the first group's chain would hide the rules of the others (and count wrongly).
-pub(super) fn audit_chains(
+pub(super) fn audit_chains<'d>(
     chains: &mut Vec<Chain>,
-    dispatch: [&mut Vec<DispatchEntry>; 2],
+    dispatch: impl IntoIterator<Item = &'d mut Vec<DispatchEntry>>,
     base: &mut BaseChain,
 ) {
     let mut wrappers: BTreeMap<Name, Name> = BTreeMap::new();
@@ -27,8 +27,8 @@ pub(super) fn audit_chains(
     }
     for (of, name) in wrappers {
         let groups = match chains.iter().find(|c| c.name == of).map(|c| &c.kind) {
-            Some(ChainKind::Group(g)) => vec![g.clone()],
-            Some(ChainKind::Profile(gs)) => gs.clone(),
+            Some(ChainKind::Group(g) | ChainKind::Egress(g)) => vec![g.clone()],
+            Some(ChainKind::Profile(gs) | ChainKind::EgressProfile(gs)) => gs.clone(),
             _ => vec![],
         };
         let counter = Name::from(format!("{AUDIT_COUNTER_PREFIX}{of}"));

@@ -26,6 +26,10 @@ pub const INPUT_CHAIN: &str = "input";
 /// ct mark or the packet mark, because other tools (kube-proxy, Calico, policy routing) own
 /// those; nothing else on a reyes host is expected to use this bit.
 pub const CT_LABEL: u8 = 29;
+/// Name of the gateway's base chain on the forward hook.
+pub const FORWARD_CHAIN: &str = "forward";
+/// Name of the egress base chain on the output hook.
+pub const OUTPUT_CHAIN: &str = "output";
 
 /// A chain, set or group name. Shared: the same name appears in thousands of dispatch entries,
 /// jumps, lookups and origins of a large estate, and each of them holds a pointer, not a copy.
@@ -40,6 +44,8 @@ pub enum SetPurpose {
     Managed,
     /// `local_cidrs` (cidr mode).
     Local,
+    /// `gateway_cidrs` (gateway mode).
+    Gateway,
 }
 
 /// A named set of address intervals of one family: disjoint, sorted, merged.
@@ -91,8 +97,19 @@ pub enum Match {
     CtState(Vec<CtState>),
     /// `true`: arrived through an IPsec SA; `false`: did not.
     Ipsec(bool),
+    /// `true`: leaves through an IPsec SA (the route has an xfrm policy); `false`: does not.
+    IpsecOut(bool),
     /// Source address of `family` is (or, negated, is not) in the set. Implies the family.
     Saddr {
+        /// Family.
+        family: Family,
+        /// Where.
+        addrs: AddrMatch,
+        /// `!=`.
+        negate: bool,
+    },
+    /// Destination address of `family` is (or, negated, is not) in the set. Implies the family.
+    Daddr {
         /// Family.
         family: Family,
         /// Where.
@@ -145,6 +162,16 @@ pub enum Verdict {
     /// Look the destination address up in the dispatch map of this family and jump to its
     /// chain; go on if absent.
     Dispatch(Family),
+    /// Look the key address up in this map of [`Ruleset::maps`] and jump to its chain; go on
+    /// if absent.
+    DispatchBy {
+        /// The map's name.
+        map: Name,
+        /// Its family.
+        family: Family,
+        /// Which address it looks up.
+        key: AddrKey,
+    },
 }
 
 /// A log statement.
@@ -171,6 +198,15 @@ pub enum Origin {
         /// Which source of the rule this is (`group sg-lb`, `cidrs`).
         source: Name,
     },
+    /// `groups[group].egress[rule]` of the document, destination `dest`.
+    EgressRule {
+        /// Group id.
+        group: Name,
+        /// Index in the group's egress list.
+        rule: usize,
+        /// Which destination of the rule this is (`group sg-db`, `cidrs`).
+        dest: Name,
+    },
     /// A profile chain's jump to a group chain.
     Profile(Name),
     /// Audit mode: no rule of these destination groups allows it, but it is accepted (and
@@ -189,6 +225,9 @@ impl std::fmt::Display for Origin {
                 rule,
                 source,
             } => write!(f, "{group} ingress[{rule}] from {source}"),
+            Origin::EgressRule { group, rule, dest } => {
+                write!(f, "{group} egress[{rule}] to {dest}")
+            }
             Origin::Profile(g) => write!(f, "the rules of {g}"),
             Origin::Audit(gs) => write!(
                 f,
@@ -222,6 +261,10 @@ pub enum ChainKind {
     Group(String),
     /// Destinations in several groups: jumps to each group's chain (the union of their rules).
     Profile(Vec<String>),
+    /// The egress rules of one group.
+    Egress(String),
+    /// Sources in several groups: jumps to each group's egress chain.
+    EgressProfile(Vec<String>),
     /// Audit mode: what the dispatch map jumps to instead of the group or profile chain `of`
     /// (whose destination groups are `groups`): a jump to `of`, then what no rule there
     /// accepted is logged, counted and accepted.
@@ -240,6 +283,40 @@ pub struct Chain {
     pub name: Name,
     /// What it is for.
     pub kind: ChainKind,
+    /// Rules, in order.
+    pub rules: Vec<Rule>,
+}
+
+/// Which address a dispatch map looks up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum AddrKey {
+    /// The source address (egress: judged by the sender's groups).
+    Source,
+    /// The destination address (ingress: judged by the receiver's groups).
+    Destination,
+}
+
+/// A dispatch map besides the input chain's two: the forward and output chains' lookups.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DispatchMap {
+    /// Name (`fdst4`, `osrc6`, ...).
+    pub name: Name,
+    /// Family of the key.
+    pub family: Family,
+    /// Which address is looked up.
+    pub key: AddrKey,
+    /// Entries (disjoint, sorted).
+    pub entries: Vec<DispatchEntry>,
+}
+
+/// A base chain on another hook than input, sharing the input chain's priority, policy and
+/// counters ([`BaseChain`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HookedChain {
+    /// Name ([`FORWARD_CHAIN`], [`OUTPUT_CHAIN`]).
+    pub name: Name,
+    /// The hook.
+    pub hook: Hook,
     /// Rules, in order.
     pub rules: Vec<Rule>,
 }
@@ -282,6 +359,10 @@ pub struct Meta {
 pub enum Hook {
     /// Packets addressed to this host (`input`; `INPUT` in iptables).
     Input,
+    /// Packets this host routes on (`forward`; `FORWARD`).
+    Forward,
+    /// Packets this host sends (`output`; `OUTPUT`).
+    Output,
 }
 
 impl Hook {
@@ -289,6 +370,8 @@ impl Hook {
     pub fn name(self) -> &'static str {
         match self {
             Hook::Input => "input",
+            Hook::Forward => "forward",
+            Hook::Output => "output",
         }
     }
 }
@@ -375,6 +458,10 @@ pub struct Ruleset {
     pub input: Vec<Rule>,
     /// The base chain's hook, priority, policy and named counters.
     pub base: BaseChain,
+    /// Base chains on the other hooks (gateway mode: forward; egress: output), in order.
+    pub hooked: Vec<HookedChain>,
+    /// The dispatch maps their rules look up, by name.
+    pub maps: Vec<DispatchMap>,
 }
 
 impl Ruleset {
@@ -396,15 +483,34 @@ impl Ruleset {
         }
     }
 
+    /// A map of [`Ruleset::maps`] by name.
+    pub fn map(&self, name: &str) -> Option<&DispatchMap> {
+        self.maps.iter().find(|m| &*m.name == name)
+    }
+
+    /// The base chain on `hook`, if the ruleset has one: its name and rules.
+    pub fn base_chain(&self, hook: Hook) -> Option<(&str, &[Rule])> {
+        if hook == self.base.hook {
+            return Some((INPUT_CHAIN, &self.input));
+        }
+        self.hooked
+            .iter()
+            .find(|c| c.hook == hook)
+            .map(|c| (&*c.name, c.rules.as_slice()))
+    }
+
     /// Number of elements in all sets and maps (for logs and benchmarks).
     pub fn element_count(&self) -> usize {
         self.sets.iter().map(|s| s.elements.len()).sum::<usize>()
             + self.dispatch4.len()
             + self.dispatch6.len()
+            + self.maps.iter().map(|m| m.entries.len()).sum::<usize>()
     }
 
     /// Number of rules in all chains.
     pub fn rule_count(&self) -> usize {
-        self.input.len() + self.chains.iter().map(|c| c.rules.len()).sum::<usize>()
+        self.input.len()
+            + self.hooked.iter().map(|c| c.rules.len()).sum::<usize>()
+            + self.chains.iter().map(|c| c.rules.len()).sum::<usize>()
     }
 }

@@ -22,6 +22,7 @@
 
 mod audit;
 pub use audit::audit_counter_groups;
+mod gateway;
 pub mod ir;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,7 +32,7 @@ use sha2::{Digest, Sha256};
 
 pub use ir::*;
 
-use crate::config::{Action, AutoOr, Enforce, Failsafe, FollowerConfig};
+use crate::config::{Action, AutoOr, Enforce, Failsafe, FollowerConfig, Mode};
 use crate::document::{DocRule, Document, Policy};
 use crate::net::{self, Cidr, Family, Range};
 use crate::proto::{self, PortRange, Proto};
@@ -67,6 +68,19 @@ pub struct HostContext {
     /// setting existed does not change.
     #[serde(default, skip_serializing_if = "is_drop")]
     pub action: Action,
+    /// host | gateway (gateway: a forward chain judges forwarded traffic). Left out of the
+    /// serialised form when `host`, like the two below when empty and off, so that the digest
+    /// of a context from before these settings existed does not change.
+    #[serde(default, skip_serializing_if = "is_host")]
+    pub mode: Mode,
+    /// Gateway mode: forwarded traffic to (and, with egress, from) these is judged (empty:
+    /// every address of the document).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateway_cidrs: Vec<Cidr>,
+    /// Enforce the groups' egress rules on traffic leaving over IPsec (output chain, and
+    /// the forward chain in gateway mode).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub egress: bool,
 }
 
 impl HostContext {
@@ -82,6 +96,9 @@ impl HostContext {
             log_drop: false,
             allow_unknown_host: false,
             action: Action::Drop,
+            mode: Mode::Host,
+            gateway_cidrs: Vec::new(),
+            egress: false,
         }
     }
 
@@ -100,6 +117,9 @@ impl HostContext {
             log_drop: cfg.log_drop,
             allow_unknown_host: cfg.allow_unknown_host,
             action: cfg.action,
+            mode: cfg.mode,
+            gateway_cidrs: cfg.gateway_cidrs.clone(),
+            egress: cfg.egress,
         }
     }
 
@@ -114,6 +134,10 @@ fn is_drop(a: &Action) -> bool {
     *a == Action::Drop
 }
 
+fn is_host(m: &Mode) -> bool {
+    *m == Mode::Host
+}
+
 /// The document cannot be compiled for this host.
 #[derive(Debug, thiserror::Error)]
 pub enum CompileError {
@@ -123,6 +147,13 @@ pub enum CompileError {
          environment or stale inventory?). Pass --allow-unknown-host to apply anyway"
     )]
     UnknownHost(String),
+    /// Gateway mode, and no group has a member in `gateway_cidrs`.
+    #[error(
+        "gateway mode: the document has no address in follower.gateway_cidrs ({0}) and none of \
+         this host's; refusing to apply (a wrong environment or gateway_cidrs?). Pass \
+         --allow-unknown-host to apply anyway"
+    )]
+    NoGatewayDestination(String),
 }
 
 /// Turn a group id into a name part: `[a-z0-9_]`, bounded length.
@@ -182,6 +213,8 @@ fn ranges_of(cidrs: &[Cidr], family: Family) -> Vec<Range> {
 struct GroupNames {
     id: Name,
     chain: Name,
+    /// The chain of its egress rules.
+    egress: Name,
     members: [Name; 2],
     /// `group <id>`: the source part of the origin of rules that allow this group.
     source: Name,
@@ -198,33 +231,37 @@ impl GroupNames {
 
 /// Compile a verified document for a host.
 pub fn compile(doc: &Document, ctx: &HostContext) -> Result<Ruleset, CompileError> {
+    use gateway::Judged;
     let policy = &doc.policy;
     let names = group_names(policy);
 
-    let labelled = destinations(policy, ctx)?;
+    // Who is judged: the host's addresses (input; output with egress) and, in gateway mode,
+    // the addresses behind the gateway (forward).
+    let forward = gateway::forward_labels(policy, ctx);
+    let labelled = destinations(policy, ctx, forward.as_deref())?;
 
     // Group chains for every group that is a destination somewhere.
     let mut is_dest = vec![false; policy.groups.len()];
-    for (_, gi) in &labelled {
+    for (_, gi) in labelled.iter().chain(forward.iter().flatten()) {
         is_dest[*gi] = true;
     }
     let mut chains: Vec<Chain> = Vec::new();
     let mut member_sets: BTreeSet<(Family, usize)> = BTreeSet::new();
     let mut sources: BTreeMap<String, Name> = BTreeMap::new();
+    let mut shared = Shared {
+        policy,
+        names: &names,
+        ctx,
+        member_sets: &mut member_sets,
+        sources: &mut sources,
+    };
     for (gi, g) in policy.groups.iter().enumerate() {
         if !is_dest[gi] {
             continue;
         }
         let mut rules = Vec::new();
         for (i, r) in g.ingress.iter().enumerate() {
-            let mut shared = Shared {
-                policy,
-                names: &names,
-                ctx,
-                member_sets: &mut member_sets,
-                sources: &mut sources,
-            };
-            group_rule(&mut shared, gi, i, r, &mut rules);
+            group_rule(&mut shared, gi, i, r, false, &mut rules);
         }
         rules.shrink_to_fit();
         chains.push(Chain {
@@ -236,52 +273,48 @@ pub fn compile(doc: &Document, ctx: &HostContext) -> Result<Ruleset, CompileErro
 
     // Dispatch: one entry per disjoint destination interval; several groups -> a profile chain.
     let mut profiles: BTreeMap<Vec<usize>, Name> = BTreeMap::new();
-    let (mut dispatch4, mut dispatch6) = (Vec::new(), Vec::new());
-    net::partition_each(&labelled, |range, groups| {
-        let chain = match groups {
-            [one] => names[**one].chain.clone(),
-            many => {
-                let key: Vec<usize> = many.iter().map(|g| **g).collect();
-                profiles
-                    .entry(key)
-                    .or_insert_with(|| {
-                        let ids: Vec<&str> = many.iter().map(|g| &*names[**g].id).collect();
-                        Name::from(format!("p_{}", short_hash(&ids.join(","))))
-                    })
-                    .clone()
-            }
-        };
-        let entry = DispatchEntry { range, chain };
-        match range.family {
-            Family::V4 => dispatch4.push(entry),
-            Family::V6 => dispatch6.push(entry),
+    let [mut dispatch4, mut dispatch6] =
+        gateway::dispatch_entries(&labelled, &names, Judged::Ingress, &mut profiles);
+    let mut hook_maps = gateway::HookMaps {
+        forward_dst: forward
+            .as_ref()
+            .map(|f| gateway::dispatch_entries(f, &names, Judged::Ingress, &mut profiles)),
+        forward_src: None,
+        output_src: None,
+    };
+    gateway::profile_chains(profiles, &names, Judged::Ingress, &mut chains);
+    if ctx.egress {
+        let mut senders: BTreeSet<usize> = labelled.iter().map(|(_, gi)| *gi).collect();
+        let mut profiles: BTreeMap<Vec<usize>, Name> = BTreeMap::new();
+        hook_maps.output_src = Some(gateway::dispatch_entries(
+            &labelled,
+            &names,
+            Judged::Egress,
+            &mut profiles,
+        ));
+        if let Some(f) = &forward {
+            senders.extend(f.iter().map(|(_, gi)| *gi));
+            hook_maps.forward_src = Some(gateway::dispatch_entries(
+                f,
+                &names,
+                Judged::Egress,
+                &mut profiles,
+            ));
         }
-    });
-    drop(labelled);
-    dispatch4.shrink_to_fit();
-    dispatch6.shrink_to_fit();
-    for (groups, name) in profiles {
-        let rules = groups
-            .iter()
-            .map(|g| Rule {
-                matches: vec![],
-                log: None,
-                counter: None,
-                verdict: Verdict::Jump(names[*g].chain.clone()),
-                origin: Origin::Profile(names[*g].id.clone()),
-            })
-            .collect();
-        chains.push(Chain {
-            name,
-            kind: ChainKind::Profile(groups.iter().map(|g| names[*g].id.to_string()).collect()),
-            rules,
-        });
+        gateway::egress_chains(&mut shared, &senders, &mut chains);
+        gateway::profile_chains(profiles, &names, Judged::Egress, &mut chains);
     }
+    drop(labelled);
+    drop(forward);
     let mut base = BaseChain::reyes();
     if ctx.action == Action::Audit {
-        audit::audit_chains(&mut chains, [&mut dispatch4, &mut dispatch6], &mut base);
+        let entries = [&mut dispatch4, &mut dispatch6]
+            .into_iter()
+            .chain(hook_maps.entries_mut());
+        audit::audit_chains(&mut chains, entries, &mut base);
     }
     chains.sort_by(|a, b| a.name.cmp(&b.name));
+    let (maps, hooked) = hook_maps.finish(ctx);
 
     let sets = sets(policy, ctx, &names, member_sets);
 
@@ -299,6 +332,8 @@ pub fn compile(doc: &Document, ctx: &HostContext) -> Result<Ruleset, CompileErro
         chains,
         input: base_chain(ctx),
         base,
+        hooked,
+        maps,
     })
 }
 
@@ -316,6 +351,7 @@ fn group_names(policy: &Policy) -> Vec<GroupNames> {
             GroupNames {
                 id: Name::from(g.id.as_str()),
                 chain: Name::from(format!("g_{part}")),
+                egress: Name::from(format!("e_{part}")),
                 members: Family::BOTH.map(|f| Name::from(format!("m{}_{part}", f.digit()))),
                 source: Name::from(format!("group {}", g.id)),
             }
@@ -325,7 +361,13 @@ fn group_names(policy: &Policy) -> Vec<GroupNames> {
 
 /// Which groups (by index, which is id order) each local address or member interval belongs
 /// to: the host's addresses, or every member of every group.
-fn destinations(policy: &Policy, ctx: &HostContext) -> Result<Vec<(Range, usize)>, CompileError> {
+/// In gateway mode (`forward`: the forward chain's destinations) a gateway whose own
+/// addresses are in no group is fine as long as something behind it is.
+fn destinations(
+    policy: &Policy,
+    ctx: &HostContext,
+    forward: Option<&[(Range, usize)]>,
+) -> Result<Vec<(Range, usize)>, CompileError> {
     let mut labelled: Vec<(Range, usize)> = Vec::new();
     match &ctx.target {
         Target::Host(addrs) => {
@@ -336,7 +378,9 @@ fn destinations(policy: &Policy, ctx: &HostContext) -> Result<Vec<(Range, usize)
                     }
                 }
             }
-            if labelled.is_empty() && !ctx.allow_unknown_host {
+            if let Some(f) = forward {
+                gateway::check_destinations(ctx, f, !labelled.is_empty())?;
+            } else if labelled.is_empty() && !ctx.allow_unknown_host {
                 let list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
                 let list = if list.is_empty() {
                     "none found".to_string()
@@ -395,6 +439,7 @@ fn sets(
             });
         }
     }
+    sets.extend(gateway::gateway_sets(ctx));
     sets.sort_by(|a, b| a.name.cmp(&b.name));
     sets
 }
@@ -659,8 +704,15 @@ struct Shared<'a> {
 
 /// The rules of one document rule, appended to `out`: for each family, one rule per source
 /// group with members of that family, and one for the literal prefixes (cidrs and prefix-list
-/// entries, merged).
-fn group_rule(sh: &mut Shared<'_>, gi: usize, index: usize, r: &DocRule, out: &mut Vec<Rule>) {
+/// entries, merged). `egress`: an egress rule, whose `from` holds its destinations.
+fn group_rule(
+    sh: &mut Shared<'_>,
+    gi: usize,
+    index: usize,
+    r: &DocRule,
+    egress: bool,
+    out: &mut Vec<Rule>,
+) {
     let Shared {
         policy,
         names,
@@ -672,21 +724,37 @@ fn group_rule(sh: &mut Shared<'_>, gi: usize, index: usize, r: &DocRule, out: &m
     let gid = &names[gi].id;
     let proto = proto_matches(r.proto, r.ports, r.icmp_type, r.icmp_code);
     let log = ctx.log_accept.then(|| Log {
-        prefix: log_prefix(gid, index),
+        prefix: log_prefix(if egress { "egress" } else { "accept" }, gid, index),
     });
     let accepted = Name::from(COUNTER_ACCEPTED);
     let mut push = |family: Family, addrs: AddrMatch, source: Name| {
         let mut matches = Vec::with_capacity(1 + proto.len());
-        matches.push(Match::Saddr {
-            family,
-            addrs,
-            negate: false,
+        matches.push(if egress {
+            Match::Daddr {
+                family,
+                addrs,
+                negate: false,
+            }
+        } else {
+            Match::Saddr {
+                family,
+                addrs,
+                negate: false,
+            }
         });
         matches.extend(proto.iter().cloned());
-        let origin = Origin::GroupRule {
-            group: gid.clone(),
-            rule: index,
-            source: source.clone(),
+        let origin = if egress {
+            Origin::EgressRule {
+                group: gid.clone(),
+                rule: index,
+                dest: source.clone(),
+            }
+        } else {
+            Origin::GroupRule {
+                group: gid.clone(),
+                rule: index,
+                source: source.clone(),
+            }
         };
         if let Some(log) = &log {
             // Logged by a rule of its own, rate-limited like drops: a limit on the accepting
@@ -772,13 +840,13 @@ fn group_rule(sh: &mut Shared<'_>, gi: usize, index: usize, r: &DocRule, out: &m
     }
 }
 
-fn log_prefix(gid: &str, index: usize) -> String {
+fn log_prefix(what: &str, gid: &str, index: usize) -> String {
     let mut g: String = gid
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || "._:/@+=-".contains(*c))
         .collect();
     g.truncate(96);
-    format!("reyes accept {g}/{index}: ")
+    format!("reyes {what} {g}/{index}: ")
 }
 
 #[cfg(test)]

@@ -71,6 +71,11 @@ pub enum ValueError {
     /// `enforce: cidr` without managed CIDRs.
     #[error("follower.managed_cidrs: `enforce: cidr` needs at least one managed CIDR")]
     ManagedCidrs,
+    /// gateway_cidrs without gateway mode.
+    #[error(
+        "follower.gateway_cidrs: only used with `mode: gateway` (this follower is in host mode)"
+    )]
+    GatewayCidrs,
     /// Not a duration.
     #[error("bad duration {input:?} ({source}): expected e.g. 90s, 5m, 1h")]
     Duration {
@@ -343,6 +348,20 @@ pub enum Enforce {
     Cidr,
 }
 
+/// What a follower judges: traffic to itself, or also the traffic it forwards.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Traffic addressed to this host (the input hook).
+    #[default]
+    Host,
+    /// Also the traffic this host forwards (the forward hook): a VPN gateway judging the
+    /// decrypted traffic for every destination behind it by the destination's groups.
+    Gateway,
+}
+
 /// What a follower does with in-scope traffic that no rule allows.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, clap::ValueEnum,
@@ -484,6 +503,13 @@ pub struct FollowerConfig {
     pub revoke: bool,
     /// The largest ruleset applied (the capacity guard).
     pub limits: Limits,
+    /// host | gateway: a gateway also judges the traffic it forwards.
+    pub mode: Mode,
+    /// Gateway mode: only forwarded traffic to (and, with egress, from) these CIDRs is judged
+    /// (empty: every address of the document).
+    pub gateway_cidrs: Vec<Cidr>,
+    /// Enforce the security groups' egress rules on traffic leaving over IPsec.
+    pub egress: bool,
 }
 
 #[derive(Deserialize)]
@@ -529,6 +555,12 @@ struct RawFollower {
     revoke: bool,
     #[serde(default)]
     limits: Limits,
+    #[serde(default)]
+    mode: Mode,
+    #[serde(default)]
+    gateway_cidrs: Vec<Cidr>,
+    #[serde(default)]
+    egress: bool,
 }
 
 fn default_true() -> bool {
@@ -544,6 +576,9 @@ impl TryFrom<RawFollower> for FollowerConfig {
     fn try_from(r: RawFollower) -> Result<Self, ValueError> {
         if r.enforce == Enforce::Cidr && r.managed_cidrs.is_empty() {
             return Err(ValueError::ManagedCidrs);
+        }
+        if r.mode == Mode::Host && !r.gateway_cidrs.is_empty() {
+            return Err(ValueError::GatewayCidrs);
         }
         Ok(FollowerConfig {
             backend: r.backend,
@@ -566,6 +601,9 @@ impl TryFrom<RawFollower> for FollowerConfig {
             host_id: r.host_id,
             revoke: r.revoke,
             limits: r.limits,
+            mode: r.mode,
+            gateway_cidrs: r.gateway_cidrs,
+            egress: r.egress,
         })
     }
 }
@@ -593,6 +631,9 @@ impl Default for FollowerConfig {
             host_id: None,
             revoke: true,
             limits: Limits::default(),
+            mode: Mode::Host,
+            gateway_cidrs: Vec::new(),
+            egress: false,
         }
     }
 }

@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
 use super::{
-    rfc3339, DocGroup, DocNetwork, DocPrefixList, DocRule, DocSources, Document, DocumentError,
-    Policy, FORMAT,
+    rfc3339, DocEgressRule, DocGroup, DocNetwork, DocPrefixList, DocRule, DocSources, Document,
+    DocumentError, Policy, FORMAT,
 };
 use crate::inventory::Inventory;
 use crate::net::Cidr;
@@ -97,22 +97,28 @@ pub fn build_policy(inv: &Inventory, opts: &BuildOptions, warnings: &mut Vec<Str
                 warnings.push(format!("{at}: no source left; rule dropped"));
                 continue;
             };
-            let (icmp_type, icmp_code) = if r.proto.is_icmp() {
-                (r.icmp_type, r.icmp_code)
-            } else {
-                (None, None)
-            };
-            rules.insert(DocRule {
-                proto: r.proto,
-                ports: r
-                    .proto
-                    .has_ports()
-                    .then(|| r.ports.unwrap_or(PortRange::ALL)),
-                icmp_type,
-                icmp_code: icmp_type.and(icmp_code),
-                from,
-            });
+            rules.insert(doc_rule(r, from));
         }
+        let egress = g.egress.as_ref().map(|egress| {
+            let mut rules: BTreeSet<DocEgressRule> = BTreeSet::new();
+            for (i, r) in egress.iter().enumerate() {
+                let at = format!("group {} egress[{i}]", g.id);
+                let Some(to) = sources(&r.from, &known, &at, &mut used_prefix_lists, warnings)
+                else {
+                    warnings.push(format!("{at}: no destination left; rule dropped"));
+                    continue;
+                };
+                let d = doc_rule(r, to);
+                rules.insert(DocEgressRule {
+                    proto: d.proto,
+                    ports: d.ports,
+                    icmp_type: d.icmp_type,
+                    icmp_code: d.icmp_code,
+                    to: d.from,
+                });
+            }
+            rules.into_iter().collect()
+        });
         groups.push(DocGroup {
             id: g.id.clone(),
             name: g.name.clone(),
@@ -122,6 +128,7 @@ pub fn build_policy(inv: &Inventory, opts: &BuildOptions, warnings: &mut Vec<Str
                 .map(|m| m.iter().copied().collect())
                 .unwrap_or_default(),
             ingress: rules.into_iter().collect(),
+            egress,
         });
     }
     groups.sort_by(|a, b| a.id.cmp(&b.id));
@@ -130,6 +137,25 @@ pub fn build_policy(inv: &Inventory, opts: &BuildOptions, warnings: &mut Vec<Str
         networks: networks(inv),
         prefix_lists: prefix_lists(&known.prefix_lists, &used_prefix_lists),
         groups,
+    }
+}
+
+/// The document's form of an inventory rule with its resolved peers.
+fn doc_rule(r: &crate::inventory::Rule, peers: DocSources) -> DocRule {
+    let (icmp_type, icmp_code) = if r.proto.is_icmp() {
+        (r.icmp_type, r.icmp_code)
+    } else {
+        (None, None)
+    };
+    DocRule {
+        proto: r.proto,
+        ports: r
+            .proto
+            .has_ports()
+            .then(|| r.ports.unwrap_or(PortRange::ALL)),
+        icmp_type,
+        icmp_code: icmp_type.and(icmp_code),
+        from: peers,
     }
 }
 

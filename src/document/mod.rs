@@ -105,6 +105,39 @@ pub struct DocRule {
     pub from: DocSources,
 }
 
+/// One egress rule: like an ingress rule, with destinations instead of sources.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DocEgressRule {
+    /// Protocol.
+    pub proto: Proto,
+    /// tcp/udp port range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<PortRange>,
+    /// icmp/icmpv6 type (absent = any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp_type: Option<u8>,
+    /// icmp/icmpv6 code (absent = any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp_code: Option<u8>,
+    /// Destinations.
+    pub to: DocSources,
+}
+
+impl DocEgressRule {
+    /// The rule with its destinations in the place of an ingress rule's sources (the shape
+    /// checks and the rule text are the same).
+    pub fn as_rule(&self) -> DocRule {
+        DocRule {
+            proto: self.proto,
+            ports: self.ports,
+            icmp_type: self.icmp_type,
+            icmp_code: self.icmp_code,
+            from: self.to.clone(),
+        }
+    }
+}
+
 /// A security group with its resolved members.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -120,6 +153,11 @@ pub struct DocGroup {
     pub members: Vec<Cidr>,
     /// Ingress rules, sorted.
     pub ingress: Vec<DocRule>,
+    /// Egress rules, sorted. Absent: the inventory said nothing about egress (a leader
+    /// before egress, or a static inventory without `egress:`), and egress is not restricted;
+    /// present and empty: no egress is allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<Vec<DocEgressRule>>,
 }
 
 /// The policy part: what `policy_digest` covers.
@@ -333,8 +371,11 @@ impl Document {
             limits::MAX_MEMBERS,
         )?;
         over(
-            "ingress rules",
-            p.groups.iter().map(|g| g.ingress.len()).sum(),
+            "ingress and egress rules",
+            p.groups
+                .iter()
+                .map(|g| g.ingress.len() + g.egress.as_ref().map_or(0, Vec::len))
+                .sum(),
             limits::MAX_RULES,
         )?;
         for g in &p.groups {
@@ -343,6 +384,16 @@ impl Document {
                 if n > limits::MAX_SOURCES_PER_RULE {
                     return Err(DocumentError::TooLarge(format!(
                         "groups[{}].ingress[{i}]: {n} sources, over the limit of {}",
+                        g.id,
+                        limits::MAX_SOURCES_PER_RULE
+                    )));
+                }
+            }
+            for (i, r) in g.egress.iter().flatten().enumerate() {
+                let n = r.to.cidrs.len() + r.to.groups.len() + r.to.prefix_lists.len();
+                if n > limits::MAX_SOURCES_PER_RULE {
+                    return Err(DocumentError::TooLarge(format!(
+                        "groups[{}].egress[{i}]: {n} destinations, over the limit of {}",
                         g.id,
                         limits::MAX_SOURCES_PER_RULE
                     )));
@@ -371,20 +422,31 @@ impl Document {
                     g.id
                 ));
             }
-            for (i, r) in g.ingress.iter().enumerate() {
-                let at = format!("groups[{}].ingress[{i}]", g.id);
-                check_rule_shape(r).map_err(|e| DocumentError::Malformed(format!("{at}: {e}")))?;
+            let ingress = g
+                .ingress
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (format!("groups[{}].ingress[{i}]", g.id), "from", r.clone()));
+            let egress = g
+                .egress
+                .iter()
+                .flatten()
+                .enumerate()
+                .map(|(i, r)| (format!("groups[{}].egress[{i}]", g.id), "to", r.as_rule()));
+            for (at, peers, r) in ingress.chain(egress) {
+                check_rule_shape(&r, peers)
+                    .map_err(|e| DocumentError::Malformed(format!("{at}: {e}")))?;
                 for src in &r.from.groups {
                     if p.group(src).is_none() {
                         return m(format!(
-                            "{at}.from.groups: {src:?} is not a group in this document"
+                            "{at}.{peers}.groups: {src:?} is not a group in this document"
                         ));
                     }
                 }
                 for pl in &r.from.prefix_lists {
                     if p.prefix_list(pl).is_none() {
                         return m(format!(
-                            "{at}.from.prefix_lists: {pl:?} is not a prefix list in this document"
+                            "{at}.{peers}.prefix_lists: {pl:?} is not a prefix list in this document"
                         ));
                     }
                 }
@@ -421,11 +483,12 @@ enum RuleShapeError {
     IcmpFields(Proto),
     #[error("icmp_code without icmp_type")]
     CodeWithoutType,
-    #[error("from: no sources")]
-    NoSources,
+    #[error("{0}: no addresses, groups or prefix lists")]
+    NoPeers(&'static str),
 }
 
-fn check_rule_shape(r: &DocRule) -> Result<(), RuleShapeError> {
+/// `peers`: `from` (ingress) or `to` (egress), for the message.
+fn check_rule_shape(r: &DocRule, peers: &'static str) -> Result<(), RuleShapeError> {
     if r.proto.has_ports() != r.ports.is_some() {
         return Err(RuleShapeError::Ports(r.proto));
     }
@@ -436,7 +499,7 @@ fn check_rule_shape(r: &DocRule) -> Result<(), RuleShapeError> {
         return Err(RuleShapeError::CodeWithoutType);
     }
     if r.from.cidrs.is_empty() && r.from.groups.is_empty() && r.from.prefix_lists.is_empty() {
-        return Err(RuleShapeError::NoSources);
+        return Err(RuleShapeError::NoPeers(peers));
     }
     Ok(())
 }
@@ -490,6 +553,14 @@ impl Policy {
                 strictly_sorted(&format!("{at}.cidrs"), &r.from.cidrs)?;
                 strictly_sorted(&format!("{at}.groups"), &r.from.groups)?;
                 strictly_sorted(&format!("{at}.prefix_lists"), &r.from.prefix_lists)?;
+            }
+            let Some(egress) = &g.egress else { continue };
+            strictly_sorted(&format!("groups[{}].egress", g.id), egress)?;
+            for (i, r) in egress.iter().enumerate() {
+                let at = format!("groups[{}].egress[{i}].to", g.id);
+                strictly_sorted(&format!("{at}.cidrs"), &r.to.cidrs)?;
+                strictly_sorted(&format!("{at}.groups"), &r.to.groups)?;
+                strictly_sorted(&format!("{at}.prefix_lists"), &r.to.prefix_lists)?;
             }
         }
         Ok(())

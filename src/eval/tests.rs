@@ -43,6 +43,9 @@ fn ctx(target: Target) -> HostContext {
         log_drop: false,
         allow_unknown_host: true,
         action: crate::config::Action::Drop,
+        mode: crate::config::Mode::Host,
+        gateway_cidrs: vec![],
+        egress: false,
     }
 }
 
@@ -484,6 +487,7 @@ fn flow_checks() {
     );
 }
 
+mod gateway;
 mod properties;
 
 /// Audit mode: what the policy allows is allowed; what it does not is still a deny, decided by

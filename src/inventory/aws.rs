@@ -24,6 +24,9 @@ pub struct SecurityGroup {
     /// Ingress permissions.
     #[serde(default)]
     pub ip_permissions: Vec<IpPermission>,
+    /// Egress permissions (absent: not described, egress unrestricted).
+    #[serde(default)]
+    pub ip_permissions_egress: Option<Vec<IpPermission>>,
 }
 
 /// One permission: protocol, ports and every kind of source.
@@ -489,6 +492,21 @@ impl AwsInventory {
                     &format!("security group {} IpPermissions[{i}]", sg.group_id),
                 )?);
             }
+            let egress = match &sg.ip_permissions_egress {
+                None => None,
+                Some(perms) => Some(
+                    perms
+                        .iter()
+                        .enumerate()
+                        .map(|(i, p)| {
+                            convert_permission(
+                                p,
+                                &format!("security group {} IpPermissionsEgress[{i}]", sg.group_id),
+                            )
+                        })
+                        .collect::<Result<Vec<_>, _>>()?,
+                ),
+            };
             inv.groups.push(Group {
                 id: sg.group_id.clone(),
                 name: if sg.group_name.is_empty() {
@@ -498,6 +516,7 @@ impl AwsInventory {
                 },
                 network: sg.vpc_id.clone(),
                 ingress,
+                egress,
             });
         }
         for eni in &self.interfaces {

@@ -203,7 +203,11 @@ async fn prefix_list_entries(
 ) -> Result<Vec<(String, Vec<PrefixListEntry>)>, InventoryError> {
     let used: BTreeSet<&str> = sgs
         .iter()
-        .flat_map(|g| &g.ip_permissions)
+        .flat_map(|g| {
+            g.ip_permissions
+                .iter()
+                .chain(g.ip_permissions_egress.iter().flatten())
+        })
         .flat_map(|p| &p.prefix_list_ids)
         .map(|p| p.prefix_list_id.as_str())
         .collect();
@@ -371,13 +375,14 @@ fn so(v: Option<&str>) -> Option<String> {
     v.map(str::to_string)
 }
 
-/// SDK -> AWS shape: a security group (ingress only).
+/// SDK -> AWS shape: a security group.
 pub fn security_group(g: &t::SecurityGroup) -> SecurityGroup {
     SecurityGroup {
         group_id: s(g.group_id()),
         group_name: s(g.group_name()),
         vpc_id: so(g.vpc_id()),
         ip_permissions: g.ip_permissions().iter().map(permission).collect(),
+        ip_permissions_egress: Some(g.ip_permissions_egress().iter().map(permission).collect()),
     }
 }
 

@@ -72,7 +72,8 @@ pub struct Sources {
     pub prefix_lists: Vec<String>,
 }
 
-/// One ingress rule of a group.
+/// One rule of a group: ingress (`from` holds the sources) or egress (`from` holds the
+/// destinations).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
     /// Protocol.
@@ -98,6 +99,9 @@ pub struct Group {
     pub network: Option<String>,
     /// Ingress rules (allow-only).
     pub ingress: Vec<Rule>,
+    /// Egress rules (allow-only; a rule's `from` holds its destinations). `None`: the source
+    /// says nothing about egress (egress is then unrestricted).
+    pub egress: Option<Vec<Rule>>,
 }
 
 /// A network interface (or a static host): addresses and the groups that hold them.

@@ -56,6 +56,8 @@ struct RawGroup {
     network: Option<String>,
     #[serde(default)]
     ingress: Vec<RawRule>,
+    #[serde(default)]
+    egress: Option<Vec<RawEgressRule>>,
 }
 
 #[derive(Deserialize)]
@@ -89,6 +91,41 @@ struct RuleFields {
     description: Option<String>,
 }
 
+/// An egress rule: a rule with `to` for `from`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, try_from = "EgressFields")]
+struct RawEgressRule(Rule);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EgressFields {
+    proto: Proto,
+    #[serde(default)]
+    ports: Option<PortRange>,
+    #[serde(default)]
+    icmp_type: Option<u8>,
+    #[serde(default)]
+    icmp_code: Option<u8>,
+    to: RawSources,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+impl TryFrom<EgressFields> for RawEgressRule {
+    type Error = RuleError;
+    fn try_from(f: EgressFields) -> Result<Self, RuleError> {
+        let RawRule(rule) = RawRule::try_from(RuleFields {
+            proto: f.proto,
+            ports: f.ports,
+            icmp_type: f.icmp_type,
+            icmp_code: f.icmp_code,
+            from: f.to,
+            description: f.description,
+        })?;
+        Ok(RawEgressRule(rule))
+    }
+}
+
 /// A rule whose fields do not fit together.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RuleError {
@@ -104,8 +141,8 @@ pub enum RuleError {
     /// A code without a type.
     #[error("rule: icmp_code needs icmp_type")]
     CodeWithoutType,
-    /// No source at all.
-    #[error("rule: `from` lists no groups, cidrs or prefix_lists")]
+    /// No source (or, egress, destination) at all.
+    #[error("rule: `from` (or, egress, `to`) lists no groups, cidrs or prefix_lists")]
     NoSource,
 }
 
@@ -172,20 +209,28 @@ pub enum RefError {
     #[error("groups: id {0:?} appears twice")]
     DuplicateGroup(String),
     /// A rule's source group is not in the file.
-    #[error("group {group} ingress[{rule}]: from.groups names {name:?}, which is not a group in this file")]
+    #[error("group {group} {list}[{rule}]: {peers}.groups names {name:?}, which is not a group in this file")]
     SourceGroup {
         /// The group of the rule.
         group: String,
+        /// `ingress` or `egress`.
+        list: &'static str,
+        /// `from` or `to`.
+        peers: &'static str,
         /// The rule's index.
         rule: usize,
         /// The missing group.
         name: String,
     },
     /// A rule's prefix list is not in the file.
-    #[error("group {group} ingress[{rule}]: from.prefix_lists names {name:?}, which is not in prefix_lists")]
+    #[error("group {group} {list}[{rule}]: {peers}.prefix_lists names {name:?}, which is not in prefix_lists")]
     PrefixList {
         /// The group of the rule.
         group: String,
+        /// `ingress` or `egress`.
+        list: &'static str,
+        /// `from` or `to`.
+        peers: &'static str,
         /// The rule's index.
         rule: usize,
         /// The missing prefix list.
@@ -221,27 +266,37 @@ fn check_references(f: &File) -> Result<(), RefError> {
     let pl_ids: BTreeSet<&str> = f.prefix_lists.iter().map(|p| p.id.as_str()).collect();
     let subnet_ids: BTreeSet<&str> = f.subnets.iter().map(|s| s.id.as_str()).collect();
     for g in &f.groups {
-        for (rule, r) in g.ingress.iter().enumerate() {
-            if let Some(src) =
-                r.0.from
-                    .groups
-                    .iter()
-                    .find(|s| !group_ids.contains(s.as_str()))
+        let ingress = g.ingress.iter().map(|r| ("ingress", "from", &r.0));
+        let egress = g.egress.iter().flatten().map(|r| ("egress", "to", &r.0));
+        let mut index = [0usize; 2];
+        for (list, peers, r) in ingress.chain(egress) {
+            let slot = &mut index[usize::from(list == "egress")];
+            let rule = *slot;
+            *slot += 1;
+            if let Some(src) = r
+                .from
+                .groups
+                .iter()
+                .find(|s| !group_ids.contains(s.as_str()))
             {
                 return Err(RefError::SourceGroup {
                     group: g.id.clone(),
+                    list,
+                    peers,
                     rule,
                     name: src.clone(),
                 });
             }
-            if let Some(pl) =
-                r.0.from
-                    .prefix_lists
-                    .iter()
-                    .find(|p| !pl_ids.contains(p.as_str()))
+            if let Some(pl) = r
+                .from
+                .prefix_lists
+                .iter()
+                .find(|p| !pl_ids.contains(p.as_str()))
             {
                 return Err(RefError::PrefixList {
                     group: g.id.clone(),
+                    list,
+                    peers,
                     rule,
                     name: pl.clone(),
                 });
@@ -314,6 +369,7 @@ pub fn parse(text: &str, name: &str) -> Result<Inventory, InventoryError> {
                 id: g.id,
                 network: g.network,
                 ingress: g.ingress.into_iter().map(|r| r.0).collect(),
+                egress: g.egress.map(|e| e.into_iter().map(|r| r.0).collect()),
             })
             .collect(),
         hosts: f

@@ -117,7 +117,23 @@ fn rollback_script(before: &TableState, plan_table: &Table) -> Result<String, re
         .filter(|c| !before.chains.contains_key(*c))
         .cloned()
         .collect();
-    render::table_script(&t, Jump::Leave, &created, usize::from(before.jumps == 0))
+    // The jumps from FORWARD and OUTPUT as they were: the commit inserted those `before`
+    // lacked and deleted those to chains the plan no longer has.
+    let other: Vec<render::OtherJump> = render::OtherJump::between(plan_table, before)
+        .into_iter()
+        .map(|j| render::OtherJump {
+            delete: usize::from(j.insert),
+            insert: j.delete > 0,
+            ..j
+        })
+        .collect();
+    render::table_script_with(
+        &t,
+        Jump::Leave,
+        &created,
+        usize::from(before.jumps == 0),
+        &other,
+    )
 }
 
 /// Where the sets are in an apply that is being undone.
@@ -256,7 +272,8 @@ fn commit_tables(
         } else {
             Jump::Leave
         };
-        let script = render::table_script(table, jump, &stale, 0)
+        let other = render::OtherJump::between(table, b);
+        let script = render::table_script_with(table, jump, &stale, 0, &other)
             .map_err(|e| Failed::new("rendering the chains failed", e))?;
         if let Err(e) = table_restore(tools, table.family, &script) {
             return Err(Failed::new(
@@ -378,7 +395,7 @@ pub fn flush(variants: &[Tools]) -> Result<(), BackendError> {
     for tools in variants {
         for fam in Family::BOTH {
             let st = read_table(tools, fam, Counters::Without)?;
-            if st.chains.is_empty() && st.jumps == 0 {
+            if st.chains.is_empty() && st.jumps == 0 && st.other_jumps.is_empty() {
                 continue;
             }
             let empty = Table {
@@ -387,7 +404,14 @@ pub fn flush(variants: &[Tools]) -> Result<(), BackendError> {
                 lines: Vec::new(),
             };
             let ours: Vec<String> = st.chains.keys().cloned().collect();
-            let script = rendered(render::table_script(&empty, Jump::Leave, &ours, st.jumps))?;
+            let other = render::OtherJump::between(&empty, &st);
+            let script = rendered(render::table_script_with(
+                &empty,
+                Jump::Leave,
+                &ours,
+                st.jumps,
+                &other,
+            ))?;
             table_restore(tools, fam, &script).map_err(|e| {
                 BackendError::refused("removing reyes' chains failed (nothing was changed)", e)
             })?;

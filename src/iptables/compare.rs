@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::backend::BackendError;
 use crate::net::Family;
 
-use super::names::{BASE_CHAIN, HOOK_CHAIN, JUMP_SPEC};
+use super::names::{BASE_CHAIN, HOOK_CHAIN, JUMP_SPEC, OTHER_HOOKS};
 use super::render::{Plan, Table};
 use super::save::{normalise_spec, read_sets, read_table, Counters, SetState, TableState};
 use super::Tools;
@@ -16,6 +16,16 @@ pub fn compare_table(table: &Table, live: &TableState) -> Option<String> {
     let tool = table.tool();
     if live.jumps == 0 {
         return Some(format!("{tool}: no -A {HOOK_CHAIN} {JUMP_SPEC}"));
+    }
+    for (hook, base) in OTHER_HOOKS {
+        let want = table.chains.iter().any(|c| c == base);
+        let have = live.other_jumps.get(hook).copied().unwrap_or(0);
+        if want && have == 0 {
+            return Some(format!("{tool}: no -A {hook} -j {base}"));
+        }
+        if !want && have > 0 {
+            return Some(format!("{tool}: unexpected -A {hook} -j {base}"));
+        }
     }
     let want = table.expected();
     for (chain, specs) in &want {
@@ -114,6 +124,13 @@ pub fn live_lines(tools: &Tools) -> Result<Vec<(&'static str, String)>, BackendE
         for _ in 0..st.jumps {
             out.push((section(fam), format!("-A {HOOK_CHAIN} {JUMP_SPEC}")));
         }
+        for (hook, n) in &st.other_jumps {
+            if let Some((_, base)) = OTHER_HOOKS.iter().find(|(h, _)| h == hook) {
+                for _ in 0..*n {
+                    out.push((section(fam), format!("-A {hook} -j {base}")));
+                }
+            }
+        }
         for (c, specs) in &st.chains {
             out.push((section(fam), format!(":{c}")));
             out.extend(specs.iter().map(|s| {
@@ -145,6 +162,11 @@ pub fn planned_lines(plan: &Plan) -> Vec<(&'static str, String)> {
     }
     for t in plan.tables() {
         out.push((section(t.family), format!("-A {HOOK_CHAIN} {JUMP_SPEC}")));
+        for (hook, base) in OTHER_HOOKS {
+            if t.chains.iter().any(|c| c == base) {
+                out.push((section(t.family), format!("-A {hook} -j {base}")));
+            }
+        }
         for (c, specs) in t.expected() {
             out.push((section(t.family), format!(":{c}")));
             out.extend(specs.iter().map(|s| {

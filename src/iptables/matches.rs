@@ -49,6 +49,7 @@ pub(super) fn purpose_text(p: &SetPurpose) -> String {
         SetPurpose::Members(g) => format!("members of {g}"),
         SetPurpose::Managed => "managed_cidrs".into(),
         SetPurpose::Local => "local_cidrs".into(),
+        SetPurpose::Gateway => "gateway_cidrs".into(),
     }
 }
 

@@ -291,7 +291,10 @@ fn describe(text: &str, tool: &str) -> Vec<String> {
         } else if let Some(rule) = line.strip_prefix("-A ") {
             let (chain, spec) = rule.split_once(' ').unwrap_or((rule, ""));
             let mine = chain.starts_with(render::CHAIN_PREFIX)
-                || (chain == names::HOOK_CHAIN && spec == names::JUMP_SPEC);
+                || (chain == names::HOOK_CHAIN && spec == names::JUMP_SPEC)
+                || names::OTHER_HOOKS
+                    .iter()
+                    .any(|(h, b)| *h == chain && spec.strip_prefix("-j ") == Some(*b));
             if !mine {
                 rules += 1;
             }

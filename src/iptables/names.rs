@@ -11,6 +11,19 @@ pub const BASE_CHAIN: &str = "REYES-INPUT";
 pub const HOOK_CHAIN: &str = "INPUT";
 /// The jump rule (as `iptables-save` prints it after `-A INPUT `).
 pub const JUMP_SPEC: &str = "-j REYES-INPUT";
+/// The base chains of the other hooks (gateway mode: FORWARD; egress: OUTPUT), each after the
+/// built-in chain that holds its one jump.
+pub const OTHER_HOOKS: [(&str, &str); 2] =
+    [("FORWARD", "REYES-FORWARD"), ("OUTPUT", "REYES-OUTPUT")];
+
+/// reyes' chain for an IR base chain's hook.
+pub fn hook_base_chain(hook: crate::compile::Hook) -> &'static str {
+    match hook {
+        crate::compile::Hook::Input => BASE_CHAIN,
+        crate::compile::Hook::Forward => OTHER_HOOKS[0].1,
+        crate::compile::Hook::Output => OTHER_HOOKS[1].1,
+    }
+}
 /// Prefix of every ipset reyes owns.
 pub const SET_PREFIX: &str = "reyes-";
 /// Suffix of the temporary set a set's new members are staged in.
@@ -45,6 +58,10 @@ pub fn chain_name(ir: &str) -> String {
         format!("G-{r}")
     } else if let Some(r) = ir.strip_prefix("p_") {
         format!("P-{r}")
+    } else if let Some(r) = ir.strip_prefix("e_") {
+        format!("E-{r}")
+    } else if let Some(r) = ir.strip_prefix("pe_") {
+        format!("PE-{r}")
     } else {
         format!("C-{ir}")
     };

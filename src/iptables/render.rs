@@ -49,7 +49,7 @@ use super::names::clean;
 pub use super::names::{
     chain_name, counter_chain, family_kw, log_prefix, set_name, shorten, BASE_CHAIN, CHAIN_PREFIX,
     HOOK_CHAIN, JUMP_SPEC, MAX_CHAIN_NAME, MAX_LOG_PREFIX, MAX_SET_NAME, MULTIPORT_SLOTS,
-    SET_PREFIX,
+    OTHER_HOOKS, SET_PREFIX,
 };
 use super::plan::err;
 pub use super::plan::{DispatchLayout, Header, IpSet, Line, Options, Plan, RenderError, Table};
@@ -155,14 +155,66 @@ pub enum Jump {
     Leave,
 }
 
+/// What a table script does with the jump from FORWARD or OUTPUT to reyes' chain for that
+/// hook (gateway mode, egress).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OtherJump {
+    /// The built-in chain (`FORWARD`, `OUTPUT`).
+    pub hook: &'static str,
+    /// reyes' chain (`REYES-FORWARD`, `REYES-OUTPUT`).
+    pub base: &'static str,
+    /// How many jumps to delete.
+    pub delete: usize,
+    /// Insert one as the first rule.
+    pub insert: bool,
+}
+
+impl OtherJump {
+    /// The jumps that take the chains from `live` to `table`: insert the jump for each base
+    /// chain `table` has and `live` has no jump to; delete every jump to a base chain `table`
+    /// no longer has.
+    pub fn between(table: &Table, live: &super::save::TableState) -> Vec<OtherJump> {
+        OTHER_HOOKS
+            .iter()
+            .filter_map(|(hook, base)| {
+                let want = table.chains.iter().any(|c| c == base);
+                let have = live.other_jumps.get(*hook).copied().unwrap_or(0);
+                let j = OtherJump {
+                    hook,
+                    base,
+                    delete: if want { 0 } else { have },
+                    insert: want && have == 0,
+                };
+                (j.delete > 0 || j.insert).then_some(j)
+            })
+            .collect()
+    }
+}
+
 /// `iptables-restore --noflush` input for one table: declares (and so creates or flushes) our
 /// chains, fills them, deletes `delete_jumps` jumps from INPUT, deletes the chains in `stale`
-/// (ours, no longer used), and inserts the jump from INPUT with [`Jump::Insert`].
+/// (ours, no longer used), and inserts the jump from INPUT with [`Jump::Insert`]. The jumps
+/// from FORWARD and OUTPUT: with [`Jump::Insert`], one for each base chain of `table`.
 pub fn table_script(
     table: &Table,
     jump: Jump,
     stale: &[String],
     delete_jumps: usize,
+) -> Result<String, RenderError> {
+    let other = match jump {
+        Jump::Insert => OtherJump::between(table, &Default::default()),
+        Jump::Leave => Vec::new(),
+    };
+    table_script_with(table, jump, stale, delete_jumps, &other)
+}
+
+/// [`table_script`] with the jumps from FORWARD and OUTPUT given.
+pub fn table_script_with(
+    table: &Table,
+    jump: Jump,
+    stale: &[String],
+    delete_jumps: usize,
+    other: &[OtherJump],
 ) -> Result<String, RenderError> {
     let insert_jump = jump == Jump::Insert;
     render_tmpl(
@@ -173,6 +225,7 @@ pub fn table_script(
             stale => stale,
             insert_jump => insert_jump,
             delete_jumps => delete_jumps,
+            other => other,
             hook => HOOK_CHAIN,
             base => BASE_CHAIN,
         },

@@ -9,7 +9,7 @@ use crate::backend::BackendError;
 use crate::exec::ToolFailure;
 use crate::net::{Cidr, Family};
 
-use super::names::{CHAIN_PREFIX, HOOK_CHAIN, JUMP_SPEC, SET_PREFIX};
+use super::names::{CHAIN_PREFIX, HOOK_CHAIN, JUMP_SPEC, OTHER_HOOKS, SET_PREFIX};
 use super::{Tools, Variant};
 
 /// Whether to read the packet and byte counters with the rules (`iptables-save -c`).
@@ -30,6 +30,9 @@ pub struct TableState {
     pub jumps: usize,
     /// 1-based position of the first of them in INPUT.
     pub jump_position: Option<usize>,
+    /// How many jumps to reyes' base chain of another hook each built-in chain holds
+    /// (`-A FORWARD -j REYES-FORWARD`, `-A OUTPUT -j REYES-OUTPUT`), by built-in chain.
+    pub other_jumps: BTreeMap<String, usize>,
     /// Packets and bytes per our chain (summed over its rules), when read with counters.
     pub counters: BTreeMap<String, (u64, u64)>,
 }
@@ -63,6 +66,11 @@ pub fn parse_save(text: &str) -> TableState {
                 st.jumps += 1;
                 st.jump_position.get_or_insert(input_rules);
             }
+        } else if let Some((hook, _)) = OTHER_HOOKS
+            .iter()
+            .find(|(h, base)| *h == chain && spec.strip_prefix("-j ") == Some(*base))
+        {
+            *st.other_jumps.entry(hook.to_string()).or_default() += 1;
         } else if chain.starts_with(CHAIN_PREFIX) {
             st.chains
                 .entry(chain.to_string())

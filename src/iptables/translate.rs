@@ -4,7 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::compile::{
-    AddrMatch, ChainPolicy, CtState, Hook, Match, PortProto, Rule, Ruleset, Verdict,
+    AddrKey, AddrMatch, ChainPolicy, CtState, DispatchEntry, Hook, Match, PortProto, Rule, Ruleset,
+    Verdict,
 };
 use crate::net::{Cidr, Family, Range};
 use crate::proto::{self, PortRange};
@@ -32,13 +33,15 @@ impl Cont {
 }
 
 /// The conditions of one rule in one family, as alternatives.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Parts {
     src: Vec<String>,
+    dst: Vec<String>,
     iface: String,
     protos: Vec<(String, String)>,
     ct: String,
     policy: String,
+    policy_out: String,
     sets: Vec<String>,
     limit: String,
 }
@@ -63,7 +66,11 @@ impl Parts {
         } else {
             &self.src
         };
-        let dst: &[String] = if dst.is_empty() { &none } else { dst };
+        let dst: &[String] = match (dst.is_empty(), self.dst.is_empty()) {
+            (false, _) => dst,
+            (true, false) => &self.dst,
+            (true, true) => &none,
+        };
         let mut out = Vec::new();
         for s in src {
             for d in dst {
@@ -76,6 +83,7 @@ impl Parts {
                         p,
                         &self.ct,
                         &self.policy,
+                        &self.policy_out,
                         &sets,
                         dst_set,
                         pm,
@@ -158,12 +166,17 @@ impl<'a> Translator<'a> {
         let fam = self.fam;
         for m in &r.matches {
             match m {
-                Match::Saddr { family, .. } if *family != fam => return false,
+                Match::Saddr { family, .. } | Match::Daddr { family, .. } if *family != fam => {
+                    return false
+                }
                 Match::Icmp { v6, .. } if *v6 != (fam == Family::V6) => return false,
                 _ => {}
             }
         }
-        !matches!(r.verdict, Verdict::Dispatch(f) if f != fam)
+        match &r.verdict {
+            Verdict::Dispatch(f) | Verdict::DispatchBy { family: f, .. } => *f == fam,
+            _ => true,
+        }
     }
 
     /// The conditions of a rule; `None` when it can never match in this family.
@@ -173,6 +186,8 @@ impl<'a> Translator<'a> {
         let mut iface: Option<&str> = None;
         let mut ct: Option<BTreeSet<u8>> = None;
         let mut ipsec: Option<bool> = None;
+        let mut ipsec_out: Option<bool> = None;
+        let mut dst_used = false;
         let mut protos: Option<BTreeSet<u8>> = None;
         let mut dport: Option<(PortProto, &[PortRange])> = None;
         let mut icmp: Option<(&[u8], Option<u8>)> = None;
@@ -192,8 +207,19 @@ impl<'a> Translator<'a> {
                     }
                     ipsec = Some(*b);
                 }
+                Match::IpsecOut(b) => {
+                    if ipsec_out.is_some_and(|prev| prev != *b) {
+                        return Ok(None);
+                    }
+                    ipsec_out = Some(*b);
+                }
                 Match::Saddr { addrs, negate, .. } => {
-                    if !self.source(&mut p, &mut src_used, addrs, *negate)? {
+                    if !self.source(&mut p, &mut src_used, addrs, *negate, Dir::Src)? {
+                        return Ok(None);
+                    }
+                }
+                Match::Daddr { addrs, negate, .. } => {
+                    if !self.source(&mut p, &mut dst_used, addrs, *negate, Dir::Dst)? {
                         return Ok(None);
                     }
                 }
@@ -245,6 +271,12 @@ impl<'a> Translator<'a> {
                 if b { "ipsec" } else { "none" }
             );
         }
+        if let Some(b) = ipsec_out {
+            p.policy_out = format!(
+                "-m policy --dir out --pol {}",
+                if b { "ipsec" } else { "none" }
+            );
+        }
         p.protos = match protos {
             None => vec![(String::new(), String::new())],
             Some(set) => {
@@ -258,16 +290,26 @@ impl<'a> Translator<'a> {
         Ok(Some(p))
     }
 
-    /// Add a source address match to `p`; `false` when it can never match. The first literal
-    /// list small enough becomes `-s` alternatives (`src_used`), the others sets.
+    /// Add a source (or destination) address match to `p`; `false` when it can never match.
+    /// The first literal list small enough becomes `-s` (`-d`) alternatives (`src_used`), the
+    /// others sets.
     fn source(
         &mut self,
         p: &mut Parts,
         src_used: &mut bool,
         addrs: &AddrMatch,
         negate: bool,
+        dir: Dir,
     ) -> Result<bool, RenderError> {
         let bang = if negate { "! " } else { "" };
+        let (flag, word) = match dir {
+            Dir::Src => ("-s", "src"),
+            Dir::Dst => ("-d", "dst"),
+        };
+        let alternatives = match dir {
+            Dir::Src => &mut p.src,
+            Dir::Dst => &mut p.dst,
+        };
         let ranges = match addrs {
             AddrMatch::Set(name) => {
                 let Some(set) = self.ir_sets.get(&**name) else {
@@ -275,7 +317,8 @@ impl<'a> Translator<'a> {
                         "a rule matches set {name}, which the ruleset does not define"
                     ));
                 };
-                p.sets.push(format!("-m set {bang}--match-set {set} src"));
+                p.sets
+                    .push(format!("-m set {bang}--match-set {set} {word}"));
                 return Ok(true);
             }
             AddrMatch::Literal(ranges) => ranges,
@@ -287,19 +330,19 @@ impl<'a> Translator<'a> {
             }
             if !*src_used && prefixes.len() <= self.opts.literal_rules_max {
                 *src_used = true;
-                p.src = prefixes
+                *alternatives = prefixes
                     .iter()
                     .map(|c| {
                         if c.net().prefix_len() == 0 {
                             String::new()
                         } else {
-                            format!("-s {}", cidr_text(c))
+                            format!("{flag} {}", cidr_text(c))
                         }
                     })
                     .collect();
             } else {
                 let set = self.literal_set(ranges)?;
-                p.sets.push(format!("-m set --match-set {set} src"));
+                p.sets.push(format!("-m set --match-set {set} {word}"));
             }
         } else {
             if prefixes.is_empty() {
@@ -310,10 +353,10 @@ impl<'a> Translator<'a> {
             }
             if !*src_used && prefixes.len() == 1 {
                 *src_used = true;
-                p.src = vec![format!("! -s {}", cidr_text(&prefixes[0]))];
+                *alternatives = vec![format!("! {flag} {}", cidr_text(&prefixes[0]))];
             } else {
                 let set = self.literal_set(ranges)?;
-                p.sets.push(format!("-m set ! --match-set {set} src"));
+                p.sets.push(format!("-m set ! --match-set {set} {word}"));
             }
         }
         Ok(true)
@@ -477,6 +520,10 @@ impl<'a> Translator<'a> {
             crate::compile::ChainKind::Group(g) => format!("no rule of {} accepts it", clean(g)),
             crate::compile::ChainKind::Profile(_) => "end of the profile".to_string(),
             crate::compile::ChainKind::Audit { .. } => "end of the audit chain".to_string(),
+            crate::compile::ChainKind::Egress(g) => {
+                format!("no egress rule of {} accepts it", clean(g))
+            }
+            crate::compile::ChainKind::EgressProfile(_) => "end of the egress profile".to_string(),
         };
         self.seq(&name, &chain.rules, k, &mut seg, &end)?;
         Ok(name)
@@ -496,7 +543,7 @@ impl<'a> Translator<'a> {
                 continue;
             }
             match &rule.verdict {
-                Verdict::Jump(_) | Verdict::Dispatch(_) => {
+                Verdict::Jump(_) | Verdict::Dispatch(_) | Verdict::DispatchBy { .. } => {
                     if rule.log.is_some() || rule.counter.is_some() {
                         return err("a jump or dispatch rule that logs or counts");
                     }
@@ -519,10 +566,14 @@ impl<'a> Translator<'a> {
                         }
                     };
                     if let (true, Cont::Chain(next)) = (conditional, &r) {
-                        let why = if matches!(rule.verdict, Verdict::Dispatch(_)) {
-                            "no group chain for the destination"
-                        } else {
-                            "jump not taken"
+                        let why = match &rule.verdict {
+                            Verdict::Dispatch(_) => "no group chain for the destination",
+                            Verdict::DispatchBy {
+                                key: AddrKey::Source,
+                                ..
+                            } => "no egress chain for the source",
+                            Verdict::DispatchBy { .. } => "no group chain for the destination",
+                            _ => "jump not taken",
                         };
                         self.push(chain, format!("-g {next}"), Some(format!("{why}: go on")));
                     }
@@ -544,8 +595,28 @@ impl<'a> Translator<'a> {
         let Some(parts) = self.conditions(rule)? else {
             return Ok(());
         };
+        let rs = self.rs;
+        let (entries, dir, map): (&[DispatchEntry], Dir, &str) = match &rule.verdict {
+            Verdict::DispatchBy { map, key, .. } => {
+                let Some(m) = rs.map(map) else {
+                    return err(format!(
+                        "a rule looks up map {map}, which the ruleset does not define"
+                    ));
+                };
+                let dir = match key {
+                    AddrKey::Source => Dir::Src,
+                    AddrKey::Destination => Dir::Dst,
+                };
+                (m.entries.as_slice(), dir, &**map)
+            }
+            _ => (rs.dispatch(self.fam), Dir::Dst, ""),
+        };
+        let (flag, word) = match dir {
+            Dir::Src => ("-s", "src"),
+            Dir::Dst => ("-d", "dst"),
+        };
         let mut by_chain: BTreeMap<&str, Vec<Range>> = BTreeMap::new();
-        for e in self.rs.dispatch(self.fam) {
+        for e in entries {
             by_chain.entry(&*e.chain).or_default().push(e.range);
         }
         let mut first = true;
@@ -556,7 +627,7 @@ impl<'a> Translator<'a> {
                 DispatchLayout::Rules => true,
                 DispatchLayout::Sets => false,
                 DispatchLayout::Auto(max) => prefixes.len() <= max,
-            };
+            } && (dir == Dir::Dst || parts.src.is_empty());
             let goto = format!("-g {target}");
             let specs = if as_rules {
                 let dst: Vec<String> = prefixes
@@ -565,13 +636,25 @@ impl<'a> Translator<'a> {
                         if c.net().prefix_len() == 0 {
                             String::new()
                         } else {
-                            format!("-d {}", cidr_text(c))
+                            format!("{flag} {}", cidr_text(c))
                         }
                     })
                     .collect();
-                parts.specs(&dst, "", &goto)
+                match dir {
+                    Dir::Dst => parts.specs(&dst, "", &goto),
+                    Dir::Src => {
+                        let mut p = parts.clone();
+                        p.src = dst;
+                        p.specs(&[], "", &goto)
+                    }
+                }
             } else {
-                let body = format!("d{}_{target_ir}", self.fam.digit());
+                // The input map's sets keep their names; other maps' sets carry the map's.
+                let body = if map.is_empty() {
+                    format!("d{}_{target_ir}", self.fam.digit())
+                } else {
+                    format!("{map}_{target_ir}")
+                };
                 let set = IpSet::new(
                     set_name(&body),
                     self.fam,
@@ -579,7 +662,7 @@ impl<'a> Translator<'a> {
                     format!("destinations of {target_ir}"),
                 );
                 let name = self.add_set(set)?;
-                parts.specs(&[], &format!("-m set --match-set {name} dst"), &goto)
+                parts.specs(&[], &format!("-m set --match-set {name} {word}"), &goto)
             };
             let comment = first.then(|| origin_text(&rule.origin));
             first = false;
@@ -605,7 +688,15 @@ impl<'a> Translator<'a> {
         let mut seg = 0;
         self.seq(BASE_CHAIN, &rs.input, &Cont::Exit, &mut seg, "end of chain")?;
         let mut chains: Vec<String> = vec![BASE_CHAIN.to_string()];
-        chains.extend(self.chains.keys().filter(|c| *c != BASE_CHAIN).cloned());
+        for h in &rs.hooked {
+            let name = hook_base_chain(h.hook).to_string();
+            self.declare(&name)?;
+            let mut seg = 0;
+            self.seq(&name, &h.rules, &Cont::Exit, &mut seg, "end of chain")?;
+            chains.push(name);
+        }
+        let bases = chains.clone();
+        chains.extend(self.chains.keys().filter(|c| !bases.contains(c)).cloned());
         let mut lines = Vec::new();
         for c in &chains {
             lines.extend(self.chains.remove(c).unwrap_or_default());
@@ -616,6 +707,13 @@ impl<'a> Translator<'a> {
             lines,
         })
     }
+}
+
+/// Which address a match or lookup reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    Src,
+    Dst,
 }
 
 /// Translate the ruleset's chains for one family; sets it needs are added to `sets`.

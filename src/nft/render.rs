@@ -10,7 +10,8 @@ use minijinja::{context, Environment};
 use serde::Serialize;
 
 use crate::compile::{
-    AddrMatch, CtState, Match, PortProto, Rule, Ruleset, Target, Verdict, INPUT_CHAIN, TABLE,
+    AddrKey, AddrMatch, CtState, Match, PortProto, Rule, Ruleset, Target, Verdict, INPUT_CHAIN,
+    TABLE,
 };
 use crate::net::{Family, Range};
 
@@ -67,6 +68,22 @@ fn saddr_kw(f: Family) -> &'static str {
         Family::V4 => "ip saddr",
         Family::V6 => "ip6 saddr",
     }
+}
+
+fn daddr_kw(f: Family) -> &'static str {
+    match f {
+        Family::V4 => "ip daddr",
+        Family::V6 => "ip6 daddr",
+    }
+}
+
+fn addr_text(kw: &str, addrs: &AddrMatch, negate: bool) -> String {
+    let op = if negate { "!= " } else { "" };
+    let what = match addrs {
+        AddrMatch::Set(name) => format!("@{name}"),
+        AddrMatch::Literal(rs) => list(rs, |r| r.to_string()),
+    };
+    format!("{kw} {op}{what}")
 }
 
 /// nft's names for ICMP types (as `nft list` prints them).
@@ -175,18 +192,18 @@ fn match_text(m: &Match) -> String {
         }
         Match::Ipsec(true) => "meta ipsec exists".into(),
         Match::Ipsec(false) => "meta ipsec missing".into(),
+        Match::IpsecOut(true) => "rt ipsec exists".into(),
+        Match::IpsecOut(false) => "rt ipsec missing".into(),
         Match::Saddr {
             family,
             addrs,
             negate,
-        } => {
-            let op = if *negate { "!= " } else { "" };
-            let what = match addrs {
-                AddrMatch::Set(name) => format!("@{name}"),
-                AddrMatch::Literal(rs) => list(rs, |r| r.to_string()),
-            };
-            format!("{} {op}{what}", saddr_kw(*family))
-        }
+        } => addr_text(saddr_kw(*family), addrs, *negate),
+        Match::Daddr {
+            family,
+            addrs,
+            negate,
+        } => addr_text(daddr_kw(*family), addrs, *negate),
         Match::L4Proto(ps) => format!("meta l4proto {}", list(ps, |p| p.to_string())),
         Match::Dport { proto, ports } => {
             let kw = match proto {
@@ -227,11 +244,14 @@ pub fn rule_text(r: &Rule) -> String {
         Verdict::CtLabel(bit) => parts.push(format!("ct label set {bit}")),
         Verdict::Jump(c) => parts.push(format!("jump {c}")),
         Verdict::Dispatch(f) => {
-            let kw = match f {
-                Family::V4 => "ip daddr",
-                Family::V6 => "ip6 daddr",
+            parts.push(format!("{} vmap @{}", daddr_kw(*f), map_name(*f)));
+        }
+        Verdict::DispatchBy { map, family, key } => {
+            let kw = match key {
+                AddrKey::Source => saddr_kw(*family),
+                AddrKey::Destination => daddr_kw(*family),
             };
-            parts.push(format!("{kw} vmap @{}", map_name(*f)));
+            parts.push(format!("{kw} vmap @{map}"));
         }
     }
     parts.join(" ")
@@ -249,15 +269,15 @@ pub fn target_text(t: &Target) -> String {
     }
 }
 
-/// `type filter hook input priority filter; policy accept;` for a base chain.
-fn hook_text(b: &crate::compile::BaseChain) -> String {
+/// `type filter hook input priority filter; policy accept;` for a base chain at `hook`.
+fn hook_text(b: &crate::compile::BaseChain, hook: crate::compile::Hook) -> String {
     let priority = match b.priority {
         crate::compile::PRIORITY_FILTER => "filter".to_string(),
         p => p.to_string(),
     };
     format!(
         "type filter hook {} priority {priority}; policy {};",
-        b.hook.name(),
+        hook.name(),
         b.policy.name()
     )
 }
@@ -278,27 +298,37 @@ pub fn render(rs: &Ruleset) -> Result<String, RenderError> {
             elements: join_ranges(&s.elements),
         })
         .collect();
-    let maps: Vec<SetView> = Family::BOTH
+    let map_view = |name: &str, f: Family, entries: &[crate::compile::DispatchEntry]| {
+        let elements = entries
+            .iter()
+            .map(|e| format!("{} : jump {}", e.range, e.chain))
+            .collect::<Vec<_>>()
+            .join(", ");
+        SetView {
+            name: name.to_string(),
+            ty: addr_type(f),
+            elements,
+        }
+    };
+    let mut maps: Vec<SetView> = Family::BOTH
         .iter()
-        .map(|f| {
-            let elements = rs
-                .dispatch(*f)
-                .iter()
-                .map(|e| format!("{} : jump {}", e.range, e.chain))
-                .collect::<Vec<_>>()
-                .join(", ");
-            SetView {
-                name: map_name(*f).to_string(),
-                ty: addr_type(*f),
-                elements,
-            }
-        })
+        .map(|f| map_view(map_name(*f), *f, rs.dispatch(*f)))
         .collect();
+    maps.extend(
+        rs.maps
+            .iter()
+            .map(|m| map_view(&m.name, m.family, &m.entries)),
+    );
     let mut chains = vec![ChainView {
         name: INPUT_CHAIN.to_string(),
-        hook: Some(hook_text(&rs.base)),
+        hook: Some(hook_text(&rs.base, rs.base.hook)),
         rules: rs.input.iter().map(rule_text).collect(),
     }];
+    chains.extend(rs.hooked.iter().map(|c| ChainView {
+        name: c.name.to_string(),
+        hook: Some(hook_text(&rs.base, c.hook)),
+        rules: c.rules.iter().map(rule_text).collect(),
+    }));
     chains.extend(rs.chains.iter().map(|c| ChainView {
         name: c.name.to_string(),
         hook: None,
@@ -315,6 +345,7 @@ pub fn render(rs: &Ruleset) -> Result<String, RenderError> {
         policy_digest => rs.meta.policy_digest,
         target => target_text(&rs.meta.target),
         enforce => enforce,
+        hooks => rs.hooked.iter().map(|c| c.hook.name()).collect::<Vec<_>>().join(" and "),
         counters => rs.base.counters.iter().map(|c| &*c.name).collect::<Vec<_>>(),
         sets => sets,
         maps => maps,

@@ -224,6 +224,9 @@ pub fn render_case(inv: Inv, tgt: Tgt, enforce: Enforce, logging: bool) -> Case 
         log_drop: logging,
         allow_unknown_host: false,
         action: reyes::config::Action::Drop,
+        mode: reyes::config::Mode::Host,
+        gateway_cidrs: vec![],
+        egress: false,
     };
     let rs = compile::compile(&built.document, &ctx).expect("compile");
     let script = reyes::nft::render::render(&rs).expect("render");

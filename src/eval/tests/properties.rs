@@ -179,7 +179,7 @@ prop_compose! {
         Inventory {
             networks: vec![Network { id: "vpc-a".into(), cidrs: net }],
             subnets: vec![],
-            groups: rules.into_iter().enumerate().map(|(i, ingress)| Group { id: format!("sg-{i}"), name: format!("g{i}"), network: None, ingress }).collect(),
+            groups: rules.into_iter().enumerate().map(|(i, ingress)| Group { id: format!("sg-{i}"), name: format!("g{i}"), network: None, ingress, egress: None }).collect(),
             hosts: hosts.into_iter().enumerate().map(|(i, (addresses, groups))| Host {
                 id: format!("h{i}"),
                 addresses,
@@ -228,6 +228,9 @@ prop_compose! {
             log_drop: logs.1,
             allow_unknown_host: true,
             action: crate::config::Action::Drop,
+            mode: crate::config::Mode::Host,
+            gateway_cidrs: vec![],
+            egress: false,
         }
     }
 }

@@ -18,9 +18,17 @@ pub struct BaseHook {
 impl BaseHook {
     /// The hook of the IR's base chain.
     pub fn of(b: &crate::compile::BaseChain) -> BaseHook {
+        BaseHook::at(b, b.hook)
+    }
+
+    /// A base chain like the IR's, at another hook.
+    pub fn at(b: &crate::compile::BaseChain, hook: crate::compile::Hook) -> BaseHook {
+        use crate::compile::Hook;
         BaseHook {
-            hooknum: match b.hook {
-                crate::compile::Hook::Input => NF_INET_LOCAL_IN,
+            hooknum: match hook {
+                Hook::Input => NF_INET_LOCAL_IN,
+                Hook::Forward => NF_INET_FORWARD,
+                Hook::Output => NF_INET_LOCAL_OUT,
             },
             priority: b.priority,
             policy: match b.policy {

@@ -11,7 +11,7 @@ use super::chain::{BaseHook, Chain};
 use super::counter::Counter;
 use super::expr::{
     label_bits, Bitwise, Cmp, CmpOp, Ct, CtSetLabel, Expr, Immediate, Limit, Load, Log, Lookup,
-    Meta, MetaKey, Objref, Payload, PayloadBase, Range as RangeExpr, Verdict as NlVerdict,
+    Meta, MetaKey, Objref, Payload, PayloadBase, Range as RangeExpr, RtIpsec, Verdict as NlVerdict,
 };
 use super::rule::Rule as NlRule;
 use super::set::{self, Element, Key, KeyKind, Set, SetElems, SetKind};
@@ -19,8 +19,8 @@ use super::sys::*;
 use super::table::Table;
 use super::wire::Emit;
 use crate::compile::{
-    AddrMatch, AddrSet, BaseChain, CtState, DispatchEntry, Match, Name, PortProto, Rule, Ruleset,
-    Verdict, INPUT_CHAIN,
+    AddrKey, AddrMatch, AddrSet, BaseChain, CtState, DispatchEntry, HookedChain, Match, Name,
+    PortProto, Rule, Ruleset, Verdict, INPUT_CHAIN,
 };
 use crate::net::{Family, Range};
 use crate::nft::render::map_name;
@@ -132,8 +132,22 @@ struct Encoder<'f> {
     ifindex: &'f dyn Fn(&str) -> Option<u32>,
     /// Elements of the set being sent, at most one message's worth.
     pending: Vec<Element>,
-    /// Name index of the base chain; regular chain `i` follows at `input_name + 1 + i`.
+    /// Name index of the base chain; the hooked chains follow, then regular chain `i` at
+    /// `first_regular + i`.
     input_name: u32,
+    /// Name index of the first regular chain.
+    first_regular: u32,
+}
+
+/// Which chain rules belong to.
+#[derive(Clone, Copy)]
+enum Chained {
+    /// The input base chain.
+    Input,
+    /// Hooked chain `k` of [`Ruleset::hooked`].
+    Hooked(usize),
+    /// Regular chain `i` of [`Ruleset::chains`].
+    Regular(usize),
 }
 
 /// Where a rule is, for messages.
@@ -197,16 +211,22 @@ fn encoder_for<'f>(
 ) -> Result<Encoder<'f>, EncodeError> {
     let mut e = Encoder::new(ifindex);
     e.reserve(rs);
-    e.head(&rs.base, rs.chains.iter().map(|c| &c.name));
+    e.head(&rs.base, &rs.hooked, rs.chains.iter().map(|c| &c.name));
     for s in &rs.sets {
         e.named_set(s);
     }
     for f in Family::BOTH {
-        e.map(f, rs.dispatch(f));
+        e.map(&Name::from(map_name(f)), f, rs.dispatch(f));
     }
-    e.rules(None, INPUT_CHAIN, &rs.input)?;
+    for m in &rs.maps {
+        e.map(&m.name, m.family, &m.entries);
+    }
+    e.rules(Chained::Input, INPUT_CHAIN, &rs.input)?;
+    for (k, c) in rs.hooked.iter().enumerate() {
+        e.rules(Chained::Hooked(k), &c.name, &c.rules)?;
+    }
     for (i, c) in rs.chains.iter().enumerate() {
-        e.rules(Some(i), &c.name, &c.rules)?;
+        e.rules(Chained::Regular(i), &c.name, &c.rules)?;
     }
     Ok(e)
 }
@@ -229,22 +249,31 @@ pub fn encode_owned(
         chains,
         input,
         base,
+        hooked,
+        maps,
         meta: _,
     } = rs;
-    e.head(&base, chains.iter().map(|c| &c.name));
+    e.head(&base, &hooked, chains.iter().map(|c| &c.name));
     for s in sets {
         e.named_set(&s);
     }
-    e.map(Family::V4, &dispatch4);
+    e.map(&Name::from(map_name(Family::V4)), Family::V4, &dispatch4);
     drop(dispatch4);
-    e.map(Family::V6, &dispatch6);
+    e.map(&Name::from(map_name(Family::V6)), Family::V6, &dispatch6);
     drop(dispatch6);
+    for m in maps {
+        e.map(&m.name, m.family, &m.entries);
+    }
     release_free_memory();
-    e.rules(None, INPUT_CHAIN, &input)?;
+    e.rules(Chained::Input, INPUT_CHAIN, &input)?;
     drop(input);
+    for (k, c) in hooked.iter().enumerate() {
+        e.rules(Chained::Hooked(k), &c.name, &c.rules)?;
+    }
+    drop(hooked);
     let mut trimmed_at = 0;
     for (i, c) in chains.into_iter().enumerate() {
-        e.rules(Some(i), &c.name, &c.rules)?;
+        e.rules(Chained::Regular(i), &c.name, &c.rules)?;
         drop(c);
         // The chains just encoded are free memory now; give whole free pages back, so that
         // the growing batch takes the place of the shrinking ruleset instead of adding to it.
@@ -310,12 +339,18 @@ impl<'f> Encoder<'f> {
             ifindex,
             pending: Vec::new(),
             input_name: 0,
+            first_regular: 0,
         }
     }
 
-    /// The table (created, deleted, created: works whether or not it exists), the base chain,
-    /// the regular chains and the counters.
-    fn head<'n>(&mut self, base: &BaseChain, chains: impl Iterator<Item = &'n Name>) {
+    /// The table (created, deleted, created: works whether or not it exists), the base
+    /// chains, the regular chains and the counters.
+    fn head<'n>(
+        &mut self,
+        base: &BaseChain,
+        hooked: &[HookedChain],
+        chains: impl Iterator<Item = &'n Name>,
+    ) {
         let t = self.table;
         let tname = format!("table inet {}", t.name());
         self.batch.push(t.create(), tname.clone());
@@ -330,6 +365,17 @@ impl<'f> Encoder<'f> {
         self.batch
             .push(input.message(), format!("base chain {INPUT_CHAIN}"));
         self.input_name = self.batch.add_name(Name::from(INPUT_CHAIN));
+        for h in hooked {
+            let chain = Chain {
+                table: t,
+                name: h.name.to_string(),
+                hook: Some(BaseHook::at(base, h.hook)),
+            };
+            self.batch
+                .push(chain.message(), format!("base chain {}", h.name));
+            self.batch.add_name(h.name.clone());
+        }
+        self.first_regular = self.input_name + 1 + hooked.len() as u32;
         for name in chains {
             let chain = Chain {
                 table: t,
@@ -356,7 +402,7 @@ impl<'f> Encoder<'f> {
         self.declare(&s.name, addr_key(s.family), SetKind::Named, elements);
     }
 
-    fn map(&mut self, f: Family, entries: &[DispatchEntry]) {
+    fn map(&mut self, name: &Name, f: Family, entries: &[DispatchEntry]) {
         let elements = set::interval_elements(
             entries.iter().map(|d| {
                 (
@@ -367,12 +413,7 @@ impl<'f> Encoder<'f> {
             }),
             family_bytes(f),
         );
-        self.declare(
-            &Name::from(map_name(f)),
-            addr_key(f),
-            SetKind::VerdictMap,
-            elements,
-        );
+        self.declare(name, addr_key(f), SetKind::VerdictMap, elements);
     }
 
     /// Size the label tables once: a message per rule, chain and set, a few per map.
@@ -382,16 +423,12 @@ impl<'f> Encoder<'f> {
         self.batch.reserve(messages, rules);
     }
 
-    /// The rules of the base chain (`None`) or of regular chain `Some(i)`.
-    fn rules(
-        &mut self,
-        which: Option<usize>,
-        chain: &str,
-        rules: &[Rule],
-    ) -> Result<(), EncodeError> {
+    /// The rules of a chain.
+    fn rules(&mut self, which: Chained, chain: &str, rules: &[Rule]) -> Result<(), EncodeError> {
         let chain_index = match which {
-            None => self.input_name,
-            Some(i) => self.input_name + 1 + i as u32,
+            Chained::Input => self.input_name,
+            Chained::Hooked(k) => self.input_name + 1 + k as u32,
+            Chained::Regular(i) => self.first_regular + i as u32,
         };
         for (i, r) in rules.iter().enumerate() {
             let origin = self.batch.add_origin(r.origin.clone());
@@ -550,20 +587,13 @@ impl<'f> Encoder<'f> {
             Verdict::Jump(c) => x.push(Expr::Immediate(Immediate {
                 verdict: NlVerdict::Jump(c.clone()),
             })),
-            Verdict::Dispatch(f) => {
-                x.need_family(*f);
-                x.push(payload(
-                    PayloadBase::Network,
-                    daddr_offset(*f),
-                    family_bytes(*f),
-                ));
-                let name = map_name(*f);
-                x.push(Expr::Lookup(Lookup {
-                    set: name.to_string(),
-                    set_id: self.set_ids.get(name).copied(),
-                    verdict_map: true,
-                    invert: false,
-                }));
+            Verdict::Dispatch(f) => self.vmap(&mut x, *f, daddr_offset(*f), map_name(*f)),
+            Verdict::DispatchBy { map, family, key } => {
+                let offset = match key {
+                    AddrKey::Source => saddr_offset(*family),
+                    AddrKey::Destination => daddr_offset(*family),
+                };
+                self.vmap(&mut x, *family, offset, map);
             }
         }
         let rule = NlRule {
@@ -573,6 +603,18 @@ impl<'f> Encoder<'f> {
         };
         self.batch.push_labelled(rule.message(), place.label());
         Ok(())
+    }
+
+    /// `ip daddr vmap @name` (or saddr: the header `offset`).
+    fn vmap(&self, x: &mut RuleExprs, f: Family, offset: u32, name: &str) {
+        x.need_family(f);
+        x.push(payload(PayloadBase::Network, offset, family_bytes(f)));
+        x.push(Expr::Lookup(Lookup {
+            set: name.to_string(),
+            set_id: self.set_ids.get(name).copied(),
+            verdict_map: true,
+            invert: false,
+        }));
     }
 
     fn empty(&self, place: &Place<'_>, what: &'static str) -> EncodeError {

@@ -78,6 +78,9 @@ impl Outline {
     pub fn of(rs: &Ruleset) -> Outline {
         let mut o = Outline::default();
         o.chains.insert(INPUT_CHAIN.to_string(), rs.input.len());
+        for c in &rs.hooked {
+            o.chains.insert(c.name.to_string(), c.rules.len());
+        }
         for c in &rs.chains {
             o.chains.insert(c.name.to_string(), c.rules.len());
         }
@@ -101,6 +104,15 @@ impl Outline {
                 family_len(f),
             );
             o.sets.insert(map_name(f).to_string(), sorted(&mut it));
+        }
+        for m in &rs.maps {
+            let mut it = set::interval_elements(
+                m.entries
+                    .iter()
+                    .map(|d| (d.range.lo, d.range.hi, Some(Verdict::Jump(d.chain.clone())))),
+                family_len(m.family),
+            );
+            o.sets.insert(m.name.to_string(), sorted(&mut it));
         }
         o
     }

@@ -33,6 +33,8 @@ pub const NFPROTO_IPV6: u8 = 10;
 pub const NF_DROP: i32 = 0;
 pub const NF_ACCEPT: i32 = 1;
 pub const NF_INET_LOCAL_IN: u32 = 1;
+pub const NF_INET_FORWARD: u32 = 2;
+pub const NF_INET_LOCAL_OUT: u32 = 3;
 
 // enum nf_tables_msg_types
 pub const NFT_MSG_NEWTABLE: u16 = 0;
@@ -159,6 +161,9 @@ pub const NFTA_CT_KEY: u16 = 2;
 pub const NFTA_CT_SREG: u16 = 4;
 pub const NFT_CT_STATE: u32 = 0;
 pub const NFT_CT_LABELS: u32 = 13;
+pub const NFTA_RT_DREG: u16 = 1;
+pub const NFTA_RT_KEY: u16 = 2;
+pub const NFT_RT_XFRM: u32 = 4;
 pub const NFTA_IMMEDIATE_DREG: u16 = 1;
 pub const NFTA_IMMEDIATE_DATA: u16 = 2;
 pub const NFTA_OBJREF_IMM_TYPE: u16 = 1;

@@ -37,11 +37,20 @@ impl Encoder<'_> {
                 x.push(meta(MetaKey::Secpath));
                 x.push(cmp(CmpOp::Eq, [u8::from(*present)]));
             }
+            Match::IpsecOut(present) => {
+                x.push(Expr::RtIpsec(RtIpsec));
+                x.push(cmp(CmpOp::Eq, [u8::from(*present)]));
+            }
             Match::Saddr {
                 family,
                 addrs,
                 negate,
-            } => self.saddr(place, *family, addrs, *negate, x)?,
+            } => self.addr(place, *family, saddr_offset(*family), addrs, *negate, x)?,
+            Match::Daddr {
+                family,
+                addrs,
+                negate,
+            } => self.addr(place, *family, daddr_offset(*family), addrs, *negate, x)?,
             Match::L4Proto(protos) => self.l4proto(place, protos, x)?,
             Match::Dport { proto, ports } => self.dport(place, *proto, ports, x)?,
             Match::Icmp { v6, types, code } => self.icmp(place, *v6, types, *code, x)?,
@@ -53,11 +62,13 @@ impl Encoder<'_> {
         Ok(())
     }
 
-    /// `ip saddr` / `ip6 saddr` against a named set, one interval or an anonymous set.
-    fn saddr(
+    /// `ip saddr` / `ip6 saddr` (or daddr: the header `offset`) against a named set, one
+    /// interval or an anonymous set.
+    fn addr(
         &mut self,
         place: &Place<'_>,
         f: Family,
+        offset: u32,
         addrs: &AddrMatch,
         negate: bool,
         x: &mut RuleExprs,
@@ -66,7 +77,7 @@ impl Encoder<'_> {
         x.need_family(f);
         match addrs {
             AddrMatch::Set(name) => {
-                x.push(payload(PayloadBase::Network, saddr_offset(f), width));
+                x.push(payload(PayloadBase::Network, offset, width));
                 x.push(Expr::Lookup(Lookup {
                     set: name.to_string(),
                     set_id: self.set_ids.get(name).copied(),
@@ -76,9 +87,9 @@ impl Encoder<'_> {
             }
             AddrMatch::Literal(ranges) => match ranges.as_slice() {
                 [] => return Err(self.empty(place, "address")),
-                [r] => single_range(x, f, r, negate),
+                [r] => single_range(x, f, offset, r, negate),
                 many => {
-                    x.push(payload(PayloadBase::Network, saddr_offset(f), width));
+                    x.push(payload(PayloadBase::Network, offset, width));
                     let elements =
                         set::interval_elements(many.iter().map(|r| (r.lo, r.hi, None)), width)
                             .collect();
@@ -193,9 +204,8 @@ impl Encoder<'_> {
 }
 
 /// `ip saddr X` / `!= X` for one interval, the way nft encodes each notation.
-fn single_range(x: &mut RuleExprs, f: Family, r: &Range, negate: bool) {
+fn single_range(x: &mut RuleExprs, f: Family, off: u32, r: &Range, negate: bool) {
     let width = family_bytes(f);
-    let off = saddr_offset(f);
     let eq = if negate { CmpOp::Neq } else { CmpOp::Eq };
     if r.lo == r.hi {
         x.push(payload(PayloadBase::Network, off, width));

@@ -13,6 +13,7 @@ mod meta;
 mod objref;
 mod payload;
 mod range;
+mod rt;
 
 pub use bitwise::Bitwise;
 pub use cmp::{Cmp, CmpOp};
@@ -25,6 +26,7 @@ pub use meta::{Meta, MetaKey};
 pub use objref::Objref;
 pub use payload::{Payload, PayloadBase};
 pub use range::Range;
+pub use rt::RtIpsec;
 
 use super::sys::*;
 use super::wire::{Attr, Emit};
@@ -58,6 +60,8 @@ pub enum Expr {
     CtSetLabel(CtSetLabel),
     /// Load a constant (data) into register 1.
     Load(Load),
+    /// Load whether the route leaves through IPsec.
+    RtIpsec(RtIpsec),
     /// Load a constant (a verdict).
     Immediate(Immediate),
     /// Use a named stateful object (a counter).
@@ -83,6 +87,7 @@ impl Expr {
             Expr::Ct(e) => p(e),
             Expr::CtSetLabel(e) => p(e),
             Expr::Load(e) => p(e),
+            Expr::RtIpsec(e) => p(e),
             Expr::Immediate(e) => p(e),
             Expr::Objref(e) => p(e),
             Expr::Log(e) => p(e),
@@ -123,5 +128,6 @@ macro_rules! from_exprs {
     )*};
 }
 from_exprs!(
-    Payload, Cmp, Bitwise, Range, Lookup, Meta, Ct, CtSetLabel, Load, Immediate, Objref, Log, Limit
+    Payload, Cmp, Bitwise, Range, Lookup, Meta, Ct, CtSetLabel, Load, RtIpsec, Immediate, Objref,
+    Log, Limit
 );
