@@ -808,7 +808,7 @@ fn a_bad_element_is_named_and_changes_nothing() {
     let elements = [Element::key(Key::from_u128(1, 16))];
     let elems = SetElems {
         table: t,
-        set: "m4_bad",
+        set: Some("m4_bad"),
         set_id: 1,
         elements: &elements,
     };

@@ -24,8 +24,10 @@
 //!   alternatives are disjoint, so a packet still matches at most one of them;
 //! - member sets are `hash:net` ipsets (intervals split into prefixes; `/0` into two `/1`,
 //!   which `hash:net` cannot hold); literal prefix lists of more than a few entries become sets;
-//! - the destination dispatch becomes `-d PREFIX -g CHAIN` rules for chains with few
-//!   destination prefixes and a `hash:net` set per chain otherwise ([`DispatchLayout`]);
+//! - the destination dispatch becomes a tree of chains of at most 32 rules each:
+//!   `-d PREFIX -g CHAIN` leaves in address order, `-m iprange --dst-range LO-HI -g NODE`
+//!   above them, so a packet's walk grows with the logarithm of the destinations
+//!   ([`DispatchLayout`]);
 //! - named counters become chains (`REYES-ACCEPTED`, `REYES-DROPPED`) holding one rule with
 //!   the verdict, whose packet counter `status` reads;
 //! - log prefixes longer than iptables' 29 characters are shortened (head + hash);
@@ -208,11 +210,11 @@ mod tests {
     use super::super::matches::{limit_text, port_alternatives};
     use super::super::names::TEMP_SUFFIX;
     use super::*;
-    use crate::compile::{compile, PortProto, Target};
+    use crate::compile::{PortProto, Target};
     use crate::net::Range;
     use crate::proto::PortRange;
 
-    use crate::compile::tests::{ctx, doc, TWO};
+    use crate::compile::tests::{compile_sets, ctx, doc, TWO};
 
     fn specs(t: &Table, chain: &str) -> Vec<String> {
         t.lines
@@ -280,7 +282,7 @@ mod tests {
 
     #[test]
     fn accept_returns_and_groups_continue_into_the_tail() {
-        let rs = compile(&doc(TWO), &ctx(&["10.0.0.1"])).unwrap();
+        let rs = compile_sets(&doc(TWO), &ctx(&["10.0.0.1"])).unwrap();
         let p = plan(&rs, &Options::default()).unwrap();
         let base = specs(&p.v4, BASE_CHAIN);
         assert_eq!(base[0], "-i lo -j RETURN");
@@ -336,7 +338,7 @@ mod tests {
     fn dispatch_layouts() {
         let mut c = ctx(&[]);
         c.target = Target::AllGroups;
-        let rs = compile(&doc(TWO), &c).unwrap();
+        let rs = compile_sets(&doc(TWO), &c).unwrap();
         let rules = plan(
             &rs,
             &Options {
@@ -377,7 +379,7 @@ groups:
 hosts:
   - {id: h, addresses: [10.0.0.1, "fd00::1"], groups: [sg-a]}
 "#;
-        let rs = compile(&doc(yaml), &ctx(&["10.0.0.1", "fd00::1"])).unwrap();
+        let rs = compile_sets(&doc(yaml), &ctx(&["10.0.0.1", "fd00::1"])).unwrap();
         let p = plan(&rs, &Options::default()).unwrap();
         let g4 = specs(&p.v4, "REYES-G-sg_a");
         assert!(
@@ -416,7 +418,7 @@ hosts:
         let mut c = ctx(&["10.0.0.1"]);
         c.log_accept = true;
         c.log_drop = true;
-        let rs = compile(&doc(yaml), &c).unwrap();
+        let rs = compile_sets(&doc(yaml), &c).unwrap();
         let p = plan(
             &rs,
             &Options {
@@ -481,7 +483,7 @@ hosts:
 
     #[test]
     fn render_is_deterministic() {
-        let rs = compile(&doc(TWO), &ctx(&["10.0.0.1", "10.0.0.2", "fd00::2"])).unwrap();
+        let rs = compile_sets(&doc(TWO), &ctx(&["10.0.0.1", "10.0.0.2", "fd00::2"])).unwrap();
         let a = render(&rs, &Options::default()).unwrap();
         let b = render(&rs, &Options::default()).unwrap();
         assert_eq!(a, b);

@@ -11,7 +11,9 @@ use crate::proto::{self, PortRange};
 
 use super::matches::*;
 use super::names::*;
-use super::plan::{err, DispatchLayout, IpSet, Line, Options, RenderError, Table};
+use super::plan::{err, IpSet, Line, Options, RenderError, Table};
+
+mod dispatch;
 
 /// A continuation: what happens when a chain runs off its end.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -529,57 +531,6 @@ impl<'a> Translator<'a> {
         }
         if let Cont::Chain(next) = k {
             self.push(chain, format!("-g {next}"), Some(format!("{end}: go on")));
-        }
-        Ok(())
-    }
-
-    fn dispatch(&mut self, chain: &str, rule: &Rule, r: &Cont) -> Result<(), RenderError> {
-        if self.primary.is_none() {
-            self.primary = Some(r.clone());
-        }
-        let Some(parts) = self.conditions(rule)? else {
-            return Ok(());
-        };
-        let mut by_chain: BTreeMap<&str, Vec<Range>> = BTreeMap::new();
-        for e in self.rs.dispatch(self.fam) {
-            by_chain.entry(&*e.chain).or_default().push(e.range);
-        }
-        let mut first = true;
-        for (target_ir, ranges) in by_chain {
-            let target = self.variant(target_ir, r)?;
-            let prefixes: Vec<Cidr> = ranges.iter().flat_map(|r| r.to_prefixes()).collect();
-            let as_rules = match self.opts.dispatch {
-                DispatchLayout::Rules => true,
-                DispatchLayout::Sets => false,
-                DispatchLayout::Auto(max) => prefixes.len() <= max,
-            };
-            let goto = format!("-g {target}");
-            let specs = if as_rules {
-                let dst: Vec<String> = prefixes
-                    .iter()
-                    .map(|c| {
-                        if c.net().prefix_len() == 0 {
-                            String::new()
-                        } else {
-                            format!("-d {}", cidr_text(c))
-                        }
-                    })
-                    .collect();
-                parts.specs(&dst, "", &goto)
-            } else {
-                let body = format!("d{}_{target_ir}", self.fam.digit());
-                let set = IpSet::new(
-                    set_name(&body),
-                    self.fam,
-                    set_members(&ranges),
-                    format!("destinations of {target_ir}"),
-                );
-                let name = self.add_set(set)?;
-                parts.specs(&[], &format!("-m set --match-set {name} dst"), &goto)
-            };
-            let comment = first.then(|| origin_text(&rule.origin));
-            first = false;
-            self.push_all(chain, specs, comment);
         }
         Ok(())
     }

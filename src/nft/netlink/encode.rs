@@ -464,9 +464,12 @@ impl<'f> Encoder<'f> {
 
     fn flush_elements(&mut self, name: &str, id: u32, set_msg: u32, sent: u32) -> u32 {
         let n = self.pending.len() as u32;
+        // By id alone: the set was created just before, and the kernel finds the newest set
+        // by id in one step, by name only after walking every set of the table.
+        let _ = name;
         let m = SetElems {
             table: self.table,
-            set: name,
+            set: None,
             set_id: id,
             elements: &self.pending,
         };
