@@ -3,6 +3,7 @@
 pub mod directory;
 #[cfg(feature = "aws")]
 pub mod s3;
+#[cfg(feature = "aws")]
 pub mod s3_error;
 
 use std::time::Duration;
@@ -39,6 +40,7 @@ pub enum StoreError {
     Conflict(String),
 }
 
+#[cfg(feature = "aws")]
 impl From<s3_error::S3Failure> for StoreError {
     fn from(e: s3_error::S3Failure) -> StoreError {
         StoreError::Io(e.to_string())
