@@ -106,7 +106,11 @@ impl Translator<'_> {
         nodes: &mut usize,
         comment: Option<String>,
     ) -> Result<(), RenderError> {
-        let none = Parts::default();
+        // Below the dispatching chain the rule's conditions already hold: no conditions.
+        let none = Parts {
+            protos: vec![(String::new(), String::new())],
+            ..Parts::default()
+        };
         let parts = parts.unwrap_or(&none);
         let mut comment = comment;
         if leaves.len() <= site.fanout {
