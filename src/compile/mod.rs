@@ -722,7 +722,11 @@ fn group_rule(sh: &mut Shared<'_>, gi: usize, index: usize, r: &DocRule, out: &m
                     }
                     layout::Source::Inline(ranges) => {
                         for r in ranges {
-                            push(family, AddrMatch::Literal(vec![r]), names[si].source.clone());
+                            push(
+                                family,
+                                AddrMatch::Literal(vec![r]),
+                                names[si].source.clone(),
+                            );
                         }
                     }
                 }

@@ -1,8 +1,8 @@
 use super::*;
 use crate::document::{build, BuildOptions};
 use crate::inventory::static_file;
-use std::time::{Duration, SystemTime};
 use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime};
 
 pub(crate) fn doc(yaml: &str) -> Document {
     let inv = static_file::parse(yaml, "t").unwrap();

@@ -555,7 +555,10 @@ hosts:
             }
             // 900 leaves at 8 per chain: four levels; the base chain's own rules come first.
             let base = specs(t, BASE_CHAIN).len();
-            assert!(worst <= base + 4 * fanout, "{worst} rules for one destination");
+            assert!(
+                worst <= base + 4 * fanout,
+                "{worst} rules for one destination"
+            );
             // An address between two destinations reaches no group chain.
             let gap = if t.family == Family::V4 {
                 "10.0.0.2".parse().unwrap()

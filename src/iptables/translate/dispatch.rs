@@ -79,15 +79,16 @@ impl Translator<'_> {
         let mut leaves: Vec<(Cidr, String)> = Vec::new();
         for e in self.rs.dispatch(self.fam) {
             let target = self.variant(&e.chain, r)?;
-            leaves.extend(e.range.to_prefixes().into_iter().map(|c| (c, target.clone())));
+            leaves.extend(
+                e.range
+                    .to_prefixes()
+                    .into_iter()
+                    .map(|c| (c, target.clone())),
+            );
         }
         let site = Site {
             chain,
-            tag: format!(
-                "{CHAIN_PREFIX}D{}-{}",
-                self.fam.digit(),
-                hash_hex(chain, 2)
-            ),
+            tag: format!("{CHAIN_PREFIX}D{}-{}", self.fam.digit(), hash_hex(chain, 2)),
             fanout,
             next: r,
         };
