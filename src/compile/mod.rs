@@ -390,7 +390,11 @@ fn sets(policy: &Policy, ctx: &HostContext, layout: layout::SourceLayout) -> Vec
             });
         }
     }
+    let by_refs = layout.layout.by_refs;
     sets.extend(layout.into_sets());
+    if !by_refs {
+        sets.sort_by(|a, b| a.name.cmp(&b.name));
+    }
     sets
 }
 
