@@ -1,4 +1,5 @@
-//! Benchmark (not a test) of the iptables backend: synthetic documents with 1k, 10k and 100k
+//! Benchmark (not a test) of the iptables backend, and of the nft backend's per-packet cost
+//! (`--variants nftables`): synthetic documents with 1k, 10k and 100k
 //! member addresses (20 per group, 4 ingress rules per group, every group a destination:
 //! `--all-groups`), applied through `IptablesBackend` inside a network namespace created for
 //! each run, then re-applied with one member of every group replaced (every set changes).
@@ -7,8 +8,11 @@
 //!
 //! ```text
 //! cargo bench --bench iptables -- [--sizes 1000,10000,100000] [--runs 3]
-//!     [--variants legacy,nft] [--layouts auto,rules] [--write BENCHMARKS.md]
+//!     [--variants legacy,nft,nftables] [--layouts tree,auto,rules,sets] [--write BENCHMARKS.md]
 //! ```
+//!
+//! Layouts (iptables dispatch): `tree` (the default), `auto` (rules up to 64 prefixes per chain,
+//! a set beyond), `rules`, `sets`. `nftables` ignores the layout: its dispatch is a verdict map.
 //!
 //! Each run is a fresh child process (`ip netns exec NS <this binary> --child ...`) in a fresh
 //! namespace. Wall times come from `--runs` timed runs. Peak RSS comes from one more run per row
@@ -27,6 +31,7 @@ use reyes::config::{Enforce, IptablesVariant};
 use reyes::inventory::{Group, Host, Inventory, Rule, Sources};
 use reyes::iptables::{DispatchLayout, IptablesBackend, Options};
 use reyes::net::Cidr;
+use reyes::nft::NftBackend;
 use reyes::proto::{PortRange, Proto};
 
 const PER_GROUP: usize = 20;
@@ -150,6 +155,10 @@ fn layout(name: &str) -> Options {
             dispatch: DispatchLayout::Sets,
             ..Options::default()
         },
+        "auto" => Options {
+            dispatch: DispatchLayout::Auto(64),
+            ..Options::default()
+        },
         _ => Options::default(),
     }
 }
@@ -212,17 +221,25 @@ fn sh(args: &[&str]) -> String {
 
 const PACKETS: u32 = 2000;
 
-/// Time per packet through INPUT for the worst-placed destination (the last dispatch target):
-/// UDP from a peer namespace over a veth pair to a port no rule allows, so every packet walks
-/// the scope rules, the whole dispatch, the destination's group chain and the drop. The
-/// sender's send() includes the receiving side (veth delivers in the sender's softirq).
-fn per_packet_us(b: &IptablesBackend, rs: &reyes::compile::Ruleset) -> f64 {
-    let last = rs
-        .dispatch4
-        .iter()
-        .max_by(|x, y| x.chain.cmp(&y.chain).then(x.range.lo.cmp(&y.range.lo)))
-        .unwrap();
-    let dst = last.range.lo_addr();
+/// The worst-placed destination of a dispatch layout: the one a packet reaches last. With the
+/// tree (and nft's verdict map, where it does not matter) the highest address; with one rule
+/// or set per group chain, the last chain's.
+fn worst_destination(rs: &reyes::compile::Ruleset, layout_name: &str) -> std::net::IpAddr {
+    let last = if matches!(layout_name, "rules" | "sets" | "auto") {
+        rs.dispatch4
+            .iter()
+            .max_by(|x, y| x.chain.cmp(&y.chain).then(x.range.lo.cmp(&y.range.lo)))
+    } else {
+        rs.dispatch4.iter().max_by_key(|e| e.range.lo)
+    };
+    last.unwrap().range.lo_addr()
+}
+
+/// Time per packet through INPUT for the worst-placed destination `dst`: UDP from a peer
+/// namespace over a veth pair to a port no rule allows, so every packet walks the scope rules,
+/// the dispatch, the destination's group chain and the drop. The sender's send() includes the
+/// receiving side (veth delivers in the sender's softirq).
+fn per_packet_us(b: &dyn Backend, dst: std::net::IpAddr) -> f64 {
     let peer = format!("reyes-bench-peer-{}", std::process::id());
     sh(&["ip", "netns", "add", &peer]);
     sh(&[
@@ -303,6 +320,9 @@ fn per_packet_us(b: &IptablesBackend, rs: &reyes::compile::Ruleset) -> f64 {
 
 /// One run, inside the namespace: print one JSON line.
 fn child(size: usize, variant: &str, layout_name: &str, rss: bool) {
+    if variant == "nftables" {
+        return child_nft(size, layout_name);
+    }
     let log = rss.then(|| shims(variant));
     let choice = if variant == "legacy" {
         IptablesVariant::Legacy
@@ -320,7 +340,7 @@ fn child(size: usize, variant: &str, layout_name: &str, rss: bool) {
     let plan2 = b.plan(&rs2).unwrap();
     let rep = b.apply_plan(&plan2).unwrap();
     let reapply = t.elapsed();
-    let packet_us = per_packet_us(&b, &rs2);
+    let packet_us = per_packet_us(&b, worst_destination(&rs2, layout_name));
     let phases: BTreeMap<&str, f64> = rep
         .phases
         .iter()
@@ -357,6 +377,35 @@ fn child(size: usize, variant: &str, layout_name: &str, rss: bool) {
     println!("{out}");
 }
 
+/// [`child`] for the nftables backend (netlink): the dispatch is a verdict map.
+fn child_nft(size: usize, layout_name: &str) {
+    let b = NftBackend::netlink();
+    let rs1 = ruleset(size, 1, false);
+    let rs2 = ruleset(size, 2, true);
+    let t = Instant::now();
+    b.apply(&rs1).unwrap();
+    let apply = t.elapsed();
+    let t = Instant::now();
+    b.apply(&rs2).unwrap();
+    let reapply = t.elapsed();
+    let packet_us = per_packet_us(&b, worst_destination(&rs2, layout_name));
+    let out = serde_json::json!({
+        "size": size,
+        "variant": "nftables",
+        "layout": layout_name,
+        "sets": rs1.sets.len() + 2,
+        "set_elements": rs1.element_count(),
+        "rules4": rs1.rule_count(),
+        "chains4": rs1.chains.len() + 1,
+        "apply_ms": apply.as_secs_f64() * 1000.0,
+        "reapply_ms": reapply.as_secs_f64() * 1000.0,
+        "reapply_phases_ms": {},
+        "packet_us": packet_us,
+        "reyes_hwm_kb": hwm_kb(),
+    });
+    println!("{out}");
+}
+
 fn arg<'a>(args: &'a [String], name: &str, default: &'a str) -> &'a str {
     args.iter()
         .position(|a| a == name)
@@ -383,10 +432,12 @@ fn write_section(path: &str, table: &str) {
          (two from other groups, one from a CIDR, ICMP echo from a group), every group a destination (`--all-groups`: \
          the largest layout; a follower applies only its own addresses' groups). Each run applies into a fresh network \
          namespace through `IptablesBackend` (render, ipset stage + swap, iptables-restore, ip6tables-restore, \
-         read-back, cleanup), then re-applies with one member of every group replaced. Per packet: \
+         read-back, cleanup), then re-applies with one member of every group replaced; variant `nftables` \
+         through `NftBackend` over netlink (one batch, read-back) instead. Per packet: \
          send() time of a UDP packet from a peer namespace (veth) to the worst-placed destination (the \
-         last dispatch target), in scope and allowed by no rule, so it walks the scope rules, the whole \
-         dispatch, one group chain and the drop. Run on {}.\n\n\
+         one the dispatch reaches last: the highest address for `tree`, the last chain's for `rules`, `sets` \
+         and `auto`), in scope and allowed by no rule, so it walks the scope rules, the dispatch, one group \
+         chain and the drop. Run on {}.\n\n\
          Machine: {} CPUs, kernel {}, {}, {}.\n\n{table}",
         reyes::document::rfc3339(SystemTime::now()),
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
@@ -434,7 +485,7 @@ fn main() {
         .collect();
     let runs: usize = arg(&args, "--runs", "3").parse().unwrap();
     let variants: Vec<&str> = arg(&args, "--variants", "legacy,nft").split(',').collect();
-    let layouts: Vec<&str> = arg(&args, "--layouts", "auto").split(',').collect();
+    let layouts: Vec<&str> = arg(&args, "--layouts", "tree").split(',').collect();
     let exe = std::env::current_exe().unwrap();
     let mut rows = Vec::new();
     for variant in &variants {
@@ -471,12 +522,15 @@ fn main() {
                         results.push(v);
                     }
                 }
-                let tools = rss["tools_peak_kb"].as_object().unwrap();
-                let (top, top_kb) = tools
-                    .iter()
-                    .map(|(t, kb)| (t.clone(), kb.as_u64().unwrap()))
-                    .max_by_key(|x| x.1)
-                    .unwrap();
+                let tools_peak = match rss["tools_peak_kb"].as_object() {
+                    Some(tools) => tools
+                        .iter()
+                        .map(|(t, kb)| (t.clone(), kb.as_u64().unwrap()))
+                        .max_by_key(|x| x.1)
+                        .map(|(t, kb)| format!("{:.1} ({t})", kb as f64 / 1024.0))
+                        .unwrap_or_else(|| "-".into()),
+                    None => "- (netlink)".into(),
+                };
                 let f = |k: &str| median(results.iter().map(|r| r[k].as_f64().unwrap()).collect());
                 let phases: Vec<String> = results[0]["reapply_phases_ms"]
                     .as_object()
@@ -495,8 +549,14 @@ fn main() {
                     })
                     .collect();
                 let r = &results[0];
+                // nftables ignores the layout: its dispatch is a verdict map.
+                let shown = if *variant == "nftables" {
+                    "vmap"
+                } else {
+                    layout_name
+                };
                 rows.push(format!(
-                    "| {variant} | {layout_name} | {size} | {} / {} | {} / {} | {:.0} | {:.0} | {:.1} | {:.1} ({top}) | {:.1} | {} |",
+                    "| {variant} | {shown} | {size} | {} / {} | {} / {} | {:.0} | {:.0} | {:.1} | {tools_peak} | {:.1} | {} |",
                     r["sets"],
                     r["set_elements"],
                     r["rules4"],
@@ -504,7 +564,6 @@ fn main() {
                     f("apply_ms"),
                     f("reapply_ms"),
                     f("packet_us"),
-                    top_kb as f64 / 1024.0,
                     rss["reyes_hwm_kb"].as_f64().unwrap() / 1024.0,
                     phases.join(", "),
                 ));
@@ -512,7 +571,7 @@ fn main() {
         }
     }
     let cmd = format!(
-        "cargo bench --bench iptables -- {}",
+        "cargo bench --no-default-features --bench iptables -- {}",
         args.iter()
             .skip(1)
             .filter(|a| *a != "--bench")

@@ -2,7 +2,12 @@
 //! follower, for benchmarks and kernel tests. Run it inside a network namespace.
 //!
 //! `apply DOC.json [--all-groups | --host ADDR ...] [--transport netlink|cli]
-//!        [--enforce ipsec|cidr --managed CIDR ...] [--log-accept] [--log-drop]`
+//!        [--enforce ipsec|cidr --managed CIDR ...] [--log-accept] [--log-drop]
+//!        [--layout default|plain|inline=N,share=0|1,refs=0|1] [--render]`
+//!
+//! `--layout` chooses the set layout (`compile::Layout`; `plain`: one set per source group,
+//! by name, nothing inlined), for comparing layouts; `--render` prints the nft script of that
+//! layout instead of applying it.
 //!
 //! Exit 0 applied, 1 refused (the message names the object), 2 usage. With REYES_APPLY_STATS
 //! set, prints RSS and peak RSS after each stage (read, parsed, compiled, encoded, applied).
@@ -62,6 +67,8 @@ fn main() -> ExitCode {
     let mut all = false;
     let mut transport = "netlink".to_string();
     let mut fcfg = FollowerConfig::default();
+    let mut set_layout = compile::Layout::default();
+    let mut render = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -79,6 +86,14 @@ fn main() -> ExitCode {
                 .extend(it.next().and_then(|c| c.parse::<reyes::net::Cidr>().ok())),
             "--log-accept" => fcfg.log_accept = true,
             "--log-drop" => fcfg.log_drop = true,
+            "--render" => render = true,
+            "--layout" => match it.next().map(|l| parse_layout(l)) {
+                Some(Some(l)) => set_layout = l,
+                _ => {
+                    eprintln!("apply: --layout default|plain|inline=N,share=0|1,refs=0|1");
+                    return ExitCode::from(2);
+                }
+            },
             other if doc.is_none() && !other.starts_with("--") => doc = Some(other.to_string()),
             other => {
                 eprintln!("apply: unexpected argument {other:?}");
@@ -116,7 +131,7 @@ fn main() -> ExitCode {
     };
     let mut ctx = HostContext::from_config(&fcfg, target);
     ctx.allow_unknown_host = true;
-    let rs = match compile::compile(&document, &ctx) {
+    let rs = match compile::compile_with(&document, &ctx, set_layout) {
         Ok(rs) => rs,
         Err(e) => {
             eprintln!("apply: {e}");
@@ -125,6 +140,18 @@ fn main() -> ExitCode {
     };
     drop(document);
     stats("compiled");
+    if render {
+        return match reyes::nft::render::render(&rs) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("apply: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let result = match transport.as_str() {
         "netlink" => netlink_apply(rs),
         "cli" => reyes::nft::NftBackend::new()
@@ -142,6 +169,26 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `default`, `plain`, or `inline=N,share=0|1,refs=0|1` (each part changes the default).
+fn parse_layout(text: &str) -> Option<compile::Layout> {
+    match text {
+        "default" => return Some(compile::Layout::default()),
+        "plain" => return Some(compile::Layout::PLAIN),
+        _ => {}
+    }
+    let mut l = compile::Layout::default();
+    for part in text.split(',') {
+        let (k, v) = part.split_once('=')?;
+        match k {
+            "inline" => l.inline_max = v.parse().ok()?,
+            "share" => l.share = v == "1",
+            "refs" => l.by_refs = v == "1",
+            _ => return None,
+        }
+    }
+    Some(l)
 }
 
 fn netlink_apply(rs: reyes::compile::Ruleset) -> Result<(), String> {

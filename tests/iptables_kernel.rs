@@ -550,6 +550,14 @@ hosts:
             },
             &rs_all,
         ),
+        // A dispatch tree of two rules per chain: `-m iprange` nodes in both families.
+        (
+            render::Options {
+                dispatch: render::DispatchLayout::Tree(2),
+                ..Default::default()
+            },
+            &rs_all,
+        ),
         // Back to the host's ruleset: the other chains and sets go away.
         (render::Options::default(), &rs),
     ] {

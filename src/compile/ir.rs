@@ -446,7 +446,8 @@ impl BaseChain {
 pub struct Ruleset {
     /// Facts.
     pub meta: Meta,
-    /// Named address sets, sorted by name.
+    /// Named address sets, in the order they are created: the scope sets, then member sets
+    /// most-referenced first (see `compile::layout`).
     pub sets: Vec<AddrSet>,
     /// IPv4 destination dispatch (disjoint, sorted).
     pub dispatch4: Vec<DispatchEntry>,

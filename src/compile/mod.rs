@@ -24,6 +24,7 @@ mod audit;
 pub use audit::audit_counter_groups;
 mod gateway;
 pub mod ir;
+mod layout;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -31,6 +32,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 pub use ir::*;
+pub use layout::{Layout, INLINE_MAX};
 
 use crate::config::{Action, AutoOr, Enforce, Failsafe, FollowerConfig, Mode};
 use crate::document::{DocRule, Document, Policy};
@@ -231,6 +233,16 @@ impl GroupNames {
 
 /// Compile a verified document for a host.
 pub fn compile(doc: &Document, ctx: &HostContext) -> Result<Ruleset, CompileError> {
+    compile_with(doc, ctx, Layout::default())
+}
+
+/// [`compile`] with a set layout other than the default (for benchmarks: the same semantics,
+/// other sets and rules).
+pub fn compile_with(
+    doc: &Document,
+    ctx: &HostContext,
+    set_layout: Layout,
+) -> Result<Ruleset, CompileError> {
     use gateway::Judged;
     let policy = &doc.policy;
     let names = group_names(policy);
@@ -246,13 +258,13 @@ pub fn compile(doc: &Document, ctx: &HostContext) -> Result<Ruleset, CompileErro
         is_dest[*gi] = true;
     }
     let mut chains: Vec<Chain> = Vec::new();
-    let mut member_sets: BTreeSet<(Family, usize)> = BTreeSet::new();
+    let mut layout = layout::SourceLayout::new(set_layout);
     let mut sources: BTreeMap<String, Name> = BTreeMap::new();
     let mut shared = Shared {
         policy,
         names: &names,
         ctx,
-        member_sets: &mut member_sets,
+        layout: &mut layout,
         sources: &mut sources,
     };
     for (gi, g) in policy.groups.iter().enumerate() {
@@ -316,7 +328,7 @@ pub fn compile(doc: &Document, ctx: &HostContext) -> Result<Ruleset, CompileErro
     chains.sort_by(|a, b| a.name.cmp(&b.name));
     let (maps, hooked) = hook_maps.finish(ctx);
 
-    let sets = sets(policy, ctx, &names, member_sets);
+    let sets = sets(policy, ctx, layout);
 
     Ok(Ruleset {
         meta: Meta {
@@ -402,23 +414,10 @@ fn destinations(
     Ok(labelled)
 }
 
-/// The member sets of every referenced source group, then the scope sets, by name.
-fn sets(
-    policy: &Policy,
-    ctx: &HostContext,
-    names: &[GroupNames],
-    member_sets: BTreeSet<(Family, usize)>,
-) -> Vec<AddrSet> {
+/// The scope sets, then the member sets of the source groups that have one (most-referenced
+/// first): the order the kernel creates and lists them in.
+fn sets(policy: &Policy, ctx: &HostContext, layout: layout::SourceLayout) -> Vec<AddrSet> {
     let mut sets = Vec::new();
-    for (family, gi) in member_sets {
-        let g = &policy.groups[gi];
-        sets.push(AddrSet {
-            name: names[gi].members(family).clone(),
-            family,
-            elements: ranges_of(&g.members, family),
-            purpose: SetPurpose::Members(g.id.clone()),
-        });
-    }
     if ctx.enforce == Enforce::Cidr {
         let local: Vec<Cidr> = match &ctx.local_cidrs {
             Some(l) => l.clone(),
@@ -440,7 +439,11 @@ fn sets(
         }
     }
     sets.extend(gateway::gateway_sets(ctx));
-    sets.sort_by(|a, b| a.name.cmp(&b.name));
+    let by_refs = layout.layout.by_refs;
+    sets.extend(layout.into_sets());
+    if !by_refs {
+        sets.sort_by(|a, b| a.name.cmp(&b.name));
+    }
     sets
 }
 
@@ -692,19 +695,21 @@ fn family_allowed(proto: Proto, family: Family) -> bool {
 }
 
 /// What the rules of every group share while they are compiled: the document, the names made
-/// once per group, the member sets used as sources so far, and the literal-source descriptions
+/// once per group, the source layout (member sets so far), and the literal-source descriptions
 /// (made once each, so that the rules of a large estate share them).
 struct Shared<'a> {
     policy: &'a Policy,
     names: &'a [GroupNames],
     ctx: &'a HostContext,
-    member_sets: &'a mut BTreeSet<(Family, usize)>,
+    layout: &'a mut layout::SourceLayout,
     sources: &'a mut BTreeMap<String, Name>,
 }
 
 /// The rules of one document rule, appended to `out`: for each family, one rule per source
-/// group with members of that family, and one for the literal prefixes (cidrs and prefix-list
-/// entries, merged). `egress`: an egress rule, whose `from` holds its destinations.
+/// group with members of that family (naming its member set, or one rule per member interval
+/// when it has few: [`layout`]), and one for the literal prefixes (cidrs and prefix-list
+/// entries, merged; again one rule per interval when there are few). `egress`: an egress rule,
+/// whose `from` holds its destinations.
 fn group_rule(
     sh: &mut Shared<'_>,
     gi: usize,
@@ -717,7 +722,7 @@ fn group_rule(
         policy,
         names,
         ctx,
-        member_sets,
+        layout,
         sources,
     } = sh;
     let policy: &Policy = policy;
@@ -793,12 +798,20 @@ fn group_rule(
             };
             let g = &policy.groups[si];
             if g.members.iter().any(|m| m.family() == family) {
-                member_sets.insert((family, si));
-                push(
-                    family,
-                    AddrMatch::Set(names[si].members(family).clone()),
-                    names[si].source.clone(),
-                );
+                match layout.source(policy, names, family, si) {
+                    layout::Source::Set(name) => {
+                        push(family, AddrMatch::Set(name), names[si].source.clone())
+                    }
+                    layout::Source::Inline(ranges) => {
+                        for r in ranges {
+                            push(
+                                family,
+                                AddrMatch::Literal(vec![r]),
+                                names[si].source.clone(),
+                            );
+                        }
+                    }
+                }
             }
         }
         let mut literal: Vec<Range> = r
@@ -835,7 +848,14 @@ fn group_rule(
                     .or_insert_with(|| Name::from(what))
                     .clone(),
             };
-            push(family, AddrMatch::Literal(net::merge(literal)), source);
+            let literal = net::merge(literal);
+            if literal.len() <= layout.layout.inline_max.max(1) {
+                for r in literal {
+                    push(family, AddrMatch::Literal(vec![r]), source.clone());
+                }
+            } else {
+                push(family, AddrMatch::Literal(literal), source);
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 use super::*;
 use crate::document::{build, BuildOptions};
 use crate::inventory::static_file;
+use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
 pub(crate) fn doc(yaml: &str) -> Document {
@@ -22,6 +23,16 @@ pub(crate) fn ctx(addrs: &[&str]) -> HostContext {
     HostContext::new(Target::Host(
         addrs.iter().map(|a| a.parse().unwrap()).collect(),
     ))
+}
+
+/// [`compile`] with a named set for every source group, however small (the default layout
+/// writes small groups into the rules): for tests of how sets are handled.
+pub(crate) fn compile_sets(d: &Document, c: &HostContext) -> Result<Ruleset, CompileError> {
+    let layout = Layout {
+        inline_max: 0,
+        ..Layout::default()
+    };
+    compile_with(d, c, layout)
 }
 
 pub(crate) const TWO: &str = r#"
@@ -68,6 +79,21 @@ fn address_in_two_groups_gets_a_profile_chain() {
             negate: false
         }
     );
+    // sg-b is small: its members are in the rules (10.0.0.1-10.0.0.2 merged), no set.
+    assert_eq!(
+        a.rules[0].matches[0],
+        Match::Saddr {
+            family: Family::V4,
+            addrs: AddrMatch::Literal(vec![Range {
+                family: Family::V4,
+                lo: 0x0a00_0001,
+                hi: 0x0a00_0002,
+            }]),
+            negate: false
+        }
+    );
+    assert!(rs.sets.is_empty());
+    let rs = compile_sets(&doc(TWO), &ctx(&["10.0.0.1"])).unwrap();
     assert!(rs.set("m4_sg_b").is_some());
     assert_eq!(rs.set("m6_sg_b").unwrap().elements.len(), 1);
     assert!(rs.set("m4_sg_a").is_none(), "sg-a is never a source");

@@ -428,7 +428,8 @@ fn failsafe_beats_the_document() {
 
 #[test]
 fn broken_rulesets_are_errors() {
-    let mut rs = estate(Target::AllGroups);
+    let all = ctx(Target::AllGroups);
+    let mut rs = crate::compile::tests::compile_sets(&doc(ESTATE), &all).unwrap();
     let f = fl("10.1.0.5", "10.1.0.10", "tcp").port(443);
     rs.sets.clear();
     assert!(matches!(evaluate(&rs, &f), Err(EvalError::UnknownSet(_))));

@@ -39,12 +39,16 @@ pub enum DispatchLayout {
     Sets,
     /// Rules for chains with at most this many destination prefixes, a set otherwise.
     Auto(usize),
+    /// A tree of chains with at most this many rules each: `-d PREFIX -g CHAIN` leaves in
+    /// address order, `-m iprange --dst-range LO-HI -g NODE` above them. A packet walks
+    /// O(fanout * log_fanout(n)) rules instead of O(n).
+    Tree(usize),
 }
 
 /// Layout choices. The defaults are measured (BENCHMARKS.md): a `-d`/`-s` rule that does not
 /// match costs a packet ~2 ns, a set lookup ~200 ns, and every extra ipset slows each ipset
-/// command down (the kernel finds sets by name in a list), so rules win until a chain has
-/// dozens of prefixes.
+/// command down (the kernel finds sets by name in a list), so the dispatch is a tree of short
+/// rule lists (no sets), and literal source lists are rules until they are long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Options {
     /// Destination dispatch.
@@ -56,11 +60,14 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            dispatch: DispatchLayout::Auto(64),
+            dispatch: DispatchLayout::Tree(DISPATCH_FANOUT),
             literal_rules_max: 16,
         }
     }
 }
+
+/// Rules per chain of the default dispatch tree.
+pub const DISPATCH_FANOUT: usize = 32;
 
 /// One ipset: `hash:net` of one family.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

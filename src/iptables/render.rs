@@ -24,8 +24,10 @@
 //!   alternatives are disjoint, so a packet still matches at most one of them;
 //! - member sets are `hash:net` ipsets (intervals split into prefixes; `/0` into two `/1`,
 //!   which `hash:net` cannot hold); literal prefix lists of more than a few entries become sets;
-//! - the destination dispatch becomes `-d PREFIX -g CHAIN` rules for chains with few
-//!   destination prefixes and a `hash:net` set per chain otherwise ([`DispatchLayout`]);
+//! - the destination dispatch becomes a tree of chains of at most 32 rules each:
+//!   `-d PREFIX -g CHAIN` leaves in address order, `-m iprange --dst-range LO-HI -g NODE`
+//!   above them, so a packet's walk grows with the logarithm of the destinations
+//!   ([`DispatchLayout`]);
 //! - named counters become chains (`REYES-ACCEPTED`, `REYES-DROPPED`) holding one rule with
 //!   the verdict, whose packet counter `status` reads;
 //! - log prefixes longer than iptables' 29 characters are shortened (head + hash);
@@ -261,11 +263,11 @@ mod tests {
     use super::super::matches::{limit_text, port_alternatives};
     use super::super::names::TEMP_SUFFIX;
     use super::*;
-    use crate::compile::{compile, PortProto, Target};
+    use crate::compile::{PortProto, Target};
     use crate::net::Range;
     use crate::proto::PortRange;
 
-    use crate::compile::tests::{ctx, doc, TWO};
+    use crate::compile::tests::{compile_sets, ctx, doc, TWO};
 
     fn specs(t: &Table, chain: &str) -> Vec<String> {
         t.lines
@@ -333,7 +335,7 @@ mod tests {
 
     #[test]
     fn accept_returns_and_groups_continue_into_the_tail() {
-        let rs = compile(&doc(TWO), &ctx(&["10.0.0.1"])).unwrap();
+        let rs = compile_sets(&doc(TWO), &ctx(&["10.0.0.1"])).unwrap();
         let p = plan(&rs, &Options::default()).unwrap();
         let base = specs(&p.v4, BASE_CHAIN);
         assert_eq!(base[0], "-i lo -j RETURN");
@@ -389,7 +391,7 @@ mod tests {
     fn dispatch_layouts() {
         let mut c = ctx(&[]);
         c.target = Target::AllGroups;
-        let rs = compile(&doc(TWO), &c).unwrap();
+        let rs = compile_sets(&doc(TWO), &c).unwrap();
         let rules = plan(
             &rs,
             &Options {
@@ -430,7 +432,7 @@ groups:
 hosts:
   - {id: h, addresses: [10.0.0.1, "fd00::1"], groups: [sg-a]}
 "#;
-        let rs = compile(&doc(yaml), &ctx(&["10.0.0.1", "fd00::1"])).unwrap();
+        let rs = compile_sets(&doc(yaml), &ctx(&["10.0.0.1", "fd00::1"])).unwrap();
         let p = plan(&rs, &Options::default()).unwrap();
         let g4 = specs(&p.v4, "REYES-G-sg_a");
         assert!(
@@ -469,7 +471,7 @@ hosts:
         let mut c = ctx(&["10.0.0.1"]);
         c.log_accept = true;
         c.log_drop = true;
-        let rs = compile(&doc(yaml), &c).unwrap();
+        let rs = compile_sets(&doc(yaml), &c).unwrap();
         let p = plan(
             &rs,
             &Options {
@@ -532,9 +534,97 @@ hosts:
         );
     }
 
+    /// Follow the dispatch of chain `from` for `dst` as iptables would: the first rule whose
+    /// `-d` or `-m iprange` holds it, through `-g`, to a chain that is not a node; counting
+    /// the rules looked at.
+    fn walk(t: &Table, from: &str, dst: std::net::IpAddr, seen: &mut usize) -> Option<String> {
+        let v = crate::net::Range::single(&dst).lo;
+        for spec in specs(t, from) {
+            *seen += 1;
+            let target = spec.rsplit(' ').next().unwrap().to_string();
+            let holds = if let Some(d) = spec.strip_prefix("-d ") {
+                let c: crate::net::Cidr = d.split(' ').next().unwrap().parse().unwrap();
+                c.range().lo <= v && v <= c.range().hi
+            } else if let Some(r) = spec.strip_prefix("-m iprange --dst-range ") {
+                let (lo, hi) = r.split(' ').next().unwrap().split_once('-').unwrap();
+                let (lo, hi): (std::net::IpAddr, std::net::IpAddr) =
+                    (lo.parse().unwrap(), hi.parse().unwrap());
+                crate::net::Range::single(&lo).lo <= v && v <= crate::net::Range::single(&hi).lo
+            } else {
+                continue;
+            };
+            if !holds {
+                continue;
+            }
+            if target.starts_with("REYES-D") {
+                return walk(t, &target, dst, seen);
+            }
+            return Some(target);
+        }
+        None
+    }
+
+    #[test]
+    fn dispatch_tree_finds_every_destination_in_few_steps() {
+        use std::fmt::Write;
+        let mut yaml = String::from("groups:\n");
+        for g in 0..300 {
+            let _ = writeln!(yaml, "  - {{id: sg-{g:03}}}");
+        }
+        yaml.push_str("hosts:\n");
+        for h in 0..900u32 {
+            let a = std::net::Ipv4Addr::from(0x0a00_0000 + 2 * h + 1);
+            let _ = writeln!(
+                yaml,
+                "  - {{id: h{h}, addresses: [{a}, \"fd00::{:x}\"], groups: [sg-{:03}]}}",
+                h + 1,
+                h % 300
+            );
+        }
+        let mut c = ctx(&[]);
+        c.target = Target::AllGroups;
+        let rs = crate::compile::compile(&doc(&yaml), &c).unwrap();
+        let fanout = 8;
+        let p = plan(
+            &rs,
+            &Options {
+                dispatch: DispatchLayout::Tree(fanout),
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        for (t, dispatch) in [(&p.v4, &rs.dispatch4), (&p.v6, &rs.dispatch6)] {
+            assert_eq!(dispatch.len(), 900);
+            // Every node holds at most `fanout` rules, and one more to go on.
+            for chain in t.chains.iter().filter(|c| c.starts_with("REYES-D")) {
+                assert!(specs(t, chain).len() <= fanout + 1, "{chain}");
+            }
+            let mut worst = 0;
+            for e in dispatch.iter() {
+                let mut seen = 0;
+                let got = walk(t, BASE_CHAIN, e.range.lo_addr(), &mut seen);
+                assert_eq!(got, Some(chain_name(&e.chain)), "{}", e.range.lo_addr());
+                worst = worst.max(seen);
+            }
+            // 900 leaves at 8 per chain: four levels; the base chain's own rules come first.
+            let base = specs(t, BASE_CHAIN).len();
+            assert!(
+                worst <= base + 4 * fanout,
+                "{worst} rules for one destination"
+            );
+            // An address between two destinations reaches no group chain.
+            let gap = if t.family == Family::V4 {
+                "10.0.0.2".parse().unwrap()
+            } else {
+                "fd00::1:0".parse().unwrap()
+            };
+            assert_eq!(walk(t, BASE_CHAIN, gap, &mut 0), None);
+        }
+    }
+
     #[test]
     fn render_is_deterministic() {
-        let rs = compile(&doc(TWO), &ctx(&["10.0.0.1", "10.0.0.2", "fd00::2"])).unwrap();
+        let rs = compile_sets(&doc(TWO), &ctx(&["10.0.0.1", "10.0.0.2", "fd00::2"])).unwrap();
         let a = render(&rs, &Options::default()).unwrap();
         let b = render(&rs, &Options::default()).unwrap();
         assert_eq!(a, b);

@@ -8,8 +8,7 @@ use super::fake_host::{FakeHost, HostState, Injected};
 use super::render::{plan, DispatchLayout, Options, Plan};
 use super::{Tools, Variant};
 use crate::backend::BackendError;
-use crate::compile::compile;
-use crate::compile::tests::{ctx, doc, TWO};
+use crate::compile::tests::{compile_sets, ctx, doc, TWO};
 
 const HOST_RULE: &str = "-p tcp -m tcp --dport 2222 -j DROP";
 
@@ -26,13 +25,13 @@ fn tools(h: &FakeHost) -> Tools {
 }
 
 fn plan_a() -> Plan {
-    let rs = compile(&doc(TWO), &ctx(&["10.0.0.1"])).unwrap();
+    let rs = compile_sets(&doc(TWO), &ctx(&["10.0.0.1"])).unwrap();
     plan(&rs, &Options::default()).unwrap()
 }
 
 /// Another host's rules, with sets for everything (more ipset steps to fail).
 fn plan_b() -> Plan {
-    let rs = compile(&doc(TWO), &ctx(&["10.0.0.1", "10.0.0.2", "fd00::2"])).unwrap();
+    let rs = compile_sets(&doc(TWO), &ctx(&["10.0.0.1", "10.0.0.2", "fd00::2"])).unwrap();
     let opts = Options {
         dispatch: DispatchLayout::Sets,
         literal_rules_max: 0,

@@ -4,15 +4,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::compile::{
-    AddrKey, AddrMatch, ChainPolicy, CtState, DispatchEntry, Hook, Match, PortProto, Rule, Ruleset,
-    Verdict,
+    AddrKey, AddrMatch, ChainPolicy, CtState, Hook, Match, PortProto, Rule, Ruleset, Verdict,
 };
 use crate::net::{Cidr, Family, Range};
 use crate::proto::{self, PortRange};
 
 use super::matches::*;
 use super::names::*;
-use super::plan::{err, DispatchLayout, IpSet, Line, Options, RenderError, Table};
+use super::plan::{err, IpSet, Line, Options, RenderError, Table};
+
+mod dispatch;
 
 /// A continuation: what happens when a chain runs off its end.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -584,89 +585,6 @@ impl<'a> Translator<'a> {
         }
         if let Cont::Chain(next) = k {
             self.push(chain, format!("-g {next}"), Some(format!("{end}: go on")));
-        }
-        Ok(())
-    }
-
-    fn dispatch(&mut self, chain: &str, rule: &Rule, r: &Cont) -> Result<(), RenderError> {
-        if self.primary.is_none() {
-            self.primary = Some(r.clone());
-        }
-        let Some(parts) = self.conditions(rule)? else {
-            return Ok(());
-        };
-        let rs = self.rs;
-        let (entries, dir, map): (&[DispatchEntry], Dir, &str) = match &rule.verdict {
-            Verdict::DispatchBy { map, key, .. } => {
-                let Some(m) = rs.map(map) else {
-                    return err(format!(
-                        "a rule looks up map {map}, which the ruleset does not define"
-                    ));
-                };
-                let dir = match key {
-                    AddrKey::Source => Dir::Src,
-                    AddrKey::Destination => Dir::Dst,
-                };
-                (m.entries.as_slice(), dir, &**map)
-            }
-            _ => (rs.dispatch(self.fam), Dir::Dst, ""),
-        };
-        let (flag, word) = match dir {
-            Dir::Src => ("-s", "src"),
-            Dir::Dst => ("-d", "dst"),
-        };
-        let mut by_chain: BTreeMap<&str, Vec<Range>> = BTreeMap::new();
-        for e in entries {
-            by_chain.entry(&*e.chain).or_default().push(e.range);
-        }
-        let mut first = true;
-        for (target_ir, ranges) in by_chain {
-            let target = self.variant(target_ir, r)?;
-            let prefixes: Vec<Cidr> = ranges.iter().flat_map(|r| r.to_prefixes()).collect();
-            let as_rules = match self.opts.dispatch {
-                DispatchLayout::Rules => true,
-                DispatchLayout::Sets => false,
-                DispatchLayout::Auto(max) => prefixes.len() <= max,
-            } && (dir == Dir::Dst || parts.src.is_empty());
-            let goto = format!("-g {target}");
-            let specs = if as_rules {
-                let dst: Vec<String> = prefixes
-                    .iter()
-                    .map(|c| {
-                        if c.net().prefix_len() == 0 {
-                            String::new()
-                        } else {
-                            format!("{flag} {}", cidr_text(c))
-                        }
-                    })
-                    .collect();
-                match dir {
-                    Dir::Dst => parts.specs(&dst, "", &goto),
-                    Dir::Src => {
-                        let mut p = parts.clone();
-                        p.src = dst;
-                        p.specs(&[], "", &goto)
-                    }
-                }
-            } else {
-                // The input map's sets keep their names; other maps' sets carry the map's.
-                let body = if map.is_empty() {
-                    format!("d{}_{target_ir}", self.fam.digit())
-                } else {
-                    format!("{map}_{target_ir}")
-                };
-                let set = IpSet::new(
-                    set_name(&body),
-                    self.fam,
-                    set_members(&ranges),
-                    format!("destinations of {target_ir}"),
-                );
-                let name = self.add_set(set)?;
-                parts.specs(&[], &format!("-m set --match-set {name} {word}"), &goto)
-            };
-            let comment = first.then(|| origin_text(&rule.origin));
-            first = false;
-            self.push_all(chain, specs, comment);
         }
         Ok(())
     }

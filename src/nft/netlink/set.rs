@@ -278,8 +278,10 @@ pub fn interval_elements(
 pub struct SetElems<'t, 'e> {
     /// Table.
     pub table: &'t Table,
-    /// Set name.
-    pub set: &'e str,
+    /// Set name; `None`: found by its id alone (a set created earlier in the same batch). The
+    /// kernel finds a set by name by walking the table's list of sets, by id by walking the
+    /// batch's new sets from the newest: for a set just created, the id is one step.
+    pub set: Option<&'e str>,
     /// Set id in the batch.
     pub set_id: u32,
     /// The elements.
@@ -295,15 +297,13 @@ impl SetElems<'_, '_> {
             .enumerate()
             .map(|(i, e)| e.attr((i + 1) as u16))
             .collect();
-        Message::new(
-            MsgType::NewSetElem,
-            vec![
-                Attr::str(NFTA_SET_ELEM_LIST_TABLE, self.table.name()),
-                Attr::str(NFTA_SET_ELEM_LIST_SET, self.set),
-                Attr::U32(NFTA_SET_ELEM_LIST_SET_ID, self.set_id),
-                Attr::Nested(NFTA_SET_ELEM_LIST_ELEMENTS, list),
-            ],
-        )
+        let mut attrs = vec![Attr::str(NFTA_SET_ELEM_LIST_TABLE, self.table.name())];
+        if let Some(name) = self.set {
+            attrs.push(Attr::str(NFTA_SET_ELEM_LIST_SET, name));
+        }
+        attrs.push(Attr::U32(NFTA_SET_ELEM_LIST_SET_ID, self.set_id));
+        attrs.push(Attr::Nested(NFTA_SET_ELEM_LIST_ELEMENTS, list));
+        Message::new(MsgType::NewSetElem, attrs)
     }
 }
 
