@@ -145,7 +145,7 @@ fn revocation_cuts_the_connections_a_new_policy_denies_and_only_those() {
         open(&bed, "10.20.0.1", "10.10.0.1", 5432),
         open(&bed, "fd00:20::1", "fd00:10::1", 5432),
     ];
-    let mut kept = vec![
+    let mut kept = [
         open(&bed, "10.20.0.2", "10.10.0.1", 5432),
         // The same two hosts as the first denied one, on a port still allowed.
         open(&bed, "10.20.0.1", "10.10.0.1", 8080),

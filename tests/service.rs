@@ -199,6 +199,8 @@ fn metrics_files_pass_promtool() {
                 audit: vec![],
             }),
             drift_repairs: 1,
+            revoked: 2,
+            revoke_failed: false,
         },
         Ok(()),
         Some(AppliedFacts {

@@ -386,7 +386,7 @@ impl Conntrack for Kernel {
     }
 
     fn delete(&mut self, entries: &[Entry]) -> Result<Deleted, ConntrackError> {
-        let (deleted, gone) = self.acked("delete", entries, |e, seq| delete_message(e, seq))?;
+        let (deleted, gone) = self.acked("delete", entries, delete_message)?;
         Ok(Deleted { deleted, gone })
     }
 }
