@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
-use common::{code, netns_available, normalise, reyes_bin, stderr, table_block, text, Netns};
+use common::{
+    code, netns_available, normalise, reyes_bin, stderr, stdout, table_block, text, Netns,
+};
 
 const HOST: &str = "10.1.0.12";
 
@@ -729,4 +731,56 @@ fn config_errors_exit_2_with_location() {
         "{}",
         text(&o)
     );
+}
+
+#[test]
+fn a_document_over_the_limits_is_refused_and_the_live_rules_stay() {
+    if !netns_available() {
+        return;
+    }
+    let rig = Rig::new("limits");
+    rig.lead();
+    rig.follow();
+    // What the limits bound, as `render --stats` counts it.
+    let doc = rig.p("store/current/rules.json");
+    let o = rig.with_cfg(&[
+        "render",
+        "--document",
+        doc.to_str().unwrap(),
+        "--host",
+        HOST,
+        "--stats",
+    ]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let stats = stdout(&o);
+    let rules: usize = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("rules: "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no rules count in:\n{stats}"));
+    for key in ["sets: ", "elements: ", "chains: ", "batch bytes: "] {
+        assert!(stats.contains(key), "{key:?} missing in:\n{stats}");
+    }
+    // A new rule, and a limit just under the new count.
+    let inv = std::fs::read_to_string(rig.p("inventory.yaml")).unwrap().replace(
+        "      - {proto: tcp, ports: 9100, from: {prefix_lists: [pl-monitoring]}}",
+        "      - {proto: tcp, ports: 9100, from: {prefix_lists: [pl-monitoring]}}\n      - {proto: udp, ports: 5353, from: {cidrs: [10.77.0.0/16]}}",
+    );
+    write(&rig.p("inventory.yaml"), &inv);
+    rig.lead();
+    let cfg = std::fs::read_to_string(rig.p("reyes.yaml")).unwrap()
+        + &format!("  limits: {{rules: {rules}}}\n");
+    write(&rig.p("reyes.yaml"), &cfg);
+    refused_unchanged(&rig, "over follower.limits.rules", &[]);
+    // Within the limits again: applied.
+    let cfg = cfg.replace(
+        &format!("limits: {{rules: {rules}}}"),
+        "limits: {rules: 100000}",
+    );
+    write(&rig.p("reyes.yaml"), &cfg);
+    rig.follow();
+    assert!(rig
+        .live()
+        .unwrap()
+        .contains("ip saddr 10.77.0.0/16 udp dport 5353"));
 }

@@ -28,7 +28,7 @@ impl Default for Limits {
             set_elements: 1_000_000,
             elements: 2_000_000,
             rules: 500_000,
-            batch_bytes: 256 << 20,
+            batch_bytes: 128 << 20,
         }
     }
 }
