@@ -253,6 +253,18 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_host_id_in_the_config_names_its_line() {
+        let text = "environment: p\nstore: {directory: s}\nfollower:\n  receipts: true\n  host_id: ../etc/x\n";
+        let e = crate::config::Config::parse(text, std::path::Path::new("r.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("r.yaml:5:"), "{e}");
+        assert!(e.contains("host id \"../etc/x\""), "{e}");
+        let text = "environment: p\nstore: {directory: s}\nfleet: {tolerate: [sleepy]}\n";
+        assert!(crate::config::Config::parse(text, std::path::Path::new("r.yaml")).is_err());
+    }
+
+    #[test]
     fn fleet_defaults_and_durations() {
         let f = FleetConfig::default();
         assert_eq!(f.silent_after(), Duration::from_secs(180));

@@ -308,3 +308,42 @@ fn clean_escapes_and_shortens() {
     assert_eq!(clean("abcdef", 3), "abc...");
     assert_eq!(clean("\u{9b}x", 10), "\\u{9b}x");
 }
+
+#[test]
+fn nothing_published_is_a_problem_not_a_crash() {
+    let d = tempfile::tempdir().unwrap();
+    let text = format!(
+        "environment: prod\nstore: {{directory: {}}}\n",
+        d.path().join("store").display()
+    );
+    let cfg = Config::parse(&text, std::path::Path::new("r.yaml")).unwrap();
+    let f = fleet(&cfg, at(0)).unwrap();
+    assert!(f.hosts.is_empty());
+    let problem = f.published_problem.clone().unwrap();
+    assert!(problem.contains("does not exist"), "{problem}");
+    assert_eq!(f.exit_code(), 1);
+    assert!(
+        f.text().starts_with("published: none\nproblem: "),
+        "{}",
+        f.text()
+    );
+
+    // A receipt alone: listed, judged without a document to compare with.
+    let r = receipt("web-1", 10, "sha256:p10", 0);
+    crate::store::receipts::put_in_directory(
+        &d.path().join("store"),
+        &r.host_id,
+        &serde_json::to_vec(&r).unwrap(),
+    )
+    .unwrap();
+    let f = fleet(&cfg, at(30)).unwrap();
+    assert_eq!(
+        states(&f.hosts),
+        [("web-1".to_string(), HostState::Current, false)]
+    );
+    assert!(
+        f.hosts[0].detail.contains("no published document"),
+        "{}",
+        f.hosts[0].detail
+    );
+}
