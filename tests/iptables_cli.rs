@@ -47,9 +47,10 @@ fn follower_applies_through_iptables_and_flush_removes_it() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::create_dir_all(d.join("store")).unwrap();
-    std::fs::copy(
-        concat!(env!("CARGO_MANIFEST_DIR"), "/examples/inventory.yaml"),
+    // Enough load balancers for sg-lb to get an ipset (reyes-m4_sg_lb).
+    std::fs::write(
         d.join("inventory.yaml"),
+        common::example_inventory_with_sets(),
     )
     .unwrap();
     let cfg = d.join("reyes.yaml");

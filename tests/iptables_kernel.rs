@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::{docs, enter_netns as enter, netns_available, text, Netns};
 use reyes::backend::{Backend, BackendError};
-use reyes::compile::{compile, HostContext, Ruleset, Target};
+use reyes::compile::{compile_with, HostContext, Layout, Ruleset, Target};
 use reyes::config::{Enforce, IptablesVariant};
 use reyes::iptables::{self, render, IptablesBackend, Variant};
 
@@ -46,7 +46,9 @@ fn host(addrs: &[&str], enforce: Enforce, managed: &[&str]) -> HostContext {
 }
 
 fn ruleset(yaml: &str, ctx: &HostContext) -> Ruleset {
-    compile(&doc(yaml, 1), ctx).unwrap()
+    // A set for every source group: these tests are about ipsets, and their groups are small
+    // enough for the default layout to inline.
+    compile_with(&doc(yaml, 1), ctx, Layout::PLAIN).unwrap()
 }
 
 fn choice(v: Variant) -> IptablesVariant {

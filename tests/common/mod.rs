@@ -281,3 +281,19 @@ pub mod docs {
         std::fs::read_to_string(&p).expect("read examples/inventory.yaml")
     }
 }
+
+/// examples/inventory.yaml with four more load balancers (sg-lb), apart from each other: five
+/// intervals, more than the default layout inlines ([`reyes::compile::INLINE_MAX`]), so that
+/// sg-lb, a source group, gets a named set (`m4_sg_lb`, ipset `reyes-m4_sg_lb`). For tests
+/// about sets, drift in their elements, and their removal.
+#[allow(dead_code)]
+pub fn example_inventory_with_sets() -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/inventory.yaml");
+    let mut text = std::fs::read_to_string(path).expect("examples/inventory.yaml");
+    for i in 2..=5 {
+        text.push_str(&format!(
+            "  - {{id: eni-lb{i}, addresses: [10.1.{i}.5], groups: [sg-lb]}}\n"
+        ));
+    }
+    text
+}
