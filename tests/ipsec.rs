@@ -2,9 +2,11 @@
 //! machine's kernel has no ESP). Each test runs tests/ipsec/run-guest.sh, which boots Debian's
 //! stock kernel under qemu (TCG) with the host's / read-only over 9p; inside, this build's
 //! `reyes follower` applies a signed document in a network namespace and real TCP, UDP and ICMP
-//! go over ESP transport-mode SAs (IPv4 and IPv6), or without any SA. The guest writes one line
-//! per check to its second serial port; this file parses that report itself and fails on any
-//! check that is missing, unexpected or failed, whatever the script's own verdict.
+//! go over ESP transport-mode SAs (IPv4 and IPv6), or without any SA. Then, in the same guest,
+//! a VPN gateway (`follower.mode: gateway`) judges what it forwards from ESP tunnels to a
+//! server behind it, while forwarded traffic that came in plain is left alone. The guest writes
+//! one line per check to its second serial port; this file parses that report itself and fails
+//! on any check that is missing, unexpected or failed, whatever the script's own verdict.
 //!
 //! Skips: without qemu or the kernel package (and no way to install them) the script exits 77
 //! and the test prints that it skipped, unless REYES_REQUIRE_QEMU=1 (scripts/test sets it as
@@ -54,6 +56,18 @@ const CHECKS: &[&str] = &[
     "log_accept_v6",
     "log_no_plain",
     "status_counts",
+    // The VPN gateway (tests/ipsec/gateway-check.sh): ESP tunnels in, forward hook.
+    "gw_apply",
+    "gw_esp_allowed_tcp_v4",
+    "gw_esp_allowed_tcp_v6",
+    "gw_plain_untouched_v4",
+    "gw_plain_untouched_v6",
+    "gw_esp_denied_group_v4",
+    "gw_esp_denied_group_v6",
+    "gw_esp_denied_port_v4",
+    "gw_esp_denied_port_v6",
+    "gw_log_forward_drop",
+    "gw_status_counts",
 ];
 
 /// A line for the test log even when the harness captures output (libtest captures only the

@@ -2,6 +2,9 @@
 # Runs inside the IPsec test guest (see run-guest.sh and guest-init.sh), as root, chrooted into
 # the host's / (read-only; /run is a tmpfs). Argument: the env file run-guest.sh wrote.
 #
+# Then a VPN gateway in three more namespaces (tests/ipsec/gateway-check.sh, sourced at the end):
+# ESP tunnels from a remote site, `follower.mode: gateway` judging what the gateway forwards.
+#
 # Two network namespaces joined by a veth pair:
 #   web    10.1.0.10 fd00:1::10                the follower: reyes applies the document here
 #   peers  10.1.0.5/.6/.7 fd00:1::5/6/7        lb, other and plain (tests/ipsec/inventory.yaml)
@@ -24,7 +27,7 @@ set -uo pipefail
 env_file=$1
 # shellcheck disable=SC1090
 . "$env_file"
-: "${REYES_BIN:?}" "${REYES_CONFIG:?}" "${BACKEND:?}" "${NFT_TRANSPORT:?}" "${MODROOT:?}"
+: "${REYES_BIN:?}" "${REYES_CONFIG:?}" "${BACKEND:?}" "${NFT_TRANSPORT:?}" "${MODROOT:?}" "${GATEWAY_CHECK:?}"
 
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export TMPDIR=/run/tmp HOME=/run/home LC_ALL=C
@@ -375,4 +378,8 @@ printf '%s\n' "$st"
 sd=$(sed -n 's/^dropped: \([0-9]*\) packets.*/\1/p' <<<"$st")
 [ -n "$sd" ] && [ "$sd" -gt 0 ] && [ "$sd" -eq "$(dropped)" ]
 check status_counts $? "reyes status: dropped ${sd:-?} packets; the counter itself: $(dropped)"
+
+# --- gateway mode: the same document enforced on what a VPN gateway forwards --------------------
+# shellcheck source=tests/ipsec/gateway-check.sh
+. "$GATEWAY_CHECK"
 finish

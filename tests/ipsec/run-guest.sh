@@ -6,8 +6,9 @@
 # chroots into it: the guest runs this build's reyes binary and the host's nft, iptables, ip,
 # socat. tests/ipsec/guest-check.sh then builds network namespaces joined by veth, ESP SAs
 # between some of them, has `reyes follower` apply a document signed here, sends real traffic,
-# and reports one line per check on the second serial port (a file here). The guest powers
-# itself off; the whole qemu run has a hard timeout.
+# and reports one line per check on the second serial port (a file here). Then the same document
+# on a VPN gateway (tests/ipsec/gateway-check.sh): ESP tunnels in, `follower.mode: gateway`.
+# The guest powers itself off; the whole qemu run has a hard timeout.
 #
 # Usage: tests/ipsec/run-guest.sh [--backend nft|iptables] [--nft-transport cli|netlink]
 #          [--reyes BIN] [--out DIR] [--timeout SECS] [--keep]
@@ -192,6 +193,7 @@ reyes=$(guest_path "$reyes")
 modroot=$(guest_path "${modbase%/}/lib/modules")
 inventory=$(guest_path "$here/inventory.yaml")
 guest_check=$(guest_path "$here/guest-check.sh")
+gateway_check=$(guest_path "$here/gateway-check.sh")
 
 tmpbase=${TMPDIR:-/tmp}
 case $(readlink -f "$tmpbase") in /run/* | /proc/* | /sys/* | /dev/*) tmpbase=/var/tmp ;; esac
@@ -228,11 +230,37 @@ follower:
   state_dir: /run/reyes/state
 EOF
 "$reyes" -q --config "$work/reyes.yaml" leader --once || die "reyes leader --once failed"
+# The gateway scenario's follower: the same store and keyring, `mode: gateway` for the VPC
+# behind it; its own (outer) addresses are in no group.
+cat >"$work/reyes-gw.yaml" <<EOF
+# Written by tests/ipsec/run-guest.sh: the VPN gateway's follower (tests/ipsec/gateway-check.sh).
+environment: ipsec-lab
+store:
+  directory: store
+signing:
+  keyring: keys/leader.cert.asc
+follower:
+  backend: nft
+  nft_transport: $transport
+  enforce: ipsec
+  mode: gateway
+  gateway_cidrs: [10.1.0.0/16, "fd00:1::/56"]
+  addresses: [192.0.2.1, "2001:db8::1"]
+  log_accept: true
+  log_drop: true
+  disable_file: /run/reyes/gw-disabled
+  state_dir: /run/reyes/gw-state
+EOF
+"$reyes" --config "$work/reyes-gw.yaml" render --document "$work/store/rules.json" \
+  --mode gateway --gateway-cidr 10.1.0.0/16 --gateway-cidr fd00:1::/56 \
+  --host 192.0.2.1 --host 2001:db8::1 >"$out/render-gw.nft" 2>&1 || true
 "$reyes" --config "$work/reyes.yaml" render --document "$work/store/rules.json" \
   --host 10.1.0.10 --host fd00:1::10 >"$out/render.nft" 2>&1 || true
 
 cat >"$work/guest-env" <<EOF
 GUEST_CHECK='$guest_check'
+GATEWAY_CHECK='$gateway_check'
+GATEWAY_CONFIG='$work/reyes-gw.yaml'
 REYES_BIN='$reyes'
 REYES_CONFIG='$work/reyes.yaml'
 BACKEND='$backend'
