@@ -462,6 +462,12 @@ fn a_forged_serial_in_the_store_does_not_freeze_the_leader() {
         "\"serial\":18446744073709551615,",
     );
     assert_ne!(text, forged);
+    // Both copies of the document (the .gz is what readers take when it is as new).
+    std::fs::write(
+        l.p("store/current/rules.json.gz"),
+        reyes::fsutil::gzip(forged.as_bytes()),
+    )
+    .unwrap();
     std::fs::write(&doc_path, forged).unwrap();
     // The next run ignores the unverifiable document: its serial moves on from the time,
     // not from the forgery.
