@@ -279,12 +279,14 @@ fn revert(cfg: &Config, state: &StateDir, p: &Pending) -> CmdResult<String> {
         tracing::warn!(error = %e, "cannot forget the store version");
     }
     if !p.previous {
-        let backend = follower::open_backend(cfg, choice)?;
-        backend.flush().runtime()?;
-        return Ok(format!(
-            "nothing was applied before: reyes' {} objects flushed",
-            backend.name()
-        ));
+        // As `reyes flush`: every reyes object of both backends, whichever one applied.
+        let removed = crate::live::remove(&crate::live::Kind::BOTH).runtime()?;
+        let what = if removed.is_empty() {
+            "nothing was live".to_string()
+        } else {
+            removed.join("; ")
+        };
+        return Ok(format!("nothing was applied before: flushed ({what})"));
     }
     let doc = read_limited(&prev.join(DOCUMENT), MAX_DOCUMENT_BYTES).runtime()?;
     let sig = read_limited(&prev.join(SIGNATURE), MAX_SIGNATURE_BYTES).runtime()?;

@@ -105,12 +105,25 @@ pub fn select(
 }
 
 /// After `current` went live: when the previous apply went through the other backend
-/// (`previous`, as recorded), remove that backend's objects. A failure is logged, not
-/// returned: the new rules are live, and the old ones can only drop more; `reyes status`
-/// shows them and `reyes flush` removes them.
+/// (`previous`, as recorded), remove that backend's objects. With nothing recorded (a first
+/// apply, or a state directory that was wiped), the other backend is looked at too: reyes
+/// objects there are leftovers of an earlier install and are removed, so that one backend
+/// enforces, not two. A failure is logged, not returned: the new rules are live, and the old
+/// ones can only drop more; `reyes status` shows them and `reyes flush` removes them.
 pub fn remove_previous(current: &dyn Backend, previous: Option<&str>) -> Vec<String> {
-    let (Some(now), Some(before)) = (Kind::of(current.name()), previous.and_then(Kind::of)) else {
+    let Some(now) = Kind::of(current.name()) else {
         return Vec::new();
+    };
+    let before = match previous {
+        Some(p) => match Kind::of(p) {
+            Some(k) => k,
+            None => return Vec::new(),
+        },
+        None => match now.other().owned() {
+            Ok(left) if !left.is_empty() => now.other(),
+            // Nothing there, or no way to look (the other backend's tools are not installed).
+            _ => return Vec::new(),
+        },
     };
     if now == before {
         return Vec::new();

@@ -484,6 +484,30 @@ fn status(rig: &Rig, ns: &Netns, args: &[&str]) -> (i32, String) {
 }
 
 #[test]
+fn a_fresh_state_directory_still_removes_the_other_backend() {
+    if !netns_available() || !iptables_available() {
+        return;
+    }
+    let rig = Rig::new("fresh", &format!("[{HOST}]"));
+    rig.lead();
+    follow_logged(&rig, &["--backend", "iptables"]);
+    assert!(!iptables_reyes(&rig.ns).is_empty());
+    // The state directory is lost (a reinstall, a wiped disk): nothing says iptables applied.
+    std::fs::remove_dir_all(rig.p("state")).unwrap();
+    let log = follow_logged(&rig, &[]);
+    assert!(
+        log.contains("removed the iptables backend's objects"),
+        "{log}"
+    );
+    assert!(rig.live(&rig.ns).is_some());
+    assert_eq!(iptables_reyes(&rig.ns), Vec::<String>::new());
+    // And a first apply with nothing of the other backend's around removes nothing.
+    std::fs::remove_dir_all(rig.p("state")).unwrap();
+    let log = follow_logged(&rig, &[]);
+    assert!(!log.contains("removed the"), "{log}");
+}
+
+#[test]
 fn switching_backend_removes_the_other_and_flush_removes_both() {
     if !netns_available() || !iptables_available() {
         return;
