@@ -10,6 +10,7 @@
 //! The estate is built through the SDK, so the test knows every id and address it expects.
 
 mod common;
+mod moto;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -24,183 +25,13 @@ use std::time::{Duration, Instant};
 use aws_sdk_ec2::types as ec2t;
 use aws_sdk_s3::primitives::ByteStream;
 use common::{code, netns_available, normalise, reyes_bin, stderr, table_block, text, Netns};
+use moto::{forward_into, free_port, moto, AWS_ENV};
 use serde_json::{json, Value};
 
 const BUCKET: &str = "reyes-test";
 const KEY: &str = "prod/rules.json";
 const EAST: &str = "us-east-1";
 const WEST: &str = "us-west-2";
-
-// ---------------------------------------------------------------------------------------------
-// moto_server
-
-struct Moto {
-    port: u16,
-    /// The wrapper shell reads this pipe and stops moto_server when it closes (when this
-    /// process exits, however it exits).
-    _stdin: Mutex<ChildStdin>,
-    _child: Mutex<Child>,
-}
-
-static MOTO: OnceLock<Option<Moto>> = OnceLock::new();
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn moto_binary() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("REYES_MOTO_SERVER") {
-        if !p.is_empty() {
-            return Some(PathBuf::from(p));
-        }
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    let p = cache.join("reyes/venv/bin/moto_server");
-    p.exists().then_some(p)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A minimal HTTP/1.1 request to 127.0.0.1:port; returns the status.
-fn http(port: u16, method: &str, path: &str) -> std::io::Result<u16> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf)?;
-    buf.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("not HTTP: {buf:?}")))
-}
-
-fn start_moto(bin: &Path) -> Moto {
-    let port = free_port();
-    let log = std::env::temp_dir().join(format!("reyes-moto-{}.log", std::process::id()));
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(r#"exec 3<&0; "$0" -H 127.0.0.1 -p "$1" </dev/null >"$2" 2>&1 & pid=$!; read _ <&3; kill $pid; wait $pid; rm -f "$2""#)
-        .arg(bin)
-        .arg(port.to_string())
-        .arg(&log)
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("start moto_server");
-    let stdin = child.stdin.take().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while http(port, "POST", "/moto-api/reset").ok() != Some(200) {
-        if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
-            panic!(
-                "moto_server ({}) did not come up on port {port}: {}",
-                bin.display(),
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Moto {
-        port,
-        _stdin: Mutex::new(stdin),
-        _child: Mutex::new(child),
-    }
-}
-
-/// The shared moto_server, reset, and the lock that keeps other tests off it; None (after a
-/// note) when moto_server is not installed and not required.
-fn moto() -> Option<(u16, MutexGuard<'static, ()>)> {
-    let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let m = MOTO.get_or_init(|| moto_binary().map(|b| start_moto(&b)));
-    let Some(m) = m else {
-        if std::env::var("REYES_REQUIRE_MOTO").as_deref() == Ok("1") {
-            panic!("moto_server not found (REYES_REQUIRE_MOTO=1): run scripts/setup, or set REYES_MOTO_SERVER");
-        }
-        common::skipped("moto_server not found (run scripts/setup, or set REYES_MOTO_SERVER)");
-        return None;
-    };
-    assert_eq!(http(m.port, "POST", "/moto-api/reset").unwrap(), 200);
-    // For the stores this process opens itself (default credential chain). Set under the
-    // lock, once, before any of them reads the environment.
-    static ENV: std::sync::Once = std::sync::Once::new();
-    ENV.call_once(|| {
-        for (k, v) in AWS_ENV {
-            std::env::set_var(k, v);
-        }
-    });
-    Some((m.port, guard))
-}
-
-// ---------------------------------------------------------------------------------------------
-// A port of the host's loopback inside a network namespace
-
-/// Listens on 127.0.0.1:port inside a namespace and forwards every connection to the same
-/// port on the host's loopback, so a follower in the namespace reaches moto_server. Stops
-/// accepting when dropped.
-struct Forward {
-    stop: Arc<AtomicBool>,
-}
-
-impl Drop for Forward {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
-}
-
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
-    let mut buf = [0u8; 16384];
-    loop {
-        match from.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if to.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-        }
-    }
-    let _ = to.shutdown(std::net::Shutdown::Write);
-}
-
-fn forward_into(ns: &Netns, port: u16) -> Forward {
-    let target = std::fs::File::open(format!("/var/run/netns/{}", ns.name)).unwrap();
-    // Only this short-lived thread enters the namespace, to bind; the socket stays in it.
-    let listener = std::thread::spawn(move || {
-        // SAFETY: setns on the calling thread with a valid namespace fd; the thread ends here.
-        let rc = unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        TcpListener::bind(("127.0.0.1", port)).unwrap()
-    })
-    .join()
-    .unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let s = stop.clone();
-    // Spawned from a thread in the host's namespace: connects out from there.
-    std::thread::spawn(move || {
-        while !s.load(Ordering::SeqCst) {
-            match listener.accept() {
-                Ok((inside, _)) => {
-                    inside.set_nonblocking(false).unwrap();
-                    let Ok(outside) = TcpStream::connect(("127.0.0.1", port)) else {
-                        continue;
-                    };
-                    let (i2, o2) = (inside.try_clone().unwrap(), outside.try_clone().unwrap());
-                    std::thread::spawn(move || pipe(inside, outside));
-                    std::thread::spawn(move || pipe(o2, i2));
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(10)),
-            }
-        }
-    });
-    Forward { stop }
-}
 
 // ---------------------------------------------------------------------------------------------
 // SDK clients for building the estate
@@ -728,17 +559,6 @@ struct Rig {
 /// The follower's own address (the standalone interface in group web).
 const HOST: &str = "10.1.1.50";
 
-/// The environment of every reyes process: static credentials, no instance metadata, no
-/// profile files, and few attempts so that "unreachable" fails fast.
-const AWS_ENV: [(&str, &str); 7] = [
-    ("AWS_MAX_ATTEMPTS", "2"),
-    ("AWS_ACCESS_KEY_ID", "testing"),
-    ("AWS_SECRET_ACCESS_KEY", "testing"),
-    ("AWS_REGION", EAST),
-    ("AWS_EC2_METADATA_DISABLED", "true"),
-    ("AWS_CONFIG_FILE", "/dev/null"),
-    ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
-];
 
 impl Rig {
     fn new() -> Option<Rig> {

@@ -252,6 +252,16 @@ fn run_fleet_scenario(rig: &Rig) {
 
     // Default tolerance: every state but current pages.
     let strict = rig.leader_config("strict.yaml", "{interval: 1m}");
+    // The text report, for the test log (`--nocapture`): the same hosts, worst first.
+    let t = rig.fleet(&strict, "text");
+    assert_eq!(code(&t), 1, "{}", text(&t));
+    let shown = String::from_utf8_lossy(&t.stdout).into_owned();
+    eprintln!("reyes fleet:\n{shown}");
+    assert!(
+        shown.contains("hosts: 9 (")
+            && shown.lines().any(|l| l.contains(" current ") && l.contains(" web-1 ")),
+        "{shown}"
+    );
     let o = rig.fleet(&strict, "json");
     assert_eq!(code(&o), 1, "{}", text(&o));
     let report: Value = serde_json::from_slice(&o.stdout).unwrap();

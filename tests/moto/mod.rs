@@ -1,9 +1,9 @@
-//! moto_server for tests that need S3 only: one server per test binary on a free port of
+//! moto_server (EC2 and S3) for the AWS tests: one server per test binary on a free port of
 //! 127.0.0.1, reset before every test, tests one at a time, stopped when the test process
 //! exits. moto_server is found through REYES_MOTO_SERVER, then the venv scripts/setup makes;
 //! without it the tests are skipped (a failure under REYES_REQUIRE_MOTO=1). Buckets and
-//! objects are made with plain path-style HTTP requests (moto does not check signatures), so
-//! a test needs no SDK. A follower in a network namespace reaches the server through
+//! objects can be made with plain path-style HTTP requests (moto does not check signatures),
+//! so a test needs no SDK. A follower in a network namespace reaches the server through
 //! [`forward_into`].
 #![allow(dead_code)]
 
@@ -123,6 +123,14 @@ pub fn moto() -> Option<(u16, MutexGuard<'static, ()>)> {
         return None;
     };
     assert_eq!(http(m.port, "POST", "/moto-api/reset", b"").unwrap(), 200);
+    // For the stores a test process opens itself (default credential chain). Set under the
+    // lock, once, before any of them reads the environment.
+    static ENV: std::sync::Once = std::sync::Once::new();
+    ENV.call_once(|| {
+        for (k, v) in AWS_ENV {
+            std::env::set_var(k, v);
+        }
+    });
     Some((m.port, guard))
 }
 
