@@ -13,14 +13,11 @@ mod common;
 mod moto;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::sync::atomic::Ordering;
+use std::sync::MutexGuard;
+use std::time::Duration;
 
 use aws_sdk_ec2::types as ec2t;
 use aws_sdk_s3::primitives::ByteStream;
@@ -558,7 +555,6 @@ struct Rig {
 
 /// The follower's own address (the standalone interface in group web).
 const HOST: &str = "10.1.1.50";
-
 
 impl Rig {
     fn new() -> Option<Rig> {

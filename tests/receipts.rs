@@ -259,7 +259,9 @@ fn run_fleet_scenario(rig: &Rig) {
     eprintln!("reyes fleet:\n{shown}");
     assert!(
         shown.contains("hosts: 9 (")
-            && shown.lines().any(|l| l.contains(" current ") && l.contains(" web-1 ")),
+            && shown
+                .lines()
+                .any(|l| l.contains(" current ") && l.contains(" web-1 ")),
         "{shown}"
     );
     let o = rig.fleet(&strict, "json");
