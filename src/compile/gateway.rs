@@ -360,6 +360,15 @@ fn judged_part(
                 ));
             }
         }
+        if matches!(judged, Judged::Ingress) {
+            // What is judged here is labelled, like the input chain's: revocation re-judges
+            // these connections against the next policy (forwarded ones, on the forward hook).
+            out.push(base(
+                alt.clone(),
+                Verdict::CtLabel(CT_LABEL),
+                "label the connection as judged by reyes (revocation)",
+            ));
+        }
         for &f in &families {
             out.push(base(
                 alt.clone(),

@@ -1,8 +1,8 @@
 //! Revocation: after a policy change, cut the tracked connections the new policy denies.
 //!
-//! reyes' base chain labels every in-scope connection it lets through with the conntrack label
-//! bit [`CT_LABEL`] (a dropped packet's connection is never confirmed, so only accepted ones
-//! keep it). After an apply, [`revoke`] walks the conntrack table of both families, judges the
+//! reyes' input chain, and a gateway's forward chain, label every in-scope connection they let
+//! through with the conntrack label bit [`CT_LABEL`] (a dropped packet's connection is never
+//! confirmed, so only accepted ones keep it). Egress (the output chain) labels nothing. After an apply, [`revoke`] walks the conntrack table of both families, judges the
 //! connection of every labelled entry with the evaluator against the ruleset just applied, as
 //! a new connection would be judged, and deletes those it now denies. The next packet of a
 //! deleted connection is a new one to conntrack and meets the new rules (and the drop).
@@ -17,7 +17,7 @@ pub mod kernel;
 use std::net::IpAddr;
 use std::time::Instant;
 
-use crate::compile::{Ruleset, CT_LABEL};
+use crate::compile::{Hook, Ruleset, Target, CT_LABEL};
 use crate::eval::{evaluate, Decision, EvalError, Flow};
 use crate::net::Family;
 use crate::proto::{self, Proto};
@@ -170,9 +170,25 @@ pub struct Revocation {
     pub seconds: f64,
 }
 
+/// The hook a labelled connection passed: the forward hook on a gateway (a ruleset with a
+/// forward chain) for a connection to none of the host's own addresses, else the input hook.
+/// (Only the input chain and the gateway's forward chain label connections.)
+pub fn hook_of(rs: &Ruleset, e: &Entry) -> Hook {
+    let forwarded = rs.base_chain(Hook::Forward).is_some()
+        && match &rs.meta.target {
+            Target::Host(own) => !own.contains(&e.dst),
+            Target::AllGroups => false,
+        };
+    if forwarded {
+        Hook::Forward
+    } else {
+        Hook::Input
+    }
+}
+
 /// Whether the ruleset still allows a new connection like `e`.
 pub fn allowed(rs: &Ruleset, e: &Entry) -> Result<bool, EvalError> {
-    let flow = e.flow();
+    let flow = e.flow().at(hook_of(rs, e));
     if flow.check().is_err() {
         // Nothing a rule could judge (an IPv6 extension header as the protocol): keep it.
         return Ok(true);

@@ -1,7 +1,7 @@
 use super::kernel::{answers, delete_message, parse_entry, Answer, IPCTNL_MSG_CT_DELETE};
 use super::*;
 use crate::compile::tests::{ctx, doc};
-use crate::compile::{compile, Ruleset};
+use crate::compile::{compile, Hook, Ruleset, Verdict};
 use crate::nft::netlink::expr::label_bits;
 use crate::nft::netlink::wire::{Attr, Emit};
 
@@ -126,6 +126,36 @@ fn an_unchanged_policy_revokes_nothing_and_deletes_nothing() {
     };
     let r = revoke(&ruleset(POLICY), &mut t).unwrap();
     assert_eq!((r.labelled, r.revoked), (2, 0));
+}
+
+/// A VPN gateway (10.0.0.254, in no group) in front of the estate.
+fn gateway(yaml: &str) -> Ruleset {
+    let mut c = ctx(&["10.0.0.254"]);
+    c.mode = crate::config::Mode::Gateway;
+    compile(&doc(yaml), &c).unwrap()
+}
+
+#[test]
+fn a_gateway_judges_forwarded_connections_on_the_forward_hook() {
+    let old = entry("10.0.0.3", "10.0.0.1", 6, Some(5432), true);
+    let app = entry("10.0.0.2", "10.0.0.1", 6, Some(5432), true);
+    let ike = entry("10.0.0.3", "10.0.0.254", 17, Some(500), true);
+    let rs = gateway(TIGHTER);
+    assert_eq!(hook_of(&rs, &old), Hook::Forward);
+    assert_eq!(hook_of(&rs, &ike), Hook::Input, "to the gateway itself");
+    assert_eq!(hook_of(&ruleset(TIGHTER), &old), Hook::Input, "a host");
+    // The forward chain labels what it judges.
+    let (_, fwd) = rs.base_chain(Hook::Forward).unwrap();
+    assert!(fwd.iter().any(|r| r.verdict == Verdict::CtLabel(CT_LABEL)));
+
+    assert!(allowed(&gateway(POLICY), &old).unwrap());
+    let mut t = Fake {
+        entries: vec![old.clone(), app.clone(), ike.clone()],
+        ..Fake::default()
+    };
+    let r = revoke(&rs, &mut t).unwrap();
+    assert_eq!((r.labelled, r.revoked), (3, 1));
+    assert_eq!(t.deleted, vec![old]);
 }
 
 #[test]
