@@ -68,6 +68,10 @@ const CHECKS: &[&str] = &[
     "gw_esp_denied_port_v6",
     "gw_log_forward_drop",
     "gw_status_counts",
+    "gw_revoke_open",
+    "gw_revoke_apply",
+    "gw_revoke_cut",
+    "gw_revoke_plain_kept",
 ];
 
 /// A line for the test log even when the harness captures output (libtest captures only the

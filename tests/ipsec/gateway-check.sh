@@ -15,7 +15,7 @@
 
 # shellcheck shell=bash
 # shellcheck disable=SC2317 # the probe functions are called through gflow "$@"
-: "${GATEWAY_CONFIG:?}"
+: "${GATEWAY_CONFIG:?}" "${GATEWAY_CONFIG_2:?}"
 
 GW_OUT4=192.0.2.1 GP_OUT4=192.0.2.2 GW_OUT6=2001:db8::1 GP_OUT6=2001:db8::2
 GW_IN4=10.1.0.1 GW_IN6=fd00:1::1
@@ -152,13 +152,14 @@ ip netns exec srv bash -c '
   tcp4-443 "TCP4-LISTEN:443,bind=$SRV4,reuseaddr,fork" "SYSTEM:echo srv4-443" \
   tcp6-443 "TCP6-LISTEN:443,bind=[$SRV6],ipv6only=1,reuseaddr,fork" "SYSTEM:echo srv6-443" \
   tcp4-444 "TCP4-LISTEN:444,bind=$SRV4,reuseaddr,fork" "SYSTEM:echo srv4-444" \
-  tcp6-444 "TCP6-LISTEN:444,bind=[$SRV6],ipv6only=1,reuseaddr,fork" "SYSTEM:echo srv6-444"
+  tcp6-444 "TCP6-LISTEN:444,bind=[$SRV6],ipv6only=1,reuseaddr,fork" "SYSTEM:echo srv6-444" \
+  tcp4-8443 "TCP4-LISTEN:8443,bind=$SRV4,reuseaddr,fork" PIPE
 srv_listening() {
   local line n=0
   while read -r line; do
-    [[ $line =~ :(443|444)[[:space:]] ]] && n=$((n + 1))
+    [[ $line =~ :(443|444|8443)[[:space:]] ]] && n=$((n + 1))
   done <<<"$(ip netns exec srv ss -Hltn)"
-  [ $n -eq 4 ]
+  [ $n -eq 5 ]
 }
 deadline=$((SECONDS + 30))
 until srv_listening; do
@@ -240,3 +241,50 @@ printf '%s\n' "$st"
 sd=$(sed -n 's/^dropped: \([0-9]*\) packets.*/\1/p' <<<"$st")
 [ $src -eq 0 ] && [ -n "$sd" ] && [ "$sd" -gt 0 ] && [ "$sd" -eq "$(gdropped)" ]
 check gw_status_counts $? "reyes status exited $src: dropped ${sd:-?} packets; the counter itself: $(gdropped)"
+
+# --- revocation on the gateway ------------------------------------------------------------
+# Two long-lived TCP connections to srv:8443 (an echo server), one from rlb through its tunnel
+# and one from rplain in plain. The next policy (GATEWAY_CONFIG_2: remote-lb left sg-lb)
+# denies rlb's: the apply must cut it (the forward chain labelled it, revocation re-judges it
+# on the forward hook), while the plain one, out of scope and never labelled, lives on.
+must ip netns exec gw sysctl -qw net.netfilter.nf_conntrack_tcp_loose=0
+# conn_open FD_IN FD_OUT SRC: socat in gpeer between two FIFOs and the connection.
+conn_open() {
+  local fin=$1 fout=$2 src=$3 base=/run/tmp/conn-$3
+  mkfifo "$base.in" "$base.out" || return 1
+  ip netns exec gpeer socat -T 120 - "TCP4:$SRV4:8443,bind=$src,connect-timeout=2" \
+    <"$base.in" >"$base.out" 2>/dev/null &
+  eval "exec $fin>\"$base.in\" $fout<\"$base.out\""
+}
+# conn_echo FD_IN FD_OUT WORD: the word comes back within 5 s.
+conn_echo() {
+  local line=""
+  printf '%s\n' "$3" >&"$1" 2>/dev/null || return 1
+  read -r -t 5 line <&"$2" || return 1
+  [ "$line" = "$3" ]
+}
+# (Not through `must`: the descriptors must stay open in this shell.)
+conn_open 5 6 "$RLB4" && conn_open 7 8 "$RPLAIN4" || {
+  emit "error setup: cannot open the connections for the revocation check"
+  return 0
+}
+conn_echo 5 6 one && conn_echo 7 8 one
+check gw_revoke_open $? "both connections echo before the policy change"
+
+out=$(ip netns exec gw "$REYES_BIN" --config "$GATEWAY_CONFIG_2" follower --once --backend "$BACKEND" 2>&1)
+rc=$?
+printf '%s\n' "$out"
+# rlb's earlier probes (tcp/443, v4 and v6, in TIME_WAIT) are denied now too and may be cut
+# with it; nothing of rplain's may be.
+[ $rc -eq 0 ] && grep -q "revoking: .* connection=$RLB4 -> $SRV4 tcp/8443" <<<"$out" &&
+  ! grep -q "revoking: .* connection=$RPLAIN4 " <<<"$out"
+check gw_revoke_apply $? "the next policy applied (exit $rc): $(grep -o 'revoking: .*' <<<"$out" | tr '\n' ';') $(grep -o 'revocation: .*revoked=[0-9]*' <<<"$out")"
+d0=$(gdropped)
+# Cut means: no echo, and reyes' forward chain dropped what rlb sent on it.
+echoed=no
+conn_echo 5 6 two && echoed=yes
+[ $echoed = no ] && [ "$(gdropped)" -gt "$d0" ]
+check gw_revoke_cut $? "rlb's connection echoes after the apply: $echoed; reyes drops $d0 -> $(gdropped)"
+conn_echo 7 8 two
+check gw_revoke_plain_kept $? "the plain connection (out of scope) still echoes"
+exec 5>&- 6<&- 7>&- 8<&-

@@ -251,6 +251,17 @@ follower:
   disable_file: /run/reyes/gw-disabled
   state_dir: /run/reyes/gw-state
 EOF
+# The next policy for the gateway's revocation check: remote-lb leaves sg-lb. Published into a
+# copy of the store (the leader moves the serial on from the copied document), which the
+# gateway fetches through reyes-gw2.yaml.
+sed 's/{id: remote-lb, addresses: \[10.9.0.5, "fd00:9::5"\], groups: \[sg-lb\]}/{id: remote-lb, addresses: [10.9.0.5, "fd00:9::5"], groups: [sg-other]}/' \
+  "$inventory" >"$work/inventory-2.yaml"
+cmp -s "$inventory" "$work/inventory-2.yaml" && die "inventory-2.yaml: remote-lb not found in $inventory"
+cp -a "$work/store" "$work/store2"
+sed -e 's/^  directory: store$/  directory: store2/' -e "s|^  file: .*|  file: $work/inventory-2.yaml|" \
+  "$work/reyes.yaml" >"$work/reyes2.yaml"
+"$reyes" -q --config "$work/reyes2.yaml" leader --once || die "reyes leader --once (second policy) failed"
+sed 's/^  directory: store$/  directory: store2/' "$work/reyes-gw.yaml" >"$work/reyes-gw2.yaml"
 "$reyes" --config "$work/reyes-gw.yaml" render --document "$work/store/rules.json" \
   --mode gateway --gateway-cidr 10.1.0.0/16 --gateway-cidr fd00:1::/56 \
   --host 192.0.2.1 --host 2001:db8::1 >"$out/render-gw.nft" 2>&1 || true
@@ -261,6 +272,7 @@ cat >"$work/guest-env" <<EOF
 GUEST_CHECK='$guest_check'
 GATEWAY_CHECK='$gateway_check'
 GATEWAY_CONFIG='$work/reyes-gw.yaml'
+GATEWAY_CONFIG_2='$work/reyes-gw2.yaml'
 REYES_BIN='$reyes'
 REYES_CONFIG='$work/reyes.yaml'
 BACKEND='$backend'
