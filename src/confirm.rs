@@ -139,7 +139,10 @@ pub fn apply_with_confirm(
         if let Some(p) = read_pending(&state)? {
             return Err(Failure::runtime(anyhow::anyhow!(
                 "a change is already waiting for confirmation (until {}): run `reyes confirm` or let it be reverted first",
-                rfc3339(SystemTime::UNIX_EPOCH + Duration::try_from_secs_f64(p.deadline).unwrap_or_default())
+                Duration::try_from_secs_f64(p.deadline)
+                    .ok()
+                    .and_then(|d| SystemTime::UNIX_EPOCH.checked_add(d))
+                    .map_or_else(|| format!("{} s after 1970", p.deadline), rfc3339)
             )));
         }
         std::fs::create_dir_all(dir(&state)).runtime()?;

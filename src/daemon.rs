@@ -66,6 +66,9 @@ impl Rng for SplitMix {
     }
 }
 
+/// The longest interval between runs: a year.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// When the next run is: splay, jitter and backoff.
 #[derive(Debug, Clone)]
 pub struct Schedule {
@@ -74,10 +77,11 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    /// For runs every `interval`.
+    /// For runs every `interval`, at most [`MAX_INTERVAL`] (a longer one runs at that: the
+    /// waits stay within what the clock can add).
     pub fn new(interval: Duration) -> Schedule {
         Schedule {
-            interval,
+            interval: interval.min(MAX_INTERVAL),
             failures: 0,
         }
     }
@@ -251,6 +255,15 @@ mod tests {
         fn unit(&mut self) -> f64 {
             self.0
         }
+    }
+
+    #[test]
+    fn an_interval_too_long_for_the_clock_is_capped_at_a_year() {
+        let mut s = Schedule::new(Duration::MAX);
+        let wait = s.after(true, &mut Fixed(1.0));
+        assert_eq!(wait, MAX_INTERVAL.mul_f64(1.1));
+        assert!(Instant::now().checked_add(wait).is_some());
+        assert_eq!(s.first(&mut Fixed(0.5)), MAX_INTERVAL / 2);
     }
 
     #[test]

@@ -244,8 +244,8 @@ pub fn counter(tables: &[TableState], chain: &str) -> Option<(u64, u64)> {
         if t.chains.contains_key(chain) {
             let (p, b) = t.counters.get(chain).copied().unwrap_or_default();
             let e: &mut (u64, u64) = found.get_or_insert((0, 0));
-            e.0 += p;
-            e.1 += b;
+            e.0 = e.0.saturating_add(p);
+            e.1 = e.1.saturating_add(b);
         }
     }
     found

@@ -78,8 +78,8 @@ pub fn parse_save(text: &str) -> TableState {
                 .push(spec.to_string());
             if let Some((p, b)) = count {
                 let e = st.counters.entry(chain.to_string()).or_default();
-                e.0 += p;
-                e.1 += b;
+                e.0 = e.0.saturating_add(p);
+                e.1 = e.1.saturating_add(b);
             }
         }
     }

@@ -277,7 +277,11 @@ pub fn lock_file(path: &Path, timeout: Duration) -> Result<File, LockError> {
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)?;
-    let deadline = std::time::Instant::now() + timeout;
+    // A timeout too long to add to the clock waits as long as the clock can say.
+    let now = std::time::Instant::now();
+    let deadline = now
+        .checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(u32::MAX.into()));
     let mut logged = false;
     loop {
         match f.try_lock() {

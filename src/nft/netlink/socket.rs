@@ -234,7 +234,7 @@ fn parse_replies(mut d: &[u8], out: &mut Vec<Reply>) -> Result<(), NetlinkError>
                     let skip = if flags & NLM_F_CAPPED != 0 {
                         NLMSG_HDRLEN
                     } else {
-                        super::wire::align(orig_len.max(NLMSG_HDRLEN))
+                        super::wire::align(orig_len.max(NLMSG_HDRLEN).min(body.len()))
                     };
                     for (t, p) in attrs(body.get(4 + skip..).unwrap_or(&[])) {
                         match t {
