@@ -25,10 +25,15 @@ pub const FORMAT: u32 = 1;
 pub const MAX_BYTES: u64 = 64 * 1024;
 /// The most receipts `reyes fleet` reads.
 pub const MAX_RECEIPTS: usize = 100_000;
+/// The most bytes of receipts `reyes fleet` holds in all (a receipt is about 1 KiB, so
+/// 100000 real ones fit several times over; a store filled with large ones cannot exhaust
+/// the memory of the machine running it).
+pub const MAX_TOTAL_BYTES: u64 = 512 * 1024 * 1024;
 /// Listing limits for `reyes fleet`.
 pub const LIMITS: ReceiptLimits = ReceiptLimits {
     max_bytes: MAX_BYTES,
     max_count: MAX_RECEIPTS,
+    max_total: MAX_TOTAL_BYTES,
 };
 /// Addresses listed in a receipt, at most.
 const MAX_ADDRESSES: usize = 256;

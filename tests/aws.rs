@@ -1171,6 +1171,52 @@ fn drift_is_repaired_when_s3_answers_not_modified() {
 }
 
 #[test]
+fn s3_receipt_listing_reads_no_more_than_its_budget_in_all() {
+    use reyes::config::HostId;
+    use reyes::store::{s3::S3Store, ReceiptLimits, Store, StoreError};
+    let Some(rig) = Rig::new() else { return };
+    let cfg = reyes::config::S3Config {
+        bucket: BUCKET.into(),
+        key: "budget/rules.json".into(),
+        region: Some(EAST.into()),
+        endpoint: Some(format!("http://127.0.0.1:{}", rig.port)),
+        allow_http: false,
+    };
+    let store = S3Store::new(&cfg).unwrap();
+    for h in ["a", "b", "c"] {
+        let host = HostId::new(h).unwrap();
+        store.put_receipt(&host, &[b'x'; 10]).unwrap();
+    }
+    let limits = ReceiptLimits {
+        max_bytes: 64,
+        max_count: 10,
+        max_total: 20,
+    };
+    let l = store.receipts(limits).unwrap();
+    let names: Vec<_> = l.receipts.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["a.json", "b.json", "c.json"]);
+    assert_eq!(l.receipts[0].body.as_ref().unwrap().len(), 10);
+    assert_eq!(l.receipts[1].body.as_ref().unwrap().len(), 10);
+    let Err(StoreError::TooLarge(e)) = &l.receipts[2].body else {
+        panic!(
+            "the third receipt is past the budget: {:?}",
+            l.receipts[2].body
+        )
+    };
+    assert!(
+        e.contains("budget/receipts/c.json") && e.contains("budget of 20 bytes"),
+        "{e}"
+    );
+    let all = store
+        .receipts(ReceiptLimits {
+            max_total: 30,
+            ..limits
+        })
+        .unwrap();
+    assert!(all.receipts.iter().all(|r| r.body.is_ok()));
+}
+
+#[test]
 fn s3_store_conditional_fetches_and_torn_pairs() {
     use reyes::store::{s3::S3Store, Expect, FetchOutcome, Store, StoreError};
     let Some(rig) = Rig::new() else { return };

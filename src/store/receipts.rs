@@ -2,7 +2,7 @@
 //! the `receipts/` directory; on S3, the `receipts/` prefix under the document key's prefix).
 //! Each follower writes its own; `reyes fleet` lists them all. They are untrusted reports:
 //! a listing reads at most [`ReceiptLimits::max_count`] of them, each at most
-//! [`ReceiptLimits::max_bytes`], never follows a symlink, and reports what it could not read
+//! [`ReceiptLimits::max_bytes`] and [`ReceiptLimits::max_total`] in all, never follows a symlink, and reports what it could not read
 //! instead of failing.
 
 use std::fs;
@@ -22,6 +22,19 @@ pub struct ReceiptLimits {
     pub max_bytes: u64,
     /// Receipts read.
     pub max_count: usize,
+    /// Bytes read in all (what the listing holds in memory): receipts past it are reported
+    /// as not read, not read.
+    pub max_total: u64,
+}
+
+impl ReceiptLimits {
+    /// The error for a receipt left unread because the listing's budget is spent.
+    pub fn budget_spent(&self, what: &str) -> StoreError {
+        StoreError::TooLarge(format!(
+            "{what} was not read: the receipts listed before it used the listing's budget of {} bytes",
+            self.max_total
+        ))
+    }
 }
 
 /// One entry of the receipts directory (or prefix).
@@ -78,10 +91,18 @@ pub fn list_directory(dir: &Path, limits: ReceiptLimits) -> Result<ReceiptListin
     names.sort();
     let truncated = names.len() > limits.max_count;
     names.truncate(limits.max_count);
+    let mut spent = 0u64;
     let receipts = names
         .into_iter()
         .map(|name| {
-            let body = read_regular(&rdir.join(&name), limits.max_bytes);
+            let path = rdir.join(&name);
+            let body = read_regular(&path, limits.max_bytes).and_then(|b| {
+                spent = spent.saturating_add(b.len() as u64);
+                if spent > limits.max_total {
+                    return Err(limits.budget_spent(&path.display().to_string()));
+                }
+                Ok(b)
+            });
             ListedReceipt { name, body }
         })
         .collect();
@@ -133,7 +154,30 @@ mod tests {
     const LIMITS: ReceiptLimits = ReceiptLimits {
         max_bytes: 16,
         max_count: 3,
+        max_total: 1 << 20,
     };
+
+    #[test]
+    fn a_listing_reads_no_more_than_its_budget_in_all() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path().join(DIR);
+        fs::create_dir_all(&r).unwrap();
+        for n in ["a", "b", "c"] {
+            fs::write(r.join(format!("{n}.json")), [b'x'; 10]).unwrap();
+        }
+        let limits = ReceiptLimits {
+            max_total: 20,
+            ..LIMITS
+        };
+        let l = list_directory(d.path(), limits).unwrap();
+        assert_eq!(l.receipts[0].body.as_ref().unwrap().len(), 10);
+        assert_eq!(l.receipts[1].body.as_ref().unwrap().len(), 10);
+        let e = l.receipts[2].body.as_ref().unwrap_err().to_string();
+        assert!(
+            e.contains("c.json") && e.contains("budget of 20 bytes"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn directory_put_and_list() {

@@ -47,6 +47,9 @@ impl S3Store {
             let (listed, truncated) = self.list(&prefix, limits.max_count).await?;
             let mut receipts: Vec<Option<ListedReceipt>> = Vec::new();
             let mut reads = tokio::task::JoinSet::new();
+            // What the reads may hold in all: each is charged its listed size (the most it
+            // can read when the size is unknown) before it starts.
+            let mut spent = 0u64;
             for (i, (key, size)) in listed.into_iter().enumerate() {
                 let name = key.strip_prefix(&prefix).unwrap_or(&key).to_string();
                 receipts.push(None);
@@ -55,6 +58,14 @@ impl S3Store {
                     receipts[i] = Some(ListedReceipt { name, body });
                     continue;
                 }
+                let charge = size.map_or(limits.max_bytes, |n| n.max(0) as u64);
+                if spent.saturating_add(charge) > limits.max_total {
+                    let what = format!("s3://{}/{key}", self.bucket);
+                    let body = Err(limits.budget_spent(&what));
+                    receipts[i] = Some(ListedReceipt { name, body });
+                    continue;
+                }
+                spent += charge;
                 while reads.len() >= CONCURRENT_READS {
                     if let Some(Ok((j, r))) = reads.join_next().await {
                         receipts[j] = Some(r);
