@@ -85,8 +85,10 @@ impl Emit for Attr<'_> {
 
     fn emit(&self, buf: &mut [u8]) {
         let len = 4 + self.payload_len();
-        // Lengths above u16::MAX are refused when messages are built (see `Batch`); here a
-        // wrapped length could only come from a bug, and the kernel would reject it.
+        // No attribute reyes builds reaches u16::MAX: set elements are split into messages of
+        // at most `set::MAX_ELEMENTS_PAYLOAD` (65000) bytes, names and user data are capped at
+        // 255, and rule expressions are a handful of small attributes. A wrapped length could
+        // only come from a bug in the encoder; nothing checks it here.
         buf[0..2].copy_from_slice(&(len as u16).to_ne_bytes());
         buf[2..4].copy_from_slice(&self.kind().to_ne_bytes());
         let body = &mut buf[4..len];
