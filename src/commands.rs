@@ -192,6 +192,7 @@ pub fn sign(
         p.push(".sig");
         PathBuf::from(p)
     });
+    refresh_gzip_sibling(document, &bytes)?;
     if append {
         let existing = read_signature(&out)
             .map_err(|f| f.context(format!("--append: cannot read {}", out.display())))?;
@@ -203,6 +204,25 @@ pub fn sign(
         .runtime()
         .map_err(|f| f.context(format!("cannot write {}", out.display())))?;
     Ok(out)
+}
+
+/// A store directory holds `rules.json.gz` beside `rules.json`, and readers take the .gz when
+/// it is as new as the plain file. File times are coarse (a few ms), so a hand edit made just
+/// after a publish can look no newer than the old .gz: signing the edit must also rewrite the
+/// .gz, or followers read the old document against the new signature. Written before the
+/// signature, so a reader never sees the new signature beside an old .gz.
+fn refresh_gzip_sibling(document: &Path, bytes: &[u8]) -> CmdResult<()> {
+    let mut gz = document.as_os_str().to_owned();
+    gz.push(".gz");
+    let gz = PathBuf::from(gz);
+    if !gz.exists() {
+        return Ok(());
+    }
+    write_atomic(&gz, &crate::fsutil::gzip(bytes))
+        .runtime()
+        .map_err(|f| f.context(format!("cannot rewrite {} to match", gz.display())))?;
+    tracing::info!(path = %gz.display(), "rewrote the gzipped copy to match the signed document");
+    Ok(())
 }
 
 /// `reyes keygen`: writes NAME.secret.asc (0600) and NAME.cert.asc, returns the fingerprint.

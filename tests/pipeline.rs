@@ -272,6 +272,13 @@ fn refused_unchanged(rig: &Rig, needle: &str, extra: &[&str]) {
     assert_eq!(rig.ruleset(), before, "refusal changed the live ruleset");
 }
 
+/// Leave only the plain `rules.json` in the store, as a tool other than the leader would, so
+/// a test's edits to it are what followers read. (Readers take the .gz when it is as new as
+/// rules.json, and file times are too coarse to tell an edit made right after a publish.)
+fn plain_document_only(rig: &Rig) {
+    std::fs::remove_file(rig.p("store/current/rules.json.gz")).unwrap();
+}
+
 fn flip_byte(p: &Path, at: usize) {
     let mut b = std::fs::read(p).unwrap();
     let i = at.min(b.len() - 1);
@@ -297,6 +304,7 @@ fn tampered_documents_and_signatures_are_refused() {
     write(&rig.p("inventory.yaml"), &inv);
     rig.lead();
     let (new_doc, new_sig) = (std::fs::read(&doc).unwrap(), std::fs::read(&sig).unwrap());
+    plain_document_only(&rig);
 
     flip_byte(&doc, new_doc.len() / 2);
     refused_unchanged(&rig, "signature refused", &[]);
@@ -389,6 +397,7 @@ fn replay_expiry_and_environment_are_refused() {
     rig.lead();
     rig.follow();
     // ...then the older pair is replayed.
+    plain_document_only(&rig);
     std::fs::write(rig.p("store/current/rules.json"), &old.0).unwrap();
     std::fs::write(rig.p("store/current/rules.json.sig"), &old.1).unwrap();
     refused_unchanged(&rig, "older than the applied serial", &[]);
@@ -433,8 +442,24 @@ fn malformed_oversized_unknown_host_and_disabled() {
     rig.follow();
     let doc = rig.p("store/current/rules.json");
     let sign = |r: &Rig| {
+        // The worst case of coarse file times: the old .gz looks newer than the edit.
+        let gz = r.p("store/current/rules.json.gz");
+        std::fs::File::options()
+            .write(true)
+            .open(&gz)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(3600))
+            .unwrap();
         let o = r.with_cfg(&["sign", "--document", doc.to_str().unwrap()]);
         assert!(o.status.success(), "{}", text(&o));
+        // The .gz followers read is rewritten to what was signed, whatever the file times.
+        let z = std::fs::read(r.p("store/current/rules.json.gz")).unwrap();
+        let plain = std::fs::read(&doc).unwrap();
+        assert_eq!(
+            reyes::fsutil::gunzip_limited(&z, 1 << 30).unwrap(),
+            plain,
+            "sign left a stale rules.json.gz"
+        );
     };
     // Validly signed, but not a document.
     std::fs::write(&doc, b"{\"format\":\"reyes/v1\",\"groups\":[]}\n").unwrap();
@@ -447,6 +472,7 @@ fn malformed_oversized_unknown_host_and_disabled() {
     sign(&rig);
     refused_unchanged(&rig, "canonical", &[]);
     // Oversized: refused before it is read whole.
+    plain_document_only(&rig);
     let f = std::fs::File::create(&doc).unwrap();
     f.set_len(reyes::document::limits::MAX_DOCUMENT_BYTES + 1)
         .unwrap();
