@@ -2,11 +2,15 @@
 //! batch are taken by the kernel and list back exactly as rendered; the iptables backend
 //! hangs its chains off FORWARD and OUTPUT with one jump each and removes them again; and
 //! plain (non-IPsec) traffic forwarded through a gateway namespace is untouched by either
-//! backend. This machine's kernel has no ESP: what happens to IPsec traffic is the qemu
+//! backend; and a connection a server behind the gateway opened through it, labelled by the
+//! forward chain's egress part, is cut by revocation when its egress rule goes away (cidr
+//! mode). This machine's kernel has no ESP: what happens to IPsec traffic is the qemu
 //! guest's test (tests/ipsec.rs).
 
 mod common;
+mod testbed;
 
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
@@ -331,4 +335,144 @@ fn iptables_gateway_leaves_plain_forwarding_alone() {
                 .unwrap_or(u64::MAX)
         },
     );
+}
+
+/// The server (sg-web, behind the gateway) may send tcp 5432 and 8080 to the office peer;
+/// [`forward_egress_v2`] takes 5432 away.
+const FORWARD_EGRESS: &str = r#"
+groups:
+  - id: sg-web
+    ingress: []
+    egress:
+      - {proto: tcp, ports: 5432, to: {groups: [sg-office]}}
+      - {proto: tcp, ports: 8080, to: {groups: [sg-office]}}
+  - id: sg-office
+    ingress: []
+hosts:
+  - {id: web, addresses: [10.1.0.10, "fd00:1::10"], groups: [sg-web]}
+  - {id: office, addresses: [10.9.0.5, "fd00:9::5"], groups: [sg-office]}
+"#;
+
+fn forward_egress_v2() -> String {
+    FORWARD_EGRESS.replace(
+        "      - {proto: tcp, ports: 5432, to: {groups: [sg-office]}}\n",
+        "",
+    )
+}
+
+/// The topology's gateway in cidr mode (this kernel has no ESP): the office's networks are
+/// managed, the VPC is `gateway_cidrs`, egress on.
+fn forward_egress_gateway(yaml: &str, serial: u64) -> Ruleset {
+    let inv = static_file::parse(yaml, "forward-egress").expect("inventory");
+    let opts = BuildOptions::new("demo", serial, SystemTime::now(), Duration::from_secs(3600));
+    let doc = build(&inv, &opts).expect("build").document;
+    let mut ctx = HostContext::new(Target::Host(vec!["10.1.0.1".parse().unwrap()]));
+    ctx.mode = Mode::Gateway;
+    ctx.enforce = reyes::config::Enforce::Cidr;
+    ctx.managed_cidrs = vec![
+        "10.9.0.0/16".parse().unwrap(),
+        "fd00:9::/56".parse().unwrap(),
+    ];
+    ctx.local_cidrs = Some(vec![]);
+    ctx.gateway_cidrs = vec![
+        "10.1.0.0/16".parse().unwrap(),
+        "fd00:1::/56".parse().unwrap(),
+    ];
+    ctx.egress = true;
+    compile(&doc, &ctx).expect("compile")
+}
+
+/// A TCP connection from the server to the peer (through the gateway) that echoes.
+fn open_forwarded(t: &Topology, dst: &str, port: u16) -> TcpStream {
+    let src: std::net::IpAddr = if dst.contains(':') {
+        "fd00:1::10"
+    } else {
+        "10.1.0.10"
+    }
+    .parse()
+    .unwrap();
+    let to = SocketAddr::new(dst.parse().unwrap(), port);
+    let mut s = testbed::in_netns(&t.server.name, || {
+        testbed::tcp_connect(src, to, Duration::from_secs(5))
+            .unwrap()
+            .unwrap_or_else(|| panic!("{src} -> {to} did not connect"))
+    });
+    assert!(
+        testbed::echo(&mut s, b"hello", Duration::from_secs(5)),
+        "{to}"
+    );
+    s
+}
+
+/// Egress revocation on a gateway's forward hook: a connection a host behind the gateway
+/// opened to the far side is labelled by the forward chain's egress part, re-judged by the
+/// sender's egress rules after a policy change, and cut when they no longer allow it.
+fn forward_egress_revocation(what: &str, apply: &dyn Fn(&Netns, &Ruleset)) {
+    use reyes::compile::{CT_LABEL, CT_LABEL_EGRESS};
+    use reyes::conntrack::{kernel::Kernel, revoke, Conntrack};
+    let t = topology();
+    assert!(ping(&t, "10.1.0.10") && ping(&t, "fd00:1::10"), "no path");
+    let _servers = testbed::Server::start(&t.peer.name, &[]);
+    t.gw.ok(&["sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_loose=0"]);
+    apply(&t.gw, &forward_egress_gateway(FORWARD_EGRESS, 1));
+    let mut denied = [
+        open_forwarded(&t, "10.9.0.5", 5432),
+        open_forwarded(&t, "fd00:9::5", 5432),
+    ];
+    let mut kept = [open_forwarded(&t, "10.9.0.5", 8080)];
+    let entries = t.gw.enter(|| {
+        let mut out = Vec::new();
+        Kernel::open().unwrap().walk(&mut |e| out.push(e)).unwrap();
+        out
+    });
+    let e = entries
+        .iter()
+        .find(|e| e.port == Some(5432) && e.dst == "10.9.0.5".parse::<std::net::IpAddr>().unwrap())
+        .unwrap_or_else(|| panic!("{what}: no entry: {entries:?}"));
+    assert!(
+        e.labelled(CT_LABEL_EGRESS) && !e.labelled(CT_LABEL),
+        "{what}: {e:?}"
+    );
+
+    let rs2 = forward_egress_gateway(&forward_egress_v2(), 2);
+    apply(&t.gw, &rs2);
+    let r =
+        t.gw.enter(|| Kernel::open().and_then(|mut k| revoke(&rs2, &mut k)))
+            .unwrap_or_else(|e| panic!("{what}: revoke: {e}"));
+    assert_eq!((r.labelled, r.revoked, r.gone), (3, 2, 0), "{what}: {r:?}");
+    for s in &mut denied {
+        assert!(
+            !testbed::echo(s, b"after", Duration::from_millis(1500)),
+            "{what}: {:?} lived on after revocation",
+            s.peer_addr()
+        );
+    }
+    for s in &mut kept {
+        assert!(
+            testbed::echo(s, b"after", Duration::from_secs(5)),
+            "{what}: {:?} was cut",
+            s.peer_addr()
+        );
+    }
+}
+
+#[test]
+fn nft_gateway_revokes_forwarded_egress() {
+    if !common::netns_available() {
+        return;
+    }
+    forward_egress_revocation("nft", &|gw, rs| {
+        gw.enter(|| netlink::apply(rs)).expect("netlink apply");
+    });
+}
+
+#[test]
+fn iptables_gateway_revokes_forwarded_egress() {
+    if !common::netns_available() || !iptables_ready(IptablesVariant::Legacy) {
+        return;
+    }
+    forward_egress_revocation("iptables-legacy", &|gw, rs| {
+        let b = IptablesBackend::new(IptablesVariant::Legacy);
+        gw.enter(|| b.apply(rs)).expect("iptables apply");
+    });
 }

@@ -11,7 +11,7 @@ mod testbed;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, SystemTime};
 
-use reyes::compile::{compile, HostContext, Ruleset, Target, CT_LABEL};
+use reyes::compile::{compile, HostContext, Ruleset, Target, CT_LABEL, CT_LABEL_EGRESS};
 use reyes::config::{Action, Enforce, IptablesVariant};
 use reyes::conntrack::kernel::{Kernel, NewConnection};
 use reyes::conntrack::{revoke, Conntrack, Entry, Revocation};
@@ -179,20 +179,12 @@ fn revocation_cuts_the_connections_a_new_policy_denies_and_only_those() {
     let r = revoke_in(&bed, &rs2);
     assert_eq!((r.revoked, r.gone), (2, 0), "{r:?}");
     assert!(r.labelled >= 4 && r.tracked >= 6, "{r:?}");
-    for c in &mut denied {
-        assert!(
-            !testbed::echo(&mut c.stream, b"after", DEAD),
-            "{} lived on after revocation",
-            c.name
-        );
-    }
-    for c in kept.iter_mut().chain([&mut before]) {
-        assert!(
-            testbed::echo(&mut c.stream, b"after", WAIT),
-            "{} was cut",
-            c.name
-        );
-    }
+    assert_cut("nft", &mut denied);
+    assert_alive("nft", &mut kept);
+    assert_alive(
+        "nft, opened before reyes",
+        std::slice::from_mut(&mut before),
+    );
     // A second walk finds nothing more to cut.
     let again = revoke_in(&bed, &rs2);
     assert_eq!(again.revoked, 0, "{again:?}");
@@ -230,6 +222,43 @@ fn connections_created_without_packets_are_walked_and_revoked_by_label() {
     );
 }
 
+/// Whether ipset is here; if not, a visible skip (a failure when the environment requires it).
+fn ipset_available() -> bool {
+    let tools = std::process::Command::new("ipset")
+        .arg("-v")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !tools {
+        if std::env::var("REYES_REQUIRE_NETNS").as_deref() == Ok("1") {
+            panic!("ipset is required (REYES_REQUIRE_NETNS=1)");
+        }
+        common::skipped("ipset not installed");
+    }
+    tools
+}
+
+/// Every one of `conns` is dead: no echo within [`DEAD`].
+fn assert_cut(what: &str, conns: &mut [Conn]) {
+    for c in conns {
+        assert!(
+            !testbed::echo(&mut c.stream, b"after", DEAD),
+            "{what}: {} lived on after revocation",
+            c.name
+        );
+    }
+}
+
+/// Every one of `conns` still echoes.
+fn assert_alive(what: &str, conns: &mut [Conn]) {
+    for c in conns {
+        assert!(
+            testbed::echo(&mut c.stream, b"after", WAIT),
+            "{what}: {} was cut",
+            c.name
+        );
+    }
+}
+
 fn iptables_apply(bed: &Testbed, v: IptablesVariant, rs: &Ruleset) -> Result<(), String> {
     bed.host.enter(|| {
         use reyes::backend::Backend;
@@ -243,35 +272,128 @@ fn iptables_apply(bed: &Testbed, v: IptablesVariant, rs: &Ruleset) -> Result<(),
 fn the_iptables_backend_labels_what_it_accepts() {
     for v in [IptablesVariant::Legacy, IptablesVariant::Nft] {
         let Some(bed) = bed() else { return };
-        let tools = std::process::Command::new("ipset")
-            .arg("-v")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !tools {
-            if std::env::var("REYES_REQUIRE_NETNS").as_deref() == Ok("1") {
-                panic!("ipset is required (REYES_REQUIRE_NETNS=1)");
-            }
-            common::skipped("ipset not installed");
+        if !ipset_available() {
             return;
         }
         iptables_apply(&bed, v, &ruleset(V1, 1)).unwrap_or_else(|e| panic!("{v:?}: {e}"));
         bed.host
             .ok(&["sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_loose=0"]);
-        let mut denied = open(&bed, "10.20.0.1", "10.10.0.1", 5432);
-        let mut kept = open(&bed, "10.20.0.2", "10.10.0.1", 5432);
+        let mut denied = [open(&bed, "10.20.0.1", "10.10.0.1", 5432)];
+        let mut kept = [open(&bed, "10.20.0.2", "10.10.0.1", 5432)];
         let rs2 = ruleset(&v2(), 2);
         iptables_apply(&bed, v, &rs2).unwrap_or_else(|e| panic!("{v:?}: {e}"));
         let r = revoke_in(&bed, &rs2);
         assert_eq!((r.labelled, r.revoked), (2, 1), "{v:?}: {r:?}");
+        let what = format!("{v:?}");
+        assert_cut(&what, &mut denied);
+        assert_alive(&what, &mut kept);
+    }
+}
+
+/// The host (db) may send to 5432 on both peers and fd00:20::1, and to 8080 on 10.20.0.1.
+const EGRESS_V1: &str = r#"
+groups:
+  - id: sg-db
+    ingress: []
+    egress:
+      - {proto: tcp, ports: 5432, to: {cidrs: [10.20.0.1/32, 10.20.0.2/32, "fd00:20::1/128"]}}
+      - {proto: tcp, ports: 8080, to: {cidrs: [10.20.0.1/32]}}
+hosts:
+  - {id: db, addresses: [10.10.0.1, "fd00:10::1"], groups: [sg-db]}
+"#;
+
+fn egress_v2() -> String {
+    // 10.20.0.1 and fd00:20::1 lose 5432; 8080 to 10.20.0.1 stays.
+    EGRESS_V1.replace(
+        "cidrs: [10.20.0.1/32, 10.20.0.2/32, \"fd00:20::1/128\"]",
+        "cidrs: [10.20.0.2/32]",
+    )
+}
+
+fn egress_ruleset(yaml: &str, serial: u64) -> Ruleset {
+    let mut c = context();
+    c.egress = true;
+    compile(&document(yaml, serial), &c).unwrap()
+}
+
+/// A connection the host opens to a server in the peer namespace.
+fn open_out(bed: &Testbed, src: &str, dst: &str, port: u16) -> Conn {
+    let mut c = Conn {
+        name: format!("{src} -> {dst}:{port} (egress)"),
+        stream: testbed::in_netns(&bed.host.name, || {
+            testbed::tcp_connect(ip(src), SocketAddr::new(ip(dst), port), WAIT)
+                .unwrap()
+                .unwrap_or_else(|| panic!("{src} -> {dst}:{port} did not connect"))
+        }),
+    };
+    assert!(testbed::echo(&mut c.stream, b"hello", WAIT), "{}", c.name);
+    c
+}
+
+/// Egress revocation with one backend: connections this host opened are labelled with the
+/// egress bit, re-judged by its egress rules after a policy change, and the denied ones cut.
+fn egress_revocation(what: &str, apply: &dyn Fn(&Testbed, &Ruleset)) {
+    let Some(bed) = bed() else { return };
+    // Servers on the peer side (the bed's own server listens in the host).
+    let _servers = testbed::Server::start(&bed.peer.name, &[]);
+    bed.host
+        .ok(&["sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_loose=0"]);
+    apply(&bed, &egress_ruleset(EGRESS_V1, 1));
+    let mut denied = vec![
+        open_out(&bed, "10.10.0.1", "10.20.0.1", 5432),
+        open_out(&bed, "fd00:10::1", "fd00:20::1", 5432),
+    ];
+    let mut kept = [
+        open_out(&bed, "10.10.0.1", "10.20.0.2", 5432),
+        // The same two hosts as the first denied one, on a port still allowed.
+        open_out(&bed, "10.10.0.1", "10.20.0.1", 8080),
+        // Out of scope (destination outside managed_cidrs): never labelled.
+        open_out(&bed, "10.10.0.1", "192.168.77.1", 5432),
+    ];
+    let entries = walk_in(&bed);
+    let find = |dst: &str, port: u16| {
+        entries
+            .iter()
+            .find(|e| e.dst == ip(dst) && e.port == Some(port))
+            .unwrap_or_else(|| panic!("{what}: no conntrack entry to {dst}:{port}: {entries:?}"))
+    };
+    let e = find("10.20.0.1", 5432);
+    assert!(
+        e.labelled(CT_LABEL_EGRESS) && !e.labelled(CT_LABEL),
+        "{what}: {e:?}"
+    );
+    assert!(find("fd00:20::1", 5432).labelled(CT_LABEL_EGRESS), "{what}");
+    assert!(
+        !find("192.168.77.1", 5432).labelled_any(),
+        "{what}: out of scope is not labelled"
+    );
+
+    let rs2 = egress_ruleset(&egress_v2(), 2);
+    apply(&bed, &rs2);
+    for c in &mut denied {
         assert!(
-            !testbed::echo(&mut denied.stream, b"after", DEAD),
-            "{v:?}: {} lived on",
-            denied.name
-        );
-        assert!(
-            testbed::echo(&mut kept.stream, b"after", WAIT),
-            "{v:?}: {} was cut",
-            kept.name
+            testbed::echo(&mut c.stream, b"still", WAIT),
+            "{what}: {}",
+            c.name
         );
     }
+    let r = revoke_in(&bed, &rs2);
+    assert_eq!((r.labelled, r.revoked, r.gone), (4, 2, 0), "{what}: {r:?}");
+    assert_cut(what, &mut denied);
+    assert_alive(what, &mut kept);
+}
+
+#[test]
+fn egress_revocation_cuts_outgoing_connections_with_nft() {
+    egress_revocation("nft", &apply_nft);
+}
+
+#[test]
+fn egress_revocation_cuts_outgoing_connections_with_iptables() {
+    if !ipset_available() {
+        return;
+    }
+    egress_revocation("iptables-legacy", &|bed, rs| {
+        iptables_apply(bed, IptablesVariant::Legacy, rs).unwrap_or_else(|e| panic!("{e}"))
+    });
 }

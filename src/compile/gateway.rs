@@ -360,15 +360,19 @@ fn judged_part(
                 ));
             }
         }
-        if matches!(judged, Judged::Ingress) {
-            // What is judged here is labelled, like the input chain's: revocation re-judges
-            // these connections against the next policy (forwarded ones, on the forward hook).
-            out.push(base(
-                alt.clone(),
-                Verdict::CtLabel(CT_LABEL),
+        // What is judged here is labelled, like the input chain's: revocation re-judges these
+        // connections against the next policy, on the hook and as the judgement that passed them.
+        let (bit, why) = match judged {
+            Judged::Ingress => (
+                CT_LABEL,
                 "label the connection as judged by reyes (revocation)",
-            ));
-        }
+            ),
+            Judged::Egress => (
+                CT_LABEL_EGRESS,
+                "label the connection as judged by reyes' egress rules (revocation)",
+            ),
+        };
+        out.push(base(alt.clone(), Verdict::CtLabel(bit), why));
         for &f in &families {
             out.push(base(
                 alt.clone(),

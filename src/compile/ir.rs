@@ -26,6 +26,11 @@ pub const INPUT_CHAIN: &str = "input";
 /// ct mark or the packet mark, because other tools (kube-proxy, Calico, policy routing) own
 /// those; nothing else on a reyes host is expected to use this bit.
 pub const CT_LABEL: u8 = 29;
+/// The conntrack label bit reyes sets on every in-scope connection its egress judgement lets
+/// through (the output chain, and the egress part of a gateway's forward chain). A bit of its
+/// own: revocation must re-judge such a connection as egress (by its source's groups), not as
+/// ingress, and one connection can pass both judgements on a gateway.
+pub const CT_LABEL_EGRESS: u8 = 30;
 /// Name of the gateway's base chain on the forward hook.
 pub const FORWARD_CHAIN: &str = "forward";
 /// Name of the egress base chain on the output hook.

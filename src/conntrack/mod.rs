@@ -2,9 +2,12 @@
 //!
 //! reyes' input chain, and a gateway's forward chain, label every in-scope connection they let
 //! through with the conntrack label bit [`CT_LABEL`] (a dropped packet's connection is never
-//! confirmed, so only accepted ones keep it). Egress (the output chain) labels nothing. After an apply, [`revoke`] walks the conntrack table of both families, judges the
-//! connection of every labelled entry with the evaluator against the ruleset just applied, as
-//! a new connection would be judged, and deletes those it now denies. The next packet of a
+//! confirmed, so only accepted ones keep it); egress judgements (the output chain, the egress
+//! part of the forward chain) set [`CT_LABEL_EGRESS`] instead. After an apply, [`revoke`]
+//! walks the conntrack table of both families, judges the connection of every labelled entry
+//! with the evaluator against the ruleset just applied, as a new connection would be judged
+//! (ingress for the one bit, egress for the other, both when both are set), and deletes those
+//! it now denies. The next packet of a
 //! deleted connection is a new one to conntrack and meets the new rules (and the drop).
 //! Unlabelled entries (out of scope, opened before reyes, or through another path) are never
 //! touched.
@@ -17,7 +20,7 @@ pub mod kernel;
 use std::net::IpAddr;
 use std::time::Instant;
 
-use crate::compile::{Hook, Ruleset, Target, CT_LABEL};
+use crate::compile::{Hook, Ruleset, Target, CT_LABEL, CT_LABEL_EGRESS};
 use crate::eval::{evaluate, Decision, EvalError, Flow};
 use crate::net::Family;
 use crate::proto::{self, Proto};
@@ -61,11 +64,25 @@ impl Entry {
             .is_some_and(|l| l.iter().zip(want).any(|(have, w)| have & w != 0))
     }
 
-    /// The flow a new connection like this one is: what the evaluator judges. In scope, so
+    /// Whether reyes labelled it at all (ingress or egress).
+    pub fn labelled_any(&self) -> bool {
+        self.labelled(CT_LABEL) || self.labelled(CT_LABEL_EGRESS)
+    }
+
+    /// The flow a new connection like this one is, as ingress judges it: in scope, so arrived
     /// over IPsec in ipsec mode (the label is only set on in-scope traffic).
     pub fn flow(&self) -> Flow {
+        self.bare_flow().via_ipsec(true)
+    }
+
+    /// The flow as egress judges it: leaving over IPsec (in scope, as the label says).
+    pub fn egress_flow(&self) -> Flow {
+        self.bare_flow().leaves_ipsec(true)
+    }
+
+    fn bare_flow(&self) -> Flow {
         let proto = Proto::from_number(self.proto);
-        let mut f = Flow::new(self.src, self.dst, proto).via_ipsec(true);
+        let mut f = Flow::new(self.src, self.dst, proto);
         if proto.has_ports() {
             f.port = self.port;
         }
@@ -172,7 +189,7 @@ pub struct Revocation {
 
 /// The hook a labelled connection passed: the forward hook on a gateway (a ruleset with a
 /// forward chain) for a connection to none of the host's own addresses, else the input hook.
-/// (Only the input chain and the gateway's forward chain label connections.)
+/// (Ingress labels come only from the input chain and the forward chain's ingress part.)
 pub fn hook_of(rs: &Ruleset, e: &Entry) -> Hook {
     let forwarded = rs.base_chain(Hook::Forward).is_some()
         && match &rs.meta.target {
@@ -186,21 +203,47 @@ pub fn hook_of(rs: &Ruleset, e: &Entry) -> Hook {
     }
 }
 
-/// Whether the ruleset still allows a new connection like `e`.
+/// The hook an egress-labelled connection passed: the output hook when this host opened it
+/// (its source is one of the host's addresses, or no addresses are known), else the forward
+/// hook of a gateway (a host behind it opened it), else output.
+pub fn egress_hook_of(rs: &Ruleset, e: &Entry) -> Hook {
+    let forwarded = rs.base_chain(Hook::Forward).is_some()
+        && match &rs.meta.target {
+            Target::Host(own) => !own.contains(&e.src),
+            Target::AllGroups => false,
+        };
+    if forwarded {
+        Hook::Forward
+    } else {
+        Hook::Output
+    }
+}
+
+/// Whether the ruleset still allows a new connection like `e`, by every judgement that
+/// labelled it: ingress for [`CT_LABEL`], egress for [`CT_LABEL_EGRESS`].
 pub fn allowed(rs: &Ruleset, e: &Entry) -> Result<bool, EvalError> {
-    let flow = e.flow().at(hook_of(rs, e));
+    if e.labelled(CT_LABEL) && !allows(rs, &e.flow().at(hook_of(rs, e)))? {
+        return Ok(false);
+    }
+    if e.labelled(CT_LABEL_EGRESS) && !allows(rs, &e.egress_flow().at(egress_hook_of(rs, e)))? {
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+fn allows(rs: &Ruleset, flow: &Flow) -> Result<bool, EvalError> {
     if flow.check().is_err() {
         // Nothing a rule could judge (an IPv6 extension header as the protocol): keep it.
         return Ok(true);
     }
-    Ok(evaluate(rs, &flow)?.decision == Decision::Allow)
+    Ok(evaluate(rs, flow)?.decision == Decision::Allow)
 }
 
 /// The labelled entries of `entries` that `rs` denies.
 pub fn denied(rs: &Ruleset, entries: Vec<Entry>) -> Result<Vec<Entry>, EvalError> {
     let mut out = Vec::new();
     for e in entries {
-        if e.labelled(CT_LABEL) && !allowed(rs, &e)? {
+        if e.labelled_any() && !allowed(rs, &e)? {
             out.push(e);
         }
     }
@@ -210,7 +253,7 @@ pub fn denied(rs: &Ruleset, entries: Vec<Entry>) -> Result<Vec<Entry>, EvalError
 /// How many revoked connections are logged one by one before only the count is.
 const LOGGED: usize = 20;
 
-/// Walk the table, judge every connection reyes labelled against `rs` (the ruleset just
+/// Walk the table, judge every connection reyes labelled (ingress or egress) against `rs` (the ruleset just
 /// applied), and delete those it denies.
 pub fn revoke(rs: &Ruleset, table: &mut dyn Conntrack) -> Result<Revocation, ConntrackError> {
     let started = Instant::now();
@@ -218,7 +261,7 @@ pub fn revoke(rs: &Ruleset, table: &mut dyn Conntrack) -> Result<Revocation, Con
     let mut labelled = Vec::new();
     table.walk(&mut |e| {
         tracked += 1;
-        if e.labelled(CT_LABEL) {
+        if e.labelled_any() {
             labelled.push(e);
         }
     })?;

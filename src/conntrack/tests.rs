@@ -180,10 +180,112 @@ fn a_failed_delete_is_an_error_naming_the_errno() {
 #[test]
 fn another_label_bit_is_not_ours() {
     let mut e = entry("10.0.0.3", "10.0.0.1", 6, Some(5432), false);
-    e.labels = Some(label_bits(CT_LABEL + 1));
-    assert!(!e.labelled(CT_LABEL));
+    e.labels = Some(label_bits(5));
+    assert!(!e.labelled(CT_LABEL) && !e.labelled_any());
+    e.labels = Some(label_bits(CT_LABEL_EGRESS));
+    assert!(!e.labelled(CT_LABEL) && e.labelled_any());
     e.labels = Some([0xff; 16]);
     assert!(e.labelled(CT_LABEL));
+}
+
+/// sg-app may send to sg-db on 5432; EGRESS_TIGHTER takes that away (ingress unchanged).
+const EGRESS: &str = r#"
+groups:
+  - id: sg-db
+    ingress:
+      - {proto: tcp, ports: 5432, from: {groups: [sg-app]}}
+    egress: []
+  - id: sg-app
+    ingress:
+      - {proto: tcp, ports: 8080, from: {cidrs: [10.0.0.0/8]}}
+    egress:
+      - {proto: tcp, ports: 5432, to: {groups: [sg-db]}}
+      - {proto: tcp, ports: 443, to: {cidrs: [10.9.0.0/16]}}
+hosts:
+  - {id: db, addresses: [10.0.0.1], groups: [sg-db]}
+  - {id: app, addresses: [10.0.0.2], groups: [sg-app]}
+"#;
+
+fn egress_tighter() -> String {
+    EGRESS.replace(
+        "      - {proto: tcp, ports: 5432, to: {groups: [sg-db]}}\n",
+        "",
+    )
+}
+
+fn egress_entry(src: &str, dst: &str, port: u16) -> Entry {
+    Entry {
+        labels: Some(label_bits(CT_LABEL_EGRESS)),
+        ..entry(src, dst, 6, Some(port), false)
+    }
+}
+
+#[test]
+fn egress_labelled_connections_are_judged_as_egress_on_the_output_hook() {
+    let host = |yaml: &str| {
+        let mut c = ctx(&["10.0.0.2"]);
+        c.egress = true;
+        compile(&doc(yaml), &c).unwrap()
+    };
+    let (before, after) = (host(EGRESS), host(&egress_tighter()));
+    // The output chain labels what its egress rules let through, with the egress bit.
+    let (_, out) = after.base_chain(Hook::Output).unwrap();
+    assert!(out
+        .iter()
+        .any(|r| r.verdict == Verdict::CtLabel(CT_LABEL_EGRESS)));
+    assert!(!out.iter().any(|r| r.verdict == Verdict::CtLabel(CT_LABEL)));
+
+    let to_db = egress_entry("10.0.0.2", "10.0.0.1", 5432);
+    let to_web = egress_entry("10.0.0.2", "10.9.0.7", 443);
+    assert_eq!(egress_hook_of(&after, &to_db), Hook::Output);
+    assert!(allowed(&before, &to_db).unwrap());
+    assert!(!allowed(&after, &to_db).unwrap());
+    assert!(allowed(&after, &to_web).unwrap());
+    // Judged as ingress, the same tuple would be a connection *to* 10.0.0.1, which is not
+    // this host: the egress bit is what makes it judged by the source's egress rules.
+    let mut t = Fake {
+        entries: vec![to_db.clone(), to_web],
+        ..Fake::default()
+    };
+    let r = revoke(&after, &mut t).unwrap();
+    assert_eq!((r.labelled, r.revoked), (2, 1), "{r:?}");
+    assert_eq!(t.deleted, vec![to_db]);
+}
+
+#[test]
+fn a_gateway_judges_egress_labelled_forwarded_connections_by_their_source() {
+    let gw = |yaml: &str| {
+        let mut c = ctx(&["10.0.0.254"]);
+        c.mode = crate::config::Mode::Gateway;
+        c.egress = true;
+        compile(&doc(yaml), &c).unwrap()
+    };
+    let (before, after) = (gw(EGRESS), gw(&egress_tighter()));
+    let (_, fwd) = after.base_chain(Hook::Forward).unwrap();
+    for bit in [CT_LABEL, CT_LABEL_EGRESS] {
+        assert!(
+            fwd.iter().any(|r| r.verdict == Verdict::CtLabel(bit)),
+            "{bit}"
+        );
+    }
+    // app (behind the gateway) to db, leaving over IPsec: forwarded egress.
+    let e = egress_entry("10.0.0.2", "10.0.0.1", 5432);
+    assert_eq!(egress_hook_of(&after, &e), Hook::Forward);
+    assert!(allowed(&before, &e).unwrap());
+    assert!(!allowed(&after, &e).unwrap());
+    // The gateway's own connection out: the output hook (no output chain without host
+    // egress groups: allowed, nothing to judge it by).
+    let own = egress_entry("10.0.0.254", "10.0.0.1", 5432);
+    assert_eq!(egress_hook_of(&after, &own), Hook::Output);
+    // Labelled by both judgements: denied when either now denies it. Ingress still allows
+    // app -> db 5432 (sg-db's ingress), egress no longer does.
+    let mut both = e.clone();
+    let (i, g) = (label_bits(CT_LABEL), label_bits(CT_LABEL_EGRESS));
+    both.labels = Some(std::array::from_fn(|k| i[k] | g[k]));
+    let mut ingress_only = both.clone();
+    ingress_only.labels = Some(i);
+    assert!(allowed(&after, &ingress_only).unwrap());
+    assert!(!allowed(&after, &both).unwrap());
 }
 
 fn tuple(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Attr<'static> {
