@@ -19,18 +19,12 @@ hosts:
 "#;
 
 /// The same estate without `old` in sg-app: its connections are now denied.
-const TIGHTER: &str = r#"
-groups:
-  - id: sg-db
-    ingress:
-      - {proto: tcp, ports: 5432, from: {groups: [sg-app]}}
-      - {proto: icmp, from: {groups: [sg-app]}}
-  - id: sg-app
-hosts:
-  - {id: db, addresses: [10.0.0.1, "fd00::1"], groups: [sg-db]}
-  - {id: app, addresses: [10.0.0.2, "fd00::2"], groups: [sg-app]}
-  - {id: old, addresses: [10.0.0.3]}
-"#;
+fn tighter() -> String {
+    POLICY.replace(
+        "{id: old, addresses: [10.0.0.3], groups: [sg-app]}",
+        "{id: old, addresses: [10.0.0.3]}",
+    )
+}
 
 fn ruleset(yaml: &str) -> Ruleset {
     compile(&doc(yaml), &ctx(&["10.0.0.1", "fd00::1"])).unwrap()
@@ -101,7 +95,7 @@ fn denied_labelled_connections_are_deleted_and_nothing_else() {
         ],
         ..Fake::default()
     };
-    let r = revoke(&ruleset(TIGHTER), &mut t).unwrap();
+    let r = revoke(&ruleset(&tighter()), &mut t).unwrap();
     assert_eq!((r.tracked, r.labelled, r.revoked, r.gone), (5, 4, 2, 0));
     let gone: Vec<String> = t.deleted.iter().map(|e| e.to_string()).collect();
     assert_eq!(
@@ -140,10 +134,10 @@ fn a_gateway_judges_forwarded_connections_on_the_forward_hook() {
     let old = entry("10.0.0.3", "10.0.0.1", 6, Some(5432), true);
     let app = entry("10.0.0.2", "10.0.0.1", 6, Some(5432), true);
     let ike = entry("10.0.0.3", "10.0.0.254", 17, Some(500), true);
-    let rs = gateway(TIGHTER);
+    let rs = gateway(&tighter());
     assert_eq!(hook_of(&rs, &old), Hook::Forward);
     assert_eq!(hook_of(&rs, &ike), Hook::Input, "to the gateway itself");
-    assert_eq!(hook_of(&ruleset(TIGHTER), &old), Hook::Input, "a host");
+    assert_eq!(hook_of(&ruleset(&tighter()), &old), Hook::Input, "a host");
     // The forward chain labels what it judges.
     let (_, fwd) = rs.base_chain(Hook::Forward).unwrap();
     assert!(fwd.iter().any(|r| r.verdict == Verdict::CtLabel(CT_LABEL)));
@@ -163,7 +157,7 @@ fn icmp_connections_are_judged_by_type_and_code() {
     let mut ping = entry("10.0.0.3", "10.0.0.1", 1, None, true);
     ping.icmp = Some((8, 0));
     assert!(allowed(&ruleset(POLICY), &ping).unwrap());
-    assert!(!allowed(&ruleset(TIGHTER), &ping).unwrap());
+    assert!(!allowed(&ruleset(&tighter()), &ping).unwrap());
 }
 
 #[test]
@@ -173,7 +167,7 @@ fn a_failed_delete_is_an_error_naming_the_errno() {
         fail_delete: Some(libc::EPERM),
         ..Fake::default()
     };
-    let e = revoke(&ruleset(TIGHTER), &mut t).unwrap_err();
+    let e = revoke(&ruleset(&tighter()), &mut t).unwrap_err();
     assert!(e.to_string().contains("delete request: 1"), "{e}");
 }
 
@@ -188,7 +182,7 @@ fn another_label_bit_is_not_ours() {
     assert!(e.labelled(CT_LABEL));
 }
 
-/// sg-app may send to sg-db on 5432; EGRESS_TIGHTER takes that away (ingress unchanged).
+/// sg-app may send to sg-db on 5432; egress_tighter() takes that away (ingress unchanged).
 const EGRESS: &str = r#"
 groups:
   - id: sg-db
