@@ -384,24 +384,18 @@ fn forward_egress_gateway(yaml: &str, serial: u64) -> Ruleset {
 
 /// A TCP connection from the server to the peer (through the gateway) that echoes.
 fn open_forwarded(t: &Topology, dst: &str, port: u16) -> TcpStream {
-    let src: std::net::IpAddr = if dst.contains(':') {
+    let src = if dst.contains(':') {
         "fd00:1::10"
     } else {
         "10.1.0.10"
-    }
-    .parse()
-    .unwrap();
+    };
     let to = SocketAddr::new(dst.parse().unwrap(), port);
-    let mut s = testbed::in_netns(&t.server.name, || {
-        testbed::tcp_connect(src, to, Duration::from_secs(5))
-            .unwrap()
-            .unwrap_or_else(|| panic!("{src} -> {to} did not connect"))
-    });
-    assert!(
-        testbed::echo(&mut s, b"hello", Duration::from_secs(5)),
-        "{to}"
-    );
-    s
+    testbed::open_echoing(
+        &t.server.name,
+        src.parse().unwrap(),
+        to,
+        Duration::from_secs(5),
+    )
 }
 
 /// Egress revocation on a gateway's forward hook: a connection a host behind the gateway

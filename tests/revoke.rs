@@ -92,14 +92,6 @@ fn apply_nft(bed: &Testbed, rs: &Ruleset) {
         .unwrap_or_else(|e| panic!("apply: {e}"));
 }
 
-fn connect(bed: &Testbed, src: &str, dst: &str, port: u16) -> TcpStream {
-    testbed::in_netns(&bed.peer.name, || {
-        testbed::tcp_connect(ip(src), SocketAddr::new(ip(dst), port), WAIT)
-            .unwrap()
-            .unwrap_or_else(|| panic!("{src} -> {dst}:{port} did not connect"))
-    })
-}
-
 fn revoke_in(bed: &Testbed, rs: &Ruleset) -> Revocation {
     bed.host
         .enter(|| Kernel::open().and_then(|mut k| revoke(rs, &mut k)))
@@ -120,13 +112,18 @@ struct Conn {
     stream: TcpStream,
 }
 
+/// A connection from `ns` (the peer for ingress, the host for egress) that echoes.
+fn open_in(ns: &str, src: &str, dst: &str, port: u16) -> Conn {
+    let to = SocketAddr::new(ip(dst), port);
+    Conn {
+        name: format!("{src} -> {to}"),
+        stream: testbed::open_echoing(ns, ip(src), to, WAIT),
+    }
+}
+
+/// A connection the peer opens to the host.
 fn open(bed: &Testbed, src: &str, dst: &str, port: u16) -> Conn {
-    let mut c = Conn {
-        name: format!("{src} -> {dst}:{port}"),
-        stream: connect(bed, src, dst, port),
-    };
-    assert!(testbed::echo(&mut c.stream, b"hello", WAIT), "{}", c.name);
-    c
+    open_in(&bed.peer.name, src, dst, port)
 }
 
 #[test]
@@ -318,16 +315,7 @@ fn egress_ruleset(yaml: &str, serial: u64) -> Ruleset {
 
 /// A connection the host opens to a server in the peer namespace.
 fn open_out(bed: &Testbed, src: &str, dst: &str, port: u16) -> Conn {
-    let mut c = Conn {
-        name: format!("{src} -> {dst}:{port} (egress)"),
-        stream: testbed::in_netns(&bed.host.name, || {
-            testbed::tcp_connect(ip(src), SocketAddr::new(ip(dst), port), WAIT)
-                .unwrap()
-                .unwrap_or_else(|| panic!("{src} -> {dst}:{port} did not connect"))
-        }),
-    };
-    assert!(testbed::echo(&mut c.stream, b"hello", WAIT), "{}", c.name);
-    c
+    open_in(&bed.host.name, src, dst, port)
 }
 
 /// Egress revocation with one backend: connections this host opened are labelled with the

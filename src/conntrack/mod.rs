@@ -7,8 +7,8 @@
 //! walks the conntrack table of both families, judges the connection of every labelled entry
 //! with the evaluator against the ruleset just applied, as a new connection would be judged
 //! (ingress for the one bit, egress for the other, both when both are set), and deletes those
-//! it now denies. The next packet of a
-//! deleted connection is a new one to conntrack and meets the new rules (and the drop).
+//! it now denies. The next packet of a deleted connection is a new one to conntrack and meets
+//! the new rules (and the drop).
 //! Unlabelled entries (out of scope, opened before reyes, or through another path) are never
 //! touched.
 //!
@@ -191,12 +191,7 @@ pub struct Revocation {
 /// forward chain) for a connection to none of the host's own addresses, else the input hook.
 /// (Ingress labels come only from the input chain and the forward chain's ingress part.)
 pub fn hook_of(rs: &Ruleset, e: &Entry) -> Hook {
-    let forwarded = rs.base_chain(Hook::Forward).is_some()
-        && match &rs.meta.target {
-            Target::Host(own) => !own.contains(&e.dst),
-            Target::AllGroups => false,
-        };
-    if forwarded {
+    if forwarded(rs, &e.dst) {
         Hook::Forward
     } else {
         Hook::Input
@@ -207,16 +202,21 @@ pub fn hook_of(rs: &Ruleset, e: &Entry) -> Hook {
 /// (its source is one of the host's addresses, or no addresses are known), else the forward
 /// hook of a gateway (a host behind it opened it), else output.
 pub fn egress_hook_of(rs: &Ruleset, e: &Entry) -> Hook {
-    let forwarded = rs.base_chain(Hook::Forward).is_some()
-        && match &rs.meta.target {
-            Target::Host(own) => !own.contains(&e.src),
-            Target::AllGroups => false,
-        };
-    if forwarded {
+    if forwarded(rs, &e.src) {
         Hook::Forward
     } else {
         Hook::Output
     }
+}
+
+/// Whether a connection whose end on this side is `ours` went through a gateway's forward
+/// hook: the ruleset has a forward chain and `ours` is none of the host's own addresses.
+fn forwarded(rs: &Ruleset, ours: &IpAddr) -> bool {
+    rs.base_chain(Hook::Forward).is_some()
+        && match &rs.meta.target {
+            Target::Host(own) => !own.contains(ours),
+            Target::AllGroups => false,
+        }
 }
 
 /// Whether the ruleset still allows a new connection like `e`, by every judgement that
@@ -253,8 +253,8 @@ pub fn denied(rs: &Ruleset, entries: Vec<Entry>) -> Result<Vec<Entry>, EvalError
 /// How many revoked connections are logged one by one before only the count is.
 const LOGGED: usize = 20;
 
-/// Walk the table, judge every connection reyes labelled (ingress or egress) against `rs` (the ruleset just
-/// applied), and delete those it denies.
+/// Walk the table, judge every connection reyes labelled (ingress or egress) against `rs`
+/// (the ruleset just applied), and delete those it denies.
 pub fn revoke(rs: &Ruleset, table: &mut dyn Conntrack) -> Result<Revocation, ConntrackError> {
     let started = Instant::now();
     let mut tracked = 0;

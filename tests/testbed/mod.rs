@@ -507,6 +507,18 @@ pub fn tcp_connect(
     Ok(Some(s))
 }
 
+/// A TCP connection from `src` to `dst` opened in namespace `ns`, which answers an echo:
+/// panics (naming the flow) when it does not connect or does not echo within `timeout`.
+pub fn open_echoing(ns: &str, src: IpAddr, dst: SocketAddr, timeout: Duration) -> TcpStream {
+    let mut s = in_netns(ns, || {
+        tcp_connect(src, dst, timeout)
+            .unwrap_or_else(|e| panic!("{src} -> {dst}: {e}"))
+            .unwrap_or_else(|| panic!("{src} -> {dst} did not connect"))
+    });
+    assert!(echo(&mut s, b"hello", timeout), "{src} -> {dst}: no echo");
+    s
+}
+
 /// Send `data` on an open connection and wait for its echo, at most `timeout`.
 pub fn echo(s: &mut TcpStream, data: &[u8], timeout: Duration) -> bool {
     s.set_read_timeout(Some(timeout)).unwrap();
