@@ -4,7 +4,8 @@
 //! `reyes follower` applies a signed document in a network namespace and real TCP, UDP and ICMP
 //! go over ESP transport-mode SAs (IPv4 and IPv6), or without any SA. Then, in the same guest,
 //! a VPN gateway (`follower.mode: gateway`) judges what it forwards from ESP tunnels to a
-//! server behind it, while forwarded traffic that came in plain is left alone. The guest writes
+//! server behind it and what the server sends into the tunnels (egress), while forwarded
+//! traffic that came in plain is left alone. The guest writes
 //! one line per check to its second serial port; this file parses that report itself and fails
 //! on any check that is missing, unexpected or failed, whatever the script's own verdict.
 //!
@@ -67,11 +68,18 @@ const CHECKS: &[&str] = &[
     "gw_esp_denied_port_v4",
     "gw_esp_denied_port_v6",
     "gw_log_forward_drop",
+    "gw_egress_allowed_v4",
+    "gw_egress_allowed_v6",
+    "gw_egress_denied_v4",
+    "gw_egress_denied_v6",
     "gw_status_counts",
     "gw_revoke_open",
+    "gw_egress_revoke_open",
     "gw_revoke_apply",
+    "gw_egress_revoke_apply",
     "gw_revoke_cut",
     "gw_revoke_plain_kept",
+    "gw_egress_revoke_cut",
 ];
 
 /// A line for the test log even when the harness captures output (libtest captures only the

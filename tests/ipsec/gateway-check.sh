@@ -11,7 +11,8 @@
 #   srv    10.1.0.10 fd00:1::10            web, behind the gateway
 # ESP tunnel-mode SAs gpeer<->gw carry rlb's and rother's traffic (IPv4 in IPv4, IPv6 in IPv6);
 # rplain's goes in plain. The gateway's own addresses are in no group: it judges only what it
-# forwards (and IKE/ESP to itself is accepted as on hosts).
+# forwards (and IKE/ESP to itself is accepted as on hosts). The gateway enforces egress too:
+# what srv sends into a tunnel is judged by sg-web's egress rules (tcp/8443 to sg-lb only).
 
 # shellcheck shell=bash
 # shellcheck disable=SC2317 # the probe functions are called through gflow "$@"
@@ -228,6 +229,71 @@ gflow gw_esp_denied_group_v6 drop 4 gtcp 6 "$ROTHER6" "$SRV6" 443
 gflow gw_esp_denied_port_v4 drop 1 gtcp 4 "$RLB4" "$SRV4" 444
 gflow gw_esp_denied_port_v6 drop 3 gtcp 6 "$RLB6" "$SRV6" 444
 
+# --- egress: srv opens connections into the tunnels ----------------------------------------
+# Echo servers on tcp/8443 at rlb and rother (v4 and v6) in gpeer.
+# shellcheck disable=SC2016 # expanded by that shell
+ip netns exec gpeer bash -c '
+  while [ $# -ge 2 ]; do
+    socat -lf "/run/tmp/socat-gpeer-$1.log" "$2" PIPE </dev/null >/dev/null 2>&1 &
+    shift 2
+  done' servers \
+  rlb4 "TCP4-LISTEN:8443,bind=$RLB4,reuseaddr,fork" \
+  rlb6 "TCP6-LISTEN:8443,bind=[$RLB6],ipv6only=1,reuseaddr,fork" \
+  rother4 "TCP4-LISTEN:8443,bind=$ROTHER4,reuseaddr,fork" \
+  rother6 "TCP6-LISTEN:8443,bind=[$ROTHER6],ipv6only=1,reuseaddr,fork"
+deadline=$((SECONDS + 30))
+until [ "$(ip netns exec gpeer ss -Hltn | grep -c ':8443 ')" -eq 4 ]; do
+  [ $SECONDS -lt $deadline ] || {
+    emit "error setup: socat listeners in gpeer did not come up: $(ip netns exec gpeer ss -Hltn | tr '\n' ' ')"
+    return 0
+  }
+  sleep 0.05
+done
+
+# otcp FAMILY SRC DST PORT: from srv, through the gateway into a tunnel; a line out, its echo.
+otcp() {
+  local f=$1 src=$2 dst=$3 port=$4
+  if [ "$f" = 6 ]; then src="[$src]" dst="[$dst]"; fi
+  printf 'egress\n' | ip netns exec srv timeout 30 socat -T 10 - "TCP$f:$dst:$port,bind=$src,connect-timeout=2" 2>/dev/null
+}
+
+# oflow NAME allow|drop SA PROBE...: an egress flow on tunnel SA (1-4). Allowed: the echo
+# came back, srv's packets left over the SA's outbound ESP and the answer came in over its
+# inbound one, no drop counted. Dropped: no answer, nothing left over the SA, a drop counted.
+oflow() {
+  local name=$1 expect=$2 n=$3
+  shift 3
+  local s0 s1 d1 answer rc ok=0 why="" in out
+  s0=$(gsa_snapshot)
+  answer=$("$@")
+  rc=$?
+  s1=$(gsa_snapshot)
+  in=$(($(sa_count "$s1" "$(gspi_in "$n")") - $(sa_count "$s0" "$(gspi_in "$n")")))
+  out=$(($(sa_count "$s1" "$(gspi_out "$n")") - $(sa_count "$s0" "$(gspi_out "$n")")))
+  d1=$(gdropped)
+  local facts="probe=[$*] rc=$rc answer=${answer:-none} esp_out+=$out esp_in+=$in dropped+=$((d1 - GDROPPED))"
+  case $expect in
+    allow)
+      { [ $rc -eq 0 ] && [ "$answer" = egress ]; } || { ok=1 why="$why no echo;"; }
+      [ "$out" -gt 0 ] || { ok=1 why="$why nothing left over ESP;"; }
+      [ "$in" -gt 0 ] || { ok=1 why="$why no answer over ESP;"; }
+      [ "$d1" -eq "$GDROPPED" ] || { ok=1 why="$why reyes drop counter moved;"; }
+      ;;
+    drop)
+      { [ $rc -ne 0 ] && [ -z "$answer" ]; } || { ok=1 why="$why got through;"; }
+      [ "$out" -eq 0 ] || { ok=1 why="$why left over ESP;"; }
+      [ "$d1" -gt "$GDROPPED" ] || { ok=1 why="$why reyes drop counter did not move;"; }
+      ;;
+  esac
+  GDROPPED=$d1
+  check "$name" $ok "${why:+FAILED:$why }$facts"
+}
+
+oflow gw_egress_allowed_v4 allow 1 otcp 4 "$SRV4" "$RLB4" 8443
+oflow gw_egress_allowed_v6 allow 3 otcp 6 "$SRV6" "$RLB6" 8443
+oflow gw_egress_denied_v4 drop 2 otcp 4 "$SRV4" "$ROTHER4" 8443
+oflow gw_egress_denied_v6 drop 4 otcp 6 "$SRV6" "$ROTHER6" 8443
+
 # The denied flows are logged with the forwarding interfaces (IN=gw0 OUT=gw1): the forward hook
 # judged them, not the gateway's input.
 klog=$(dmesg 2>/dev/null)
@@ -248,11 +314,12 @@ check gw_status_counts $? "reyes status exited $src: dropped ${sd:-?} packets; t
 # denies rlb's: the apply must cut it (the forward chain labelled it, revocation re-judges it
 # on the forward hook), while the plain one, out of scope and never labelled, lives on.
 must ip netns exec gw sysctl -qw net.netfilter.nf_conntrack_tcp_loose=0
-# conn_open FD_IN FD_OUT SRC: socat in gpeer between two FIFOs and the connection.
+# conn_open FD_IN FD_OUT SRC [NETNS DST]: socat in NETNS (gpeer) between two FIFOs and a
+# connection from SRC to DST (srv):8443.
 conn_open() {
-  local fin=$1 fout=$2 src=$3 base=/run/tmp/conn-$3
+  local fin=$1 fout=$2 src=$3 ns=${4:-gpeer} dst=${5:-$SRV4} base=/run/tmp/conn-$3
   mkfifo "$base.in" "$base.out" || return 1
-  ip netns exec gpeer socat -T 120 - "TCP4:$SRV4:8443,bind=$src,connect-timeout=2" \
+  ip netns exec "$ns" socat -T 120 - "TCP4:$dst:8443,bind=$src,connect-timeout=2" \
     <"$base.in" >"$base.out" 2>/dev/null &
   eval "exec $fin>\"$base.in\" $fout<\"$base.out\""
 }
@@ -264,12 +331,15 @@ conn_echo() {
   [ "$line" = "$3" ]
 }
 # (Not through `must`: the descriptors must stay open in this shell.)
-conn_open 5 6 "$RLB4" && conn_open 7 8 "$RPLAIN4" || {
+conn_open 5 6 "$RLB4" && conn_open 7 8 "$RPLAIN4" && conn_open 9 10 "$SRV4" srv "$RLB4" || {
   emit "error setup: cannot open the connections for the revocation check"
   return 0
 }
 conn_echo 5 6 one && conn_echo 7 8 one
 check gw_revoke_open $? "both connections echo before the policy change"
+# The egress one: srv -> rlb:8443, judged by sg-web's egress rules (sg-lb, which rlb leaves).
+conn_echo 9 10 one
+check gw_egress_revoke_open $? "srv's connection into rlb's tunnel echoes before the policy change"
 
 out=$(ip netns exec gw "$REYES_BIN" --config "$GATEWAY_CONFIG_2" follower --once --backend "$BACKEND" 2>&1)
 rc=$?
@@ -279,6 +349,8 @@ printf '%s\n' "$out"
 [ $rc -eq 0 ] && grep -q "revoking: .* connection=$RLB4 -> $SRV4 tcp/8443" <<<"$out" &&
   ! grep -q "revoking: .* connection=$RPLAIN4 " <<<"$out"
 check gw_revoke_apply $? "the next policy applied (exit $rc): $(grep -o 'revoking: .*' <<<"$out" | tr '\n' ';') $(grep -o 'revocation: .*revoked=[0-9]*' <<<"$out")"
+grep -q "revoking: .* connection=$SRV4 -> $RLB4 tcp/8443" <<<"$out"
+check gw_egress_revoke_apply $? "srv's egress connection to rlb is among those revoked"
 d0=$(gdropped)
 # Cut means: no echo, and reyes' forward chain dropped what rlb sent on it.
 echoed=no
@@ -287,4 +359,9 @@ conn_echo 5 6 two && echoed=yes
 check gw_revoke_cut $? "rlb's connection echoes after the apply: $echoed; reyes drops $d0 -> $(gdropped)"
 conn_echo 7 8 two
 check gw_revoke_plain_kept $? "the plain connection (out of scope) still echoes"
-exec 5>&- 6<&- 7>&- 8<&-
+d0=$(gdropped)
+echoed=no
+conn_echo 9 10 two && echoed=yes
+[ $echoed = no ] && [ "$(gdropped)" -gt "$d0" ]
+check gw_egress_revoke_cut $? "srv's connection to rlb echoes after the apply: $echoed; reyes drops $d0 -> $(gdropped)"
+exec 5>&- 6<&- 7>&- 8<&- 9>&- 10<&-

@@ -245,6 +245,7 @@ follower:
   enforce: ipsec
   mode: gateway
   gateway_cidrs: [10.1.0.0/16, "fd00:1::/56"]
+  egress: true
   addresses: [192.0.2.1, "2001:db8::1"]
   log_accept: true
   log_drop: true
@@ -263,7 +264,7 @@ sed -e 's/^  directory: store$/  directory: store2/' -e "s|^  file: .*|  file: $
 "$reyes" -q --config "$work/reyes2.yaml" leader --once || die "reyes leader --once (second policy) failed"
 sed 's/^  directory: store$/  directory: store2/' "$work/reyes-gw.yaml" >"$work/reyes-gw2.yaml"
 "$reyes" --config "$work/reyes-gw.yaml" render --document "$work/store/rules.json" \
-  --mode gateway --gateway-cidr 10.1.0.0/16 --gateway-cidr fd00:1::/56 \
+  --mode gateway --gateway-cidr 10.1.0.0/16 --gateway-cidr fd00:1::/56 --egress \
   --host 192.0.2.1 --host 2001:db8::1 >"$out/render-gw.nft" 2>&1 || true
 "$reyes" --config "$work/reyes.yaml" render --document "$work/store/rules.json" \
   --host 10.1.0.10 --host fd00:1::10 >"$out/render.nft" 2>&1 || true
