@@ -143,40 +143,45 @@ gdropped() {
   return 0
 }
 
+# servers NS N TAG LISTEN ANSWER...: socat listeners in NS (one per TAG LISTEN ANSWER triple),
+# then wait (bounded) until NS has N listening TCP sockets.
+servers() {
+  local ns=$1 want=$2 deadline=$((SECONDS + 30))
+  shift 2
+  # shellcheck disable=SC2016 # expanded by that shell
+  ip netns exec "$ns" bash -c '
+    ns=$1
+    shift
+    while [ $# -ge 3 ]; do
+      socat -lf "/run/tmp/socat-$ns-$1.log" "$2" "$3" </dev/null >/dev/null 2>&1 &
+      shift 3
+    done' servers "$ns" "$@"
+  until [ "$(ip netns exec "$ns" ss -Hltn | wc -l)" -eq "$want" ]; do
+    [ $SECONDS -lt $deadline ] || {
+      emit "error setup: socat listeners in $ns did not come up: $(ip netns exec "$ns" ss -Hltn | tr '\n' ' ')"
+      return 1
+    }
+    sleep 0.05
+  done
+}
+
 # --- servers in srv: TCP 443 (sg-lb may reach it) and 444 (nobody may) -----------------------
-# shellcheck disable=SC2016 # expanded by that shell
-ip netns exec srv bash -c '
-  while [ $# -ge 3 ]; do
-    socat -lf "/run/tmp/socat-srv-$1.log" "$2" "$3" </dev/null >/dev/null 2>&1 &
-    shift 3
-  done' servers \
+servers srv 5 \
   tcp4-443 "TCP4-LISTEN:443,bind=$SRV4,reuseaddr,fork" "SYSTEM:echo srv4-443" \
   tcp6-443 "TCP6-LISTEN:443,bind=[$SRV6],ipv6only=1,reuseaddr,fork" "SYSTEM:echo srv6-443" \
   tcp4-444 "TCP4-LISTEN:444,bind=$SRV4,reuseaddr,fork" "SYSTEM:echo srv4-444" \
   tcp6-444 "TCP6-LISTEN:444,bind=[$SRV6],ipv6only=1,reuseaddr,fork" "SYSTEM:echo srv6-444" \
-  tcp4-8443 "TCP4-LISTEN:8443,bind=$SRV4,reuseaddr,fork" PIPE
-srv_listening() {
-  local line n=0
-  while read -r line; do
-    [[ $line =~ :(443|444|8443)[[:space:]] ]] && n=$((n + 1))
-  done <<<"$(ip netns exec srv ss -Hltn)"
-  [ $n -eq 5 ]
+  tcp4-8443 "TCP4-LISTEN:8443,bind=$SRV4,reuseaddr,fork" PIPE || return 0
+
+# ntcp NS FAMILY SRC DST PORT: a TCP connection from SRC in NS, stdin sent, the answer printed.
+ntcp() {
+  local ns=$1 f=$2 src=$3 dst=$4 port=$5
+  if [ "$f" = 6 ]; then src="[$src]" dst="[$dst]"; fi
+  ip netns exec "$ns" timeout 30 socat -T 10 - "TCP$f:$dst:$port,bind=$src,connect-timeout=2" 2>/dev/null
 }
-deadline=$((SECONDS + 30))
-until srv_listening; do
-  [ $SECONDS -lt $deadline ] || {
-    emit "error setup: socat listeners in srv did not come up: $(ip netns exec srv ss -Hltn | tr '\n' ' ')"
-    return 0
-  }
-  sleep 0.05
-done
 
 # gtcp FAMILY SRC DST PORT: from the remote site, through the gateway.
-gtcp() {
-  local f=$1 src=$2 dst=$3 port=$4
-  if [ "$f" = 6 ]; then src="[$src]" dst="[$dst]"; fi
-  ip netns exec gpeer timeout 30 socat -T 10 - "TCP$f:$dst:$port,bind=$src,connect-timeout=2" </dev/null 2>/dev/null
-}
+gtcp() { ntcp gpeer "$@" </dev/null; }
 
 # gflow NAME allow|drop SA(1-4 | none) PROBE...: as guest-check.sh's flow, on the gateway's
 # SAs and drop counter. A tunnelled flow must have come in over its SA whatever the verdict
@@ -231,31 +236,14 @@ gflow gw_esp_denied_port_v6 drop 3 gtcp 6 "$RLB6" "$SRV6" 444
 
 # --- egress: srv opens connections into the tunnels ----------------------------------------
 # Echo servers on tcp/8443 at rlb and rother (v4 and v6) in gpeer.
-# shellcheck disable=SC2016 # expanded by that shell
-ip netns exec gpeer bash -c '
-  while [ $# -ge 2 ]; do
-    socat -lf "/run/tmp/socat-gpeer-$1.log" "$2" PIPE </dev/null >/dev/null 2>&1 &
-    shift 2
-  done' servers \
-  rlb4 "TCP4-LISTEN:8443,bind=$RLB4,reuseaddr,fork" \
-  rlb6 "TCP6-LISTEN:8443,bind=[$RLB6],ipv6only=1,reuseaddr,fork" \
-  rother4 "TCP4-LISTEN:8443,bind=$ROTHER4,reuseaddr,fork" \
-  rother6 "TCP6-LISTEN:8443,bind=[$ROTHER6],ipv6only=1,reuseaddr,fork"
-deadline=$((SECONDS + 30))
-until [ "$(ip netns exec gpeer ss -Hltn | grep -c ':8443 ')" -eq 4 ]; do
-  [ $SECONDS -lt $deadline ] || {
-    emit "error setup: socat listeners in gpeer did not come up: $(ip netns exec gpeer ss -Hltn | tr '\n' ' ')"
-    return 0
-  }
-  sleep 0.05
-done
+servers gpeer 4 \
+  rlb4 "TCP4-LISTEN:8443,bind=$RLB4,reuseaddr,fork" PIPE \
+  rlb6 "TCP6-LISTEN:8443,bind=[$RLB6],ipv6only=1,reuseaddr,fork" PIPE \
+  rother4 "TCP4-LISTEN:8443,bind=$ROTHER4,reuseaddr,fork" PIPE \
+  rother6 "TCP6-LISTEN:8443,bind=[$ROTHER6],ipv6only=1,reuseaddr,fork" PIPE || return 0
 
 # otcp FAMILY SRC DST PORT: from srv, through the gateway into a tunnel; a line out, its echo.
-otcp() {
-  local f=$1 src=$2 dst=$3 port=$4
-  if [ "$f" = 6 ]; then src="[$src]" dst="[$dst]"; fi
-  printf 'egress\n' | ip netns exec srv timeout 30 socat -T 10 - "TCP$f:$dst:$port,bind=$src,connect-timeout=2" 2>/dev/null
-}
+otcp() { printf 'egress\n' | ntcp srv "$@"; }
 
 # oflow NAME allow|drop SA PROBE...: an egress flow on tunnel SA (1-4). Allowed: the echo
 # came back, srv's packets left over the SA's outbound ESP and the answer came in over its
